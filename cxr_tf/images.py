@@ -1,0 +1,167 @@
+"""Reading films into square 8-bit greyscale arrays (OpenCV only; no TensorFlow, so
+the builder's worker processes stay light).
+
+Policies, written down once:
+
+- **Colour**: RGB and RGBA are converted to greyscale (ITU-R 601 luma, OpenCV's
+  ``BGR2GRAY``). An alpha channel that is not fully opaque is composited onto black
+  (the film background); the NIH release's RGBA films are fully opaque.
+- **16-bit**: scaled to 8 bits by a per-image min-max window (``min -> 0``,
+  ``max -> 255``). 16-bit chest films rarely use the full 0-65535 range (12-bit
+  detectors store 0-4095), so a fixed ``>> 8`` would leave them nearly black.
+- **Non-square input**: centre-padded with black to a square, then resized. Padding
+  keeps all of the anatomy; a centre crop would cut lung apices or costophrenic
+  angles, where effusions and pneumothoraces show.
+- **Resizing**: area interpolation (``cv2.INTER_AREA``) when shrinking; bilinear when
+  enlarging (area interpolation degenerates to nearest neighbour there).
+- **Limits**: files whose header announces more than ``MAX_PIXELS`` pixels are
+  refused before decoding (decompression-bomb guard); truncated PNG/JPEG files (no
+  end marker) are refused rather than decoded half-grey.
+"""
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: 8k x 8k films pass, bombs do not
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class ImageError(ValueError):
+    """An input that cannot be read as a film; the message names the file and why.
+
+    ``.file`` and ``.reason`` hold the two parts separately."""
+
+    def __init__(self, file, reason):
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = str(file), reason
+
+
+def read_image(source, name=None, max_pixels=MAX_PIXELS):
+    """Decode a film into a uint8 (H, W) greyscale array, values 0..255.
+
+    source: a path (str or Path) or the file's bytes (PNG, JPEG or anything OpenCV
+    decodes); name: how to call the input in errors (default: the path).
+    Raises ImageError naming the file and the reason for empty, truncated, oversized,
+    non-image or unsupported input.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), name or "<bytes>"
+    else:
+        name = name or str(source)
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageError(name, "empty file")
+    _check_header(data, name, max_pixels)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(name, "not a decodable image")
+    return _to_grey_uint8(image, name)
+
+
+def _check_header(data, name, max_pixels):
+    """Refuse truncated PNG/JPEG and images announcing more than max_pixels pixels."""
+    size = None
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 33 or data[12:16] != b"IHDR":
+            raise ImageError(name, "truncated PNG (no header)")
+        size = struct.unpack(">II", data[16:24])
+        if b"IEND" not in data[-64:]:
+            raise ImageError(name, "truncated PNG (no IEND chunk)")
+    elif data.startswith(b"\xff\xd8"):
+        size = _jpeg_size(data)
+        if b"\xff\xd9" not in data[-64:]:
+            raise ImageError(name, "truncated JPEG (no end-of-image marker)")
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageError(
+            name, f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (decompression-bomb guard)")
+
+
+def _jpeg_size(data):
+    """(width, height) from the first SOF marker, or None when not found."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 2 if marker != 0xFF else 1
+            continue
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _to_grey_uint8(image, name):
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 1:
+            image = image[:, :, 0]
+        elif channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif channels == 4:
+            alpha = image[:, :, 3]
+            grey = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+            if alpha.min() < np.iinfo(image.dtype).max:
+                scale = alpha.astype(np.float32) / np.iinfo(image.dtype).max
+                grey = (grey.astype(np.float32) * scale).round().astype(image.dtype)
+            image = grey
+        else:
+            raise ImageError(name, f"unsupported channel count {channels}")
+    elif image.ndim != 2:
+        raise ImageError(name, f"unsupported image shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        low, high = int(image.min()), int(image.max())
+        if high == low:
+            return np.zeros(image.shape, np.uint8)
+        scaled = (image.astype(np.float32) - low) * (255.0 / (high - low))
+        return scaled.round().astype(np.uint8)
+    raise ImageError(name, f"unsupported pixel type {image.dtype}")
+
+
+def to_square(image, size):
+    """Centre-pad a uint8 (H, W) image with black to a square, then resize it to
+    uint8 (size, size): area interpolation when shrinking, bilinear when enlarging."""
+    if size < 1:
+        raise ValueError(f"image size must be a positive number of pixels, got {size}")
+    height, width = image.shape[:2]
+    side = max(height, width)
+    if height != width:
+        top, left = (side - height) // 2, (side - width) // 2
+        image = cv2.copyMakeBorder(image, top, side - height - top, left, side - width - left,
+                                   cv2.BORDER_CONSTANT, value=0)
+    if side == size:
+        return np.ascontiguousarray(image)
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def encode_png(image, compression=1):
+    """PNG bytes of a uint8 (H, W) image (zlib level ``compression``, 0..9)."""
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ImageError("<array>", "PNG encoding failed")
+    return buffer.tobytes()
+
+
+def film_to_png(path, size):
+    """Worker task of the builder: (png_bytes, None) for a readable film, resized to
+    a (size, size) square, or (None, reason) when it cannot be read."""
+    try:
+        return encode_png(to_square(read_image(path), size)), None
+    except ImageError as exc:
+        return None, exc.reason
+    except Exception as exc:  # a worker must report, never take the whole build down
+        return None, f"{type(exc).__name__}: {exc}"

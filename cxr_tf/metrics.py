@@ -1,0 +1,341 @@
+"""Evaluation metrics for multi-label predictions: pure numpy and scikit-learn.
+
+Every function takes ``y_true`` (N, K) in {0, 1} and ``y_prob`` (N, K) in [0, 1],
+columns in ``cxr_tf.labels.LABELS`` order unless ``labels`` says otherwise.
+
+Policy for findings that a split cannot score
+    A finding whose column has no positives (or no negatives) has no ROC-AUC and
+    no average precision. It is reported with ``defined: False`` and the reason
+    (``"no positive films in this split"``), its ranking metrics are ``None``
+    (``null`` in JSON), and it is left out of the macro averages; the macro block
+    lists every excluded finding with its reason. Nothing is reported as 0.
+    Prevalence, Brier score and calibration error stay defined and are reported.
+    Operating-point ratios whose denominator is zero (e.g. PPV when nothing is
+    called positive) are ``None`` too.
+
+Confidence intervals
+    ROC-AUC intervals come from a percentile bootstrap over *patients*: each
+    replicate draws patients with replacement and takes all of their films, so
+    films of one patient (follow-ups, strongly correlated) move together. The
+    generator is a seeded ``numpy.random.Generator``; no global state is touched.
+"""
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cxr_tf.labels import LABELS
+
+NO_POSITIVES = "no positive films in this split"
+NO_NEGATIVES = "no negative films in this split"
+OPERATING_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+# --------------------------------------------------------------------------- validation
+def check_arrays(y_true, y_prob, labels=LABELS):
+    """Validated copies: y_true as int8 (N, K), y_prob as float64 (N, K).
+
+    Raises ValueError naming the first bad row and finding."""
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    k = len(labels)
+    if y_true.ndim != 2 or y_true.shape[1] != k:
+        raise ValueError(f"y_true must have shape (N, {k}), got {y_true.shape}")
+    if y_prob.shape != y_true.shape:
+        raise ValueError(f"y_prob shape {y_prob.shape} differs from y_true shape {y_true.shape}")
+    bad = ~np.isin(y_true, (0, 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"y_true row {row}, {labels[col]}: label {y_true[row, col]!r} is not 0 or 1")
+    bad = ~np.isfinite(y_prob) | (y_prob < 0) | (y_prob > 1)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"y_prob row {row}, {labels[col]}: probability {y_prob[row, col]!r} is not in [0, 1]")
+    return y_true.astype(np.int8), y_prob
+
+
+def undefined_reason(y_col):
+    """Why a ranking metric is undefined for one label column, or None if it is defined."""
+    positives = int(np.sum(y_col))
+    if positives == 0:
+        return NO_POSITIVES
+    if positives == len(y_col):
+        return NO_NEGATIVES
+    return None
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+# --------------------------------------------------------------------------- ranking
+def roc_auc(y_true, y_prob, labels=LABELS):
+    """{finding: ROC-AUC or None (undefined)}."""
+    y_true, y_prob = check_arrays(y_true, y_prob, labels)
+    return {
+        name: None if undefined_reason(y_true[:, k]) else float(roc_auc_score(y_true[:, k], y_prob[:, k]))
+        for k, name in enumerate(labels)
+    }
+
+
+def average_precision(y_true, y_prob, labels=LABELS):
+    """{finding: average precision (area under the PR curve, step-wise) or None}."""
+    y_true, y_prob = check_arrays(y_true, y_prob, labels)
+    return {
+        name: None
+        if undefined_reason(y_true[:, k])
+        else float(average_precision_score(y_true[:, k], y_prob[:, k]))
+        for k, name in enumerate(labels)
+    }
+
+
+def prevalence(y_true, labels=LABELS):
+    """{finding: fraction of films positive}."""
+    y_true = np.asarray(y_true)
+    return {name: float(np.mean(y_true[:, k])) if len(y_true) else None for k, name in enumerate(labels)}
+
+
+def micro_scores(y_true, y_prob):
+    """Micro-averaged ROC-AUC and AP: all (film, finding) pairs pooled into one
+    binary problem (scikit-learn's ``average="micro"``). Every finding contributes,
+    including those undefined on their own; None if the pooled set is one class."""
+    y_true = np.asarray(y_true).ravel()
+    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    if undefined_reason(y_true):
+        return {"auc": None, "average_precision": None}
+    return {
+        "auc": float(roc_auc_score(y_true, y_prob)),
+        "average_precision": float(average_precision_score(y_true, y_prob)),
+    }
+
+
+# --------------------------------------------------------------------------- bootstrap
+def weighted_auc(y, score, weights):
+    """ROC-AUC of one binary problem under many weightings at once.
+
+    y: (N,) in {0, 1}; score: (N,); weights: (B, N) non-negative (bootstrap counts).
+    Returns (B,) AUCs; NaN where a weighting leaves no positive or no negative.
+    Mann-Whitney form with ties counted one half, equal to scikit-learn's
+    ``roc_auc_score(y, score, sample_weight=w)`` for each row ``w``.
+    """
+    order = np.argsort(score, kind="mergesort")
+    s, y, w = score[order], y[order].astype(np.float64), weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first film of each tied score group
+    pos = np.add.reduceat(w * y, starts, axis=1)  # (B, G) positive weight per score group
+    neg = np.add.reduceat(w * (1.0 - y), starts, axis=1)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    num = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def bootstrap_auc(y_true, y_prob, patient_ids, n_boot=1000, seed=0, confidence=0.95, labels=LABELS,
+                  chunk_elements=2_000_000):
+    """Percentile bootstrap CI of each finding's ROC-AUC and of the macro AUC,
+    resampling patients (all films of a drawn patient enter the replicate).
+
+    patient_ids: (N,) one id per film. Returns
+    ``{"per_finding": {finding: {"low", "high", "valid_replicates"}}, "macro": {...},
+    "n_boot", "seed", "confidence", "unit": "patient", "num_patients"}``.
+    A replicate in which a finding has no positive (or no negative) film is skipped
+    for that finding, and ``valid_replicates`` says how many were left; the macro
+    replicate averages the findings that are defined on the full split and is skipped
+    when any of them is undefined in that replicate. low/high are None for findings
+    undefined on the full split or with fewer than 2 valid replicates.
+    """
+    y_true, y_prob = check_arrays(y_true, y_prob, labels)
+    patient_ids = np.asarray(patient_ids)
+    if patient_ids.shape != (len(y_true),):
+        raise ValueError(f"patient_ids must have shape ({len(y_true)},), got {patient_ids.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    uniq, patient_of_film = np.unique(patient_ids, return_inverse=True)
+    n_pat, n_films, k = len(uniq), len(y_true), len(labels)
+    defined = [undefined_reason(y_true[:, j]) is None for j in range(k)]
+    rng = np.random.default_rng(seed)
+    aucs = np.full((n_boot, k), np.nan)
+    step = max(1, chunk_elements // max(n_films, 1))
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        # Patient draw counts of b replicates, then each film weighted by its patient's count.
+        counts = rng.multinomial(n_pat, np.full(n_pat, 1.0 / n_pat), size=b)  # (b, n_pat)
+        weights = counts[:, patient_of_film].astype(np.float64)  # (b, N)
+        for j in range(k):
+            if defined[j]:
+                aucs[start:start + b, j] = weighted_auc(y_true[:, j], y_prob[:, j], weights)
+    tail = 100 * (1 - confidence) / 2
+
+    def interval(values):
+        values = values[~np.isnan(values)]
+        if len(values) < 2:
+            return {"low": None, "high": None, "valid_replicates": int(len(values))}
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return {"low": float(low), "high": float(high), "valid_replicates": int(len(values))}
+
+    per_finding = {name: interval(aucs[:, j]) for j, name in enumerate(labels)}
+    cols = [j for j in range(k) if defined[j]]
+    macro = interval(aucs[:, cols].mean(axis=1)) if cols else interval(np.array([]))
+    return {
+        "per_finding": per_finding,
+        "macro": macro,
+        "n_boot": int(n_boot),
+        "seed": seed,
+        "confidence": confidence,
+        "method": "percentile",
+        "unit": "patient",
+        "num_patients": int(n_pat),
+    }
+
+
+# --------------------------------------------------------------------------- operating points
+def _ratio(num, den):
+    return float(num / den) if den > 0 else None
+
+
+def confusion_counts(y_col, prob_col, threshold):
+    """(tp, fp, tn, fn) with a film called positive when ``prob >= threshold``."""
+    y = np.asarray(y_col).astype(bool)
+    pred = np.asarray(prob_col) >= threshold
+    return (int(np.sum(pred & y)), int(np.sum(pred & ~y)), int(np.sum(~pred & ~y)), int(np.sum(~pred & y)))
+
+
+def rates_from_counts(tp, fp, tn, fn):
+    """Sensitivity, specificity, PPV, NPV, F1 from confusion counts; None where the
+    denominator is zero (sensitivity with no positives, PPV with no positive calls...)."""
+    return {
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def operating_points(y_true, y_prob, thresholds, labels=LABELS):
+    """Per finding at its threshold (``prob >= threshold`` is positive):
+    ``{finding: {"threshold", "tp", "fp", "tn", "fn", sensitivity, specificity, ppv, npv, f1}}``,
+    plus ``"micro"`` (counts summed over findings) and ``"macro"`` (mean of each
+    rate over the findings where it is defined).
+
+    thresholds: {finding: float}; every finding in ``labels`` must have one."""
+    y_true, y_prob = check_arrays(y_true, y_prob, labels)
+    missing = [name for name in labels if name not in thresholds]
+    if missing:
+        raise ValueError(f"thresholds lack findings {missing}; expected one float per finding in {list(labels)}")
+    out, totals = {}, np.zeros(4, dtype=np.int64)
+    for k, name in enumerate(labels):
+        threshold = float(thresholds[name])
+        counts = confusion_counts(y_true[:, k], y_prob[:, k], threshold)
+        totals += counts
+        out[name] = {"threshold": threshold, **dict(zip(("tp", "fp", "tn", "fn"), counts)),
+                     **rates_from_counts(*counts)}
+    out["micro"] = {**dict(zip(("tp", "fp", "tn", "fn"), (int(t) for t in totals))),
+                    **rates_from_counts(*totals)}
+    out["macro"] = {m: _mean_or_none(out[name][m] for name in labels) for m in OPERATING_METRICS}
+    return out
+
+
+# --------------------------------------------------------------------------- calibration
+def brier_score(y_col, prob_col):
+    """Mean squared difference between probability and outcome (0 best, 1 worst)."""
+    y, p = np.asarray(y_col, dtype=np.float64), np.asarray(prob_col, dtype=np.float64)
+    return float(np.mean((p - y) ** 2))
+
+
+def reliability_curve(y_col, prob_col, n_bins=10):
+    """Equal-width probability bins on [0, 1] (the last bin includes 1.0).
+
+    Returns dict of arrays of length n_bins: ``mean_prob``, ``frac_positive``
+    (NaN for empty bins), ``count``, and ``edges`` (n_bins + 1)."""
+    y, p = np.asarray(y_col, dtype=np.float64), np.asarray(prob_col, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.int64)
+    sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
+        frac_pos = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
+    return {"mean_prob": mean_prob, "frac_positive": frac_pos, "count": count, "edges": edges}
+
+
+def expected_calibration_error(y_col, prob_col, n_bins=10):
+    """ECE: sum over equal-width bins of (films in bin / N) * |fraction positive - mean probability|."""
+    curve = reliability_curve(y_col, prob_col, n_bins)
+    n = curve["count"].sum()
+    if n == 0:
+        return None
+    used = curve["count"] > 0
+    gap = np.abs(curve["frac_positive"][used] - curve["mean_prob"][used])
+    return float(np.sum(curve["count"][used] / n * gap))
+
+
+# --------------------------------------------------------------------------- everything
+def summarize(y_true, y_prob, patient_ids, thresholds=None, n_boot=1000, seed=0, confidence=0.95,
+              n_bins=10, labels=LABELS):
+    """All metrics of one split as a JSON-ready dict.
+
+    ``{"num_examples", "num_patients", "per_finding": {finding: {...}}, "macro": {...},
+    "micro": {...}, "bootstrap": {...}}``. Per finding: n_positive, n_negative,
+    prevalence, defined, undefined_reason, auc, auc_ci [low, high], average_precision,
+    brier, ece, and (with thresholds) threshold, tp, fp, tn, fn, sensitivity,
+    specificity, ppv, npv, f1. ``macro`` averages over defined findings only and
+    lists the excluded ones with reasons in ``macro["excluded"]``.
+    n_boot=0 skips the bootstrap (auc_ci None).
+    """
+    y_true, y_prob = check_arrays(y_true, y_prob, labels)
+    aucs = roc_auc(y_true, y_prob, labels)
+    aps = average_precision(y_true, y_prob, labels)
+    prev = prevalence(y_true, labels)
+    boot = bootstrap_auc(y_true, y_prob, patient_ids, n_boot, seed, confidence, labels) if n_boot else None
+    ops = operating_points(y_true, y_prob, thresholds, labels) if thresholds is not None else None
+    per, excluded = {}, {}
+    for k, name in enumerate(labels):
+        reason = undefined_reason(y_true[:, k])
+        if reason:
+            excluded[name] = reason
+        ci = boot["per_finding"][name] if boot else None
+        row = {
+            "n_positive": int(y_true[:, k].sum()),
+            "n_negative": int(len(y_true) - y_true[:, k].sum()),
+            "prevalence": prev[name],
+            "defined": reason is None,
+            "undefined_reason": reason,
+            "auc": aucs[name],
+            "auc_ci": [ci["low"], ci["high"]] if ci else None,
+            "auc_ci_valid_replicates": ci["valid_replicates"] if ci else None,
+            "average_precision": aps[name],
+            "brier": brier_score(y_true[:, k], y_prob[:, k]),
+            "ece": expected_calibration_error(y_true[:, k], y_prob[:, k], n_bins),
+        }
+        if ops:
+            row.update(ops[name])
+        per[name] = row
+    defined = [name for name in labels if name not in excluded]
+    macro = {
+        "auc": _mean_or_none(per[n]["auc"] for n in defined),
+        "auc_ci": [boot["macro"]["low"], boot["macro"]["high"]] if boot else None,
+        "average_precision": _mean_or_none(per[n]["average_precision"] for n in defined),
+        "brier": _mean_or_none(per[n]["brier"] for n in labels),
+        "ece": _mean_or_none(per[n]["ece"] for n in labels),
+        "n_findings": len(defined),
+        "excluded": excluded,
+        "note": (f"mean over the {len(defined)} findings defined in this split"
+                 + (f"; excluded: {', '.join(f'{n} ({r})' for n, r in excluded.items())}" if excluded else "")),
+    }
+    micro = micro_scores(y_true, y_prob)
+    if ops:
+        macro.update(ops["macro"])
+        micro.update(ops["micro"])
+    return {
+        "num_examples": int(len(y_true)),
+        "num_patients": int(len(np.unique(patient_ids))),
+        "labels": list(labels),
+        "per_finding": per,
+        "macro": macro,
+        "micro": micro,
+        "bootstrap": {key: boot[key] for key in ("n_boot", "seed", "confidence", "method", "unit")} if boot else None,
+    }

@@ -1,0 +1,316 @@
+"""Reading films for inference: PNG, JPEG and DICOM, recognised by content.
+
+``read_film(path_or_bytes)`` returns a :class:`Film`: the picture as uint8
+greyscale (H, W) with 0 = black and 255 = white (bone bright, air dark, as in the
+NIH PNGs), plus what the file says about the patient (DICOM only).
+
+The format is sniffed from the first bytes, never taken from the file name:
+PNG (``\\x89PNG``), JPEG (``\\xff\\xd8\\xff``), DICOM (``DICM`` at byte 128, the
+Part 10 preamble). Anything else is refused.
+
+DICOM pipeline (pydicom), in the order the standard applies it:
+modality LUT or rescale slope/intercept → VOI LUT or window centre/width (the
+first one in the file) → linear scaling of the VOI output range to 0..255 →
+inversion for ``MONOCHROME1`` (where 0 is white). Without a VOI LUT or window the
+film's own min..max is stretched to 0..255. 16-bit (and 12-bit) data therefore
+end up as 8-bit like the training PNGs. Multi-frame files use frame 0.
+
+Limits, checked from the header before any pixel is decoded (so a small
+"decompression bomb" file claiming 100,000 × 100,000 pixels is refused cheaply):
+``max_bytes`` (file size), ``max_pixels`` (width × height), ``min_side`` /
+``max_side`` (implausibly small or huge films) and ``max_aspect`` (a strip is not
+a chest film). Every failure raises :class:`FilmError` naming the file and reason.
+"""
+
+import dataclasses
+import io
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MAX_BYTES = 100 * 2**20
+"""Largest file accepted (bytes): a 4,300 × 4,300 16-bit DICOM is ~37 MB uncompressed."""
+MAX_PIXELS = 50_000_000
+"""Largest width × height accepted: ~7,000 × 7,000, well above any detector."""
+MIN_SIDE = 64
+"""Smallest side accepted (pixels). Real films are ≥ 1,000 px; 64 lets small test films
+and thumbnails through while refusing icons and 1-pixel files."""
+MAX_SIDE = 12_000
+"""Largest side accepted (pixels)."""
+MAX_ASPECT = 4.0
+"""Largest long-side / short-side ratio accepted."""
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class FilmError(ValueError):
+    """A file that cannot be used as a film; the message names the file and why."""
+
+
+@dataclasses.dataclass
+class Film:
+    """One film read for inference.
+
+    pixels: uint8 (H, W) greyscale, 0 = black. fmt: "png" | "jpeg" | "dicom".
+    age (years), sex ("M"/"F"), view ("PA"/"AP"): from DICOM tags when present, else None.
+    """
+
+    name: str
+    pixels: np.ndarray
+    fmt: str
+    age: float | None = None
+    sex: str | None = None
+    view: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The plausibility limits of ``read_film`` (defaults: the module constants)."""
+
+    max_bytes: int = MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+    min_side: int = MIN_SIDE
+    max_side: int = MAX_SIDE
+    max_aspect: float = MAX_ASPECT
+
+
+def sniff_format(data):
+    """"png", "jpeg" or "dicom" from the first bytes of ``data``; None for anything else."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def read_film(source, name=None, limits=None):
+    """Read one film from a path or from bytes.
+
+    source: str/Path of a file, or bytes (then ``name`` labels it in errors).
+    Returns a :class:`Film`; raises :class:`FilmError` for anything unusable.
+    """
+    limits = limits or Limits()
+    data, name = _load_bytes(source, name, limits)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise FilmError(
+            f"{name}: not a PNG, JPEG or DICOM file (starts with {data[:8]!r}); "
+            "send the film itself, not a report or archive")
+    if fmt == "dicom":
+        return _read_dicom(data, name, limits)
+    width, height = (_png_size if fmt == "png" else _jpeg_size)(data, name)
+    check_size(width, height, name, limits)
+    _check_complete(data, fmt, name)
+    return Film(name=name, pixels=_decode_raster(data, name), fmt=fmt)
+
+
+def check_size(width, height, name, limits=None):
+    """Raise FilmError when a ``width`` × ``height`` film is implausibly small or huge."""
+    limits = limits or Limits()
+    if width * height > limits.max_pixels:
+        raise FilmError(
+            f"{name}: {width} x {height} pixels exceeds the limit of {limits.max_pixels:,} pixels "
+            "(possible decompression bomb); downsample the film before sending it")
+    if max(width, height) > limits.max_side:
+        raise FilmError(f"{name}: {width} x {height} pixels; a side above {limits.max_side} px is not a chest film")
+    if min(width, height) < limits.min_side:
+        raise FilmError(
+            f"{name}: {width} x {height} pixels is too small for a chest film (need at least "
+            f"{limits.min_side} px per side)")
+    if max(width, height) / min(width, height) > limits.max_aspect:
+        raise FilmError(
+            f"{name}: {width} x {height} pixels; aspect ratio above {limits.max_aspect:g} is not a chest film")
+
+
+def _load_bytes(source, name, limits):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = name or "<bytes>"
+    else:
+        path = Path(source)
+        name = name or str(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise FilmError(f"{name}: no such file") from None
+        except OSError as err:
+            raise FilmError(f"{name}: cannot read ({err.strerror})") from None
+        if path.is_dir():
+            raise FilmError(f"{name}: is a directory, not a film")
+        if size > limits.max_bytes:
+            raise FilmError(f"{name}: {size:,} bytes exceeds the file-size limit of {limits.max_bytes:,} bytes")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise FilmError(f"{name}: cannot read ({err.strerror})") from None
+    if not data:
+        raise FilmError(f"{name}: empty file")
+    if len(data) > limits.max_bytes:
+        raise FilmError(f"{name}: {len(data):,} bytes exceeds the file-size limit of {limits.max_bytes:,} bytes")
+    return data, name
+
+
+def _png_size(data, name):
+    # IHDR is always the first chunk: length(4) "IHDR"(4) width(4) height(4)
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise FilmError(f"{name}: truncated or corrupt PNG (no IHDR header)")
+    return struct.unpack(">II", data[16:24])
+
+
+def _jpeg_size(data, name):
+    # walk the marker segments up to the first start-of-frame (SOF0..SOF15 except DHT/JPG/DAC)
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    raise FilmError(f"{name}: truncated or corrupt JPEG (no frame header)")
+
+
+def _check_complete(data, fmt, name):
+    # decoders fill a cut-off JPEG with grey and may return it without an error: refuse it here
+    tail = data.rstrip(b"\x00")[-12:]
+    if (fmt == "png" and b"IEND" not in tail) or (fmt == "jpeg" and not tail.endswith(b"\xff\xd9")):
+        raise FilmError(f"{name}: truncated {fmt.upper()} (the file ends before the image does); send it again")
+
+
+def _decode_raster(data, name):
+    """PNG/JPEG bytes -> uint8 (H, W) greyscale, through the builder's reader when present."""
+    try:
+        from cxr_tf.images import ImageError, read_image
+    except ImportError:  # pragma: no cover - the builder's module is part of the package
+        read_image, ImageError = _cv2_read_image, ValueError
+    try:
+        pixels = read_image(data)
+    except ImageError as err:
+        raise FilmError(f"{name}: cannot decode ({err})") from None
+    return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
+def _cv2_read_image(data):
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("corrupt or truncated image data")
+    if img.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        img = cv2.cvtColor(img, code)
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    return img
+
+
+# --------------------------------------------------------------------------- DICOM
+
+def _read_dicom(data, name, limits):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as err:
+        raise FilmError(f"{name}: corrupt DICOM ({err})") from None
+    if "PixelData" not in ds:
+        raise FilmError(f"{name}: DICOM file has no pixel data (a report or structured document?)")
+    try:
+        width, height = int(ds.Columns), int(ds.Rows)
+    except (AttributeError, TypeError, ValueError):
+        raise FilmError(f"{name}: DICOM file lacks Rows/Columns") from None
+    check_size(width, height, name, limits)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad/compressed pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = getattr(syntax, "name", syntax)
+        raise FilmError(f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}): {err}") from None
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        if arr.ndim == 3 and arr.shape[-1] == 3:
+            arr = cv2.cvtColor(np.asarray(arr, dtype=np.float32), cv2.COLOR_RGB2GRAY)
+            return Film(name, _stretch(arr, None), "dicom", *_dicom_meta(ds))
+        raise FilmError(f"{name}: unsupported DICOM photometric interpretation {photometric}")
+    if arr.ndim != 2:
+        raise FilmError(f"{name}: unexpected DICOM pixel array shape {arr.shape}")
+    try:
+        arr = apply_modality_lut(arr, ds)
+        value_range = _voi_output_range(ds)
+        arr = apply_voi_lut(arr, ds)
+    except (ValueError, NotImplementedError, AttributeError, IndexError) as err:
+        raise FilmError(f"{name}: bad DICOM LUT or window ({err})") from None
+    pixels = _stretch(np.asarray(arr, dtype=np.float64), value_range)
+    if photometric == "MONOCHROME1":
+        pixels = 255 - pixels
+    return Film(name, pixels, "dicom", *_dicom_meta(ds))
+
+
+def _voi_output_range(ds):
+    """(low, high) of the values the VOI stage will output, or None (no VOI: use the film's range).
+
+    Mirrors the rules of pydicom.pixels.apply_voi_lut, which prefers a VOI LUT
+    Sequence over a window; the window output spans the stored-value range (after
+    rescale), a LUT spans its own entries.
+    """
+    seq = ds.get("VOILUTSequence")
+    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
+        lut = seq[0].LUTData
+        if isinstance(lut, (bytes, bytearray)):
+            lut = np.frombuffer(lut, dtype="<u2" if seq[0].LUTDescriptor[2] > 8 else np.uint8)
+        lut = np.asarray(lut)
+        return float(lut.min()), float(lut.max())
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    bits = int(ds.BitsStored)
+    if ds.get("ModalityLUTSequence"):
+        low, high = 0.0, 2.0 ** ds.ModalityLUTSequence[0].LUTDescriptor[2] - 1
+    elif int(ds.get("PixelRepresentation", 0)) == 0:
+        low, high = 0.0, 2.0 ** bits - 1
+    else:
+        low, high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        low, high = low * slope + intercept, high * slope + intercept
+    return low, high
+
+
+def _stretch(arr, value_range):
+    """Linearly map ``value_range`` (or the array's own min..max) to uint8 0..255."""
+    low, high = value_range if value_range is not None else (float(arr.min()), float(arr.max()))
+    if high <= low:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (arr.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _dicom_meta(ds):
+    """(age years | None, sex "M"/"F" | None, view "PA"/"AP" | None) from DICOM tags."""
+    age = None
+    raw = str(ds.get("PatientAge", "") or "").strip().upper()
+    if raw[:-1].isdigit() and raw[-1:] in "DWMY":
+        age = int(raw[:-1]) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[raw[-1]]
+    elif raw.isdigit():
+        age = float(raw)
+    sex = str(ds.get("PatientSex", "") or "").strip().upper()[:1] or None
+    sex = sex if sex in ("M", "F") else None
+    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
+    view = view if view in ("PA", "AP") else None
+    return age, sex, view
