@@ -20,6 +20,7 @@ Policies, written down once:
 """
 
 import struct
+import sys
 from pathlib import Path
 
 import cv2
@@ -165,3 +166,19 @@ def film_to_png(path, size):
         return None, exc.reason
     except Exception as exc:  # a worker must report, never take the whole build down
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def encode_films(paths, size):
+    """``film_to_png`` for each path (one worker task of the builder)."""
+    return [film_to_png(path, size) for path in paths]
+
+
+def worker_init():
+    """Initializer of the builder's worker processes: one process per core, so
+    OpenCV's own thread pool is switched off."""
+    cv2.setNumThreads(1)
+
+
+def tensorflow_loaded():
+    """True when TensorFlow is imported in this process (checked in the workers by tests)."""
+    return "tensorflow" in sys.modules

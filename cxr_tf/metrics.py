@@ -21,6 +21,7 @@ Confidence intervals
 """
 
 import numpy as np
+import scipy.sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxr_tf.labels import LABELS
@@ -110,24 +111,55 @@ def micro_scores(y_true, y_prob):
 
 
 # --------------------------------------------------------------------------- bootstrap
-def weighted_auc(y, score, weights):
-    """ROC-AUC of one binary problem under many weightings at once.
+class PatientAUC:
+    """ROC-AUC of one finding under many patient reweightings at once (the bootstrap kernel).
 
-    y: (N,) in {0, 1}; score: (N,); weights: (B, N) non-negative (bootstrap counts).
-    Returns (B,) AUCs; NaN where a weighting leaves no positive or no negative.
-    Mann-Whitney form with ties counted one half, equal to scikit-learn's
-    ``roc_auc_score(y, score, sample_weight=w)`` for each row ``w``.
+    y: (N,) in {0, 1}; score: (N,); patient_of_film: (N,) ints in [0, n_patients).
+    ``self(counts)`` with counts (B, n_patients) (how often each patient was drawn)
+    returns (B,) AUCs, NaN where a replicate has no positive or no negative film.
+    The value equals scikit-learn's ``roc_auc_score(y, score, sample_weight=w)`` with
+    ``w = counts[b, patient_of_film]`` (Mann-Whitney, ties count one half).
+
+    Why this shape: only the cumulative negative weight *at the positive films'
+    scores* matters, so films are folded into sparse (patient x positive-score)
+    matrices once, and each replicate costs O(films + positive scores) rather
+    than a sort.
     """
-    order = np.argsort(score, kind="mergesort")
-    s, y, w = score[order], y[order].astype(np.float64), weights[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first film of each tied score group
-    pos = np.add.reduceat(w * y, starts, axis=1)  # (B, G) positive weight per score group
-    neg = np.add.reduceat(w * (1.0 - y), starts, axis=1)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    num = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
-    den = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    def __init__(self, y, score, patient_of_film, n_patients):
+        y = np.asarray(y).astype(bool)
+        score = np.asarray(score, dtype=np.float64)
+        pos_scores = np.unique(score[y])  # sorted distinct scores of positive films, (Q,)
+        q = len(pos_scores)
+        pat_pos, pat_neg = patient_of_film[y], patient_of_film[~y]
+        neg_score = score[~y]
+        # A negative film counts as "below" every positive score greater than its own:
+        # bin r = number of positive scores <= its score; below[:, j] = sum of bins r <= j.
+        bins = np.searchsorted(pos_scores, neg_score, side="right")
+        tie_idx = np.searchsorted(pos_scores, neg_score, side="left")
+        tie = np.isin(neg_score, pos_scores)  # negatives scored exactly like some positive
+
+        def sparse(rows, cols, ncols):
+            return scipy.sparse.csc_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_patients, ncols))
+
+        self.q = q
+        self.pos = sparse(pat_pos, np.searchsorted(pos_scores, score[y]), q)
+        self.neg_bins = sparse(pat_neg, bins, q + 1)
+        self.neg_ties = sparse(pat_neg[tie], tie_idx[tie], q)
+        self.neg_per_patient = np.bincount(pat_neg, minlength=n_patients).astype(np.float64)
+
+    def __call__(self, counts):
+        counts = np.asarray(counts, dtype=np.float64)
+        neg_total = counts @ self.neg_per_patient  # (B,)
+        if self.q == 0:
+            return np.full(len(counts), np.nan)
+        pos = (self.pos.T @ counts.T).T  # (B, Q) positive weight at each positive score
+        below = np.cumsum((self.neg_bins.T @ counts.T).T[:, : self.q], axis=1)  # (B, Q)
+        ties = (self.neg_ties.T @ counts.T).T
+        num = np.sum(pos * (below + 0.5 * ties), axis=1)
+        den = pos.sum(axis=1) * neg_total
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def bootstrap_auc(y_true, y_prob, patient_ids, n_boot=1000, seed=0, confidence=0.95, labels=LABELS,
@@ -153,19 +185,20 @@ def bootstrap_auc(y_true, y_prob, patient_ids, n_boot=1000, seed=0, confidence=0
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     uniq, patient_of_film = np.unique(patient_ids, return_inverse=True)
-    n_pat, n_films, k = len(uniq), len(y_true), len(labels)
+    n_pat, k = len(uniq), len(labels)
     defined = [undefined_reason(y_true[:, j]) is None for j in range(k)]
+    kernels = [PatientAUC(y_true[:, j], y_prob[:, j], patient_of_film, n_pat) if defined[j] else None
+               for j in range(k)]
     rng = np.random.default_rng(seed)
     aucs = np.full((n_boot, k), np.nan)
-    step = max(1, chunk_elements // max(n_films, 1))
+    step = max(1, chunk_elements // max(n_pat, 1))
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
-        # Patient draw counts of b replicates, then each film weighted by its patient's count.
+        # How often each patient is drawn in each of b replicates: n_pat draws with replacement.
         counts = rng.multinomial(n_pat, np.full(n_pat, 1.0 / n_pat), size=b)  # (b, n_pat)
-        weights = counts[:, patient_of_film].astype(np.float64)  # (b, N)
-        for j in range(k):
-            if defined[j]:
-                aucs[start:start + b, j] = weighted_auc(y_true[:, j], y_prob[:, j], weights)
+        for j, kernel in enumerate(kernels):
+            if kernel is not None:
+                aucs[start:start + b, j] = kernel(counts)
     tail = 100 * (1 - confidence) / 2
 
     def interval(values):

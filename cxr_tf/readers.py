@@ -15,11 +15,15 @@ inversion for ``MONOCHROME1`` (where 0 is white). Without a VOI LUT or window th
 film's own min..max is stretched to 0..255. 16-bit (and 12-bit) data therefore
 end up as 8-bit like the training PNGs. Multi-frame files use frame 0.
 
-Limits, checked from the header before any pixel is decoded (so a small
-"decompression bomb" file claiming 100,000 × 100,000 pixels is refused cheaply):
-``max_bytes`` (file size), ``max_pixels`` (width × height), ``min_side`` /
-``max_side`` (implausibly small or huge films) and ``max_aspect`` (a strip is not
-a chest film). Every failure raises :class:`FilmError` naming the file and reason.
+Limits: ``max_bytes`` (file size, checked before reading a path) and
+``max_pixels`` (width × height, checked from the PNG/JPEG header by
+``cxr_tf.images.read_image`` and from Rows/Columns for DICOM, before any pixel is
+decoded, so a small "decompression bomb" claiming 60,000 × 60,000 pixels is
+refused cheaply); then ``min_side`` / ``max_side`` (implausibly small or huge
+films) and ``max_aspect`` (a strip is not a chest film). PNG/JPEG decoding is the
+builder's ``read_image`` (which also refuses truncated files), so inference reads
+pixels exactly as the TFRecord builder did. Every failure raises
+:class:`FilmError` (a ``ValueError``) naming the file and the reason.
 """
 
 import dataclasses
@@ -29,6 +33,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from cxr_tf.images import ImageError, read_image
 
 MAX_BYTES = 100 * 2**20
 """Largest file accepted (bytes): a 4,300 × 4,300 16-bit DICOM is ~37 MB uncompressed."""
@@ -103,10 +109,9 @@ def read_film(source, name=None, limits=None):
             "send the film itself, not a report or archive")
     if fmt == "dicom":
         return _read_dicom(data, name, limits)
-    width, height = (_png_size if fmt == "png" else _jpeg_size)(data, name)
-    check_size(width, height, name, limits)
-    _check_complete(data, fmt, name)
-    return Film(name=name, pixels=_decode_raster(data, name), fmt=fmt)
+    pixels = _decode_raster(data, name, limits)
+    check_size(pixels.shape[1], pixels.shape[0], name, limits)
+    return Film(name=name, pixels=pixels, fmt=fmt)
 
 
 def check_size(width, height, name, limits=None):
@@ -155,66 +160,13 @@ def _load_bytes(source, name, limits):
     return data, name
 
 
-def _png_size(data, name):
-    # IHDR is always the first chunk: length(4) "IHDR"(4) width(4) height(4)
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise FilmError(f"{name}: truncated or corrupt PNG (no IHDR header)")
-    return struct.unpack(">II", data[16:24])
-
-
-def _jpeg_size(data, name):
-    # walk the marker segments up to the first start-of-frame (SOF0..SOF15 except DHT/JPG/DAC)
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            break
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
-        i += 2 + length
-    raise FilmError(f"{name}: truncated or corrupt JPEG (no frame header)")
-
-
-def _check_complete(data, fmt, name):
-    # decoders fill a cut-off JPEG with grey and may return it without an error: refuse it here
-    tail = data.rstrip(b"\x00")[-12:]
-    if (fmt == "png" and b"IEND" not in tail) or (fmt == "jpeg" and not tail.endswith(b"\xff\xd9")):
-        raise FilmError(f"{name}: truncated {fmt.upper()} (the file ends before the image does); send it again")
-
-
-def _decode_raster(data, name):
-    """PNG/JPEG bytes -> uint8 (H, W) greyscale, through the builder's reader when present."""
+def _decode_raster(data, name, limits):
+    """PNG/JPEG bytes -> uint8 (H, W) greyscale via the builder's reader, which refuses
+    truncated files and, from the header alone, films over ``limits.max_pixels``."""
     try:
-        from cxr_tf.images import ImageError, read_image
-    except ImportError:  # pragma: no cover - the builder's module is part of the package
-        read_image, ImageError = _cv2_read_image, ValueError
-    try:
-        pixels = read_image(data)
+        return read_image(data, name=name, max_pixels=limits.max_pixels)
     except ImageError as err:
-        raise FilmError(f"{name}: cannot decode ({err})") from None
-    return np.ascontiguousarray(pixels, dtype=np.uint8)
-
-
-def _cv2_read_image(data):
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError("corrupt or truncated image data")
-    if img.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        img = cv2.cvtColor(img, code)
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
-    return img
+        raise FilmError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- DICOM

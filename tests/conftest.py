@@ -24,3 +24,34 @@ def sample_records(tmp_path_factory):
     else:
         build_records(data_dir=None, out=out, image_size=64, seed=0, workers=2, progress=False)
     return out
+
+
+def write_run_dir(run_dir, model, arch, image_size, thresholds=None, **config):
+    """Write a run folder in the ``cxr_tf.fit`` layout that ``cxr_tf.predict`` reads:
+    model.keras, config.json ({"arch", "image_size", ...config}), labels.json and,
+    unless ``thresholds`` is False, thresholds.json (default 0.5 per finding)."""
+    import json
+
+    from cxr_tf.labels import LABELS
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    (run_dir / "config.json").write_text(json.dumps({"arch": arch, "image_size": image_size, **config}))
+    (run_dir / "labels.json").write_text(json.dumps(list(LABELS)))
+    if thresholds is not False:
+        thresholds = thresholds or {label: 0.5 for label in LABELS}
+        (run_dir / "thresholds.json").write_text(json.dumps(thresholds))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder (Path) with an untrained ``simple_cnn`` at 64 px (dropout 0.5,
+    weights=None), thresholds 0.5, split_method "synthetic": the fit layout that
+    ``cxr_tf.predict.Predictor`` loads. Read-only: copy it to change files."""
+    from cxr_tf.models import build_model
+
+    model = build_model("simple_cnn", image_size=64, weights=None, dropout=0.5)
+    return write_run_dir(tmp_path_factory.mktemp("tiny_run"), model, "simple_cnn", 64,
+                         split_method="synthetic")

@@ -1,0 +1,355 @@
+"""Training configs: ``pipelines/<arch>.yaml`` is the one source of defaults.
+
+A config is built in three layers, later ones winning:
+
+1. ``pipelines/<arch>.yaml`` (every key, with the study's hyper-parameters);
+2. an optional ``--config FILE`` (any subset of keys; its ``arch`` picks layer 1);
+3. command-line overrides: the named flags of ``python -m cxr_tf.fit`` and
+   ``--set dotted.key=value`` (value parsed as YAML: ``--set phases.1.epochs=3``,
+   ``--set augment.flip=true``).
+
+``validate`` checks the merged result against ``SCHEMA`` and returns a normalised
+copy; unknown keys and bad values raise ``ConfigError`` (a ``ValueError``) naming
+the key, the value and what is allowed. This module imports no TensorFlow, except
+``cxr_tf.augment`` to validate the ``augment`` block.
+"""
+
+import copy
+import math
+from pathlib import Path
+
+import yaml
+
+PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+"""The repository's ``pipelines/`` folder (next to the ``cxr_tf`` package)."""
+
+LOSSES = ("focal", "bce", "weighted_bce")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+THRESHOLD_METHODS = ("f1", "youden")
+MIXED_PRECISION = (False, True, "mixed_float16", "mixed_bfloat16")
+
+RUN_KEYS = ("strategy", "tensorboard", "verbose", "out", "jit_compile", "backup_every")
+"""Keys that may change between a killed run and its restart (how it runs, not what
+it learns); every other key must match for ``fit`` to resume a run."""
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed; the message names both and the fix."""
+
+
+# --------------------------------------------------------------------------- value checks
+def _where(key, source):
+    return f"{source}: {key}" if source else key
+
+
+def _int(lo=None, hi=None):
+    def check(value, key, source):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{_where(key, source)}={value!r}: expected an integer")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{_where(key, source)}={value!r}: must be in [{lo}, {hi if hi is not None else 'inf'}]")
+        return value
+    return check
+
+
+def _float(lo=None, hi=None, lo_open=False, hi_open=False):
+    def check(value, key, source):
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{_where(key, source)}={value!r}: expected a number")
+        value = float(value)
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+        if bad_lo or bad_hi:
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise ConfigError(f"{_where(key, source)}={value!r}: must be in {left}{lo}, {hi if hi is not None else 'inf'}{right}")
+        return value
+    return check
+
+
+def _bool(value, key, source):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected true or false")
+    return value
+
+
+def _choice(*allowed):
+    def check(value, key, source):
+        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) and a == value for a in allowed):
+            raise ConfigError(f"{_where(key, source)}={value!r}: allowed values are {', '.join(map(repr, allowed))}")
+        return value
+    return check
+
+
+def _str(value, key, source):
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected a non-empty string")
+    return value
+
+
+def _weights(value, key, source):
+    """None (random init), 'imagenet', or the path of a weights file."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None
+    if value == "imagenet":
+        return value
+    if isinstance(value, str):
+        if not Path(value).expanduser().is_file():
+            raise ConfigError(f"{_where(key, source)}={value!r}: no such file; use imagenet, none, "
+                              "or the path of a .weights.h5 / .keras file")
+        return str(Path(value).expanduser().resolve())
+    raise ConfigError(f"{_where(key, source)}={value!r}: allowed values are imagenet, none or a file path")
+
+
+def _mixed_precision(value, key, source):
+    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off"):
+        value = value.lower() in ("true", "on")
+    return _choice(*MIXED_PRECISION)(value, key, source)
+
+
+def _auto_or(check):
+    def wrapped(value, key, source):
+        return "auto" if value == "auto" else check(value, key, source)
+    return wrapped
+
+
+def _epoch_or_steps(value, key, source):
+    return "epoch" if value == "epoch" else _int(1)(value, key, source)
+
+
+def _cache(value, key, source):
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip()):
+        return value
+    raise ConfigError(f"{_where(key, source)}={value!r}: expected true, false or a file path prefix")
+
+
+def _augment(value, key, source):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected a mapping of augmentation parameters")
+    from cxr_tf.augment import resolve_params  # the augment module owns its keys and ranges
+
+    try:
+        resolved = resolve_params(value)
+    except ValueError as err:
+        raise ConfigError(f"{_where(key, source)}: {err}") from None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+
+SCHEMA = {
+    "arch": _str,
+    "image_size": _int(16, 2048),
+    "batch_size": _int(1),
+    "weights": _weights,
+    "dropout": _float(0.0, 1.0, hi_open=True),
+    "mc_dropout": _bool,
+    "loss": {
+        "name": _choice(*LOSSES),
+        "alpha": _float(0.0, 1.0),
+        "gamma": _float(0.0),
+        "label_smoothing": _float(0.0, 1.0, hi_open=True),
+        "min_prevalence": _float(0.0, 0.5, lo_open=True),
+    },
+    "phases": [{
+        "name": _str,
+        "epochs": _int(0),
+        "learning_rate": _float(0.0, lo_open=True),
+        "train_backbone": _bool,
+    }],
+    "reduce_lr": {
+        "factor": _float(0.0, 1.0, lo_open=True, hi_open=True),
+        "patience": _int(0),
+        "min_lr": _float(0.0),
+    },
+    "early_stopping": {"patience": _int(0)},
+    "augment": _augment,
+    "threshold_method": _choice(*THRESHOLD_METHODS),
+    "records": _str,
+    "out": _str,
+    "seed": _int(0),
+    "mixed_precision": _mixed_precision,
+    "strategy": _choice(*STRATEGIES),
+    "jit_compile": _auto_or(_bool),
+    "tensorboard": _bool,
+    "backup_every": _epoch_or_steps,
+    "shuffle_buffer": _int(1),
+    "cache": _cache,
+    "verbose": _auto_or(_choice(0, 1, 2)),
+}
+
+
+def _check_mapping(value, schema, prefix, source, complete=True):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_where(prefix or 'config', source)}: expected a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(schema))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{source + ': ' if source else ''}unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"allowed keys{' of ' + prefix if prefix else ''}: {', '.join(schema)}")
+    missing = [k for k in schema if k not in value]
+    if complete and missing:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{source + ': ' if source else ''}missing key(s) {', '.join(where + k for k in missing)} "
+                          f"(pipelines/<arch>.yaml has them all; start from one of those files)")
+    out = {}
+    for key, check in schema.items():
+        if key not in value:
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(check, dict):
+            out[key] = _check_mapping(value[key], check, name, source, complete)
+        elif isinstance(check, list):
+            items = value[key]
+            if not isinstance(items, list) or not items:
+                raise ConfigError(f"{_where(name, source)}={items!r}: expected a non-empty list")
+            out[key] = [_check_mapping(item, check[0], f"{name}.{i}", source, complete)
+                        for i, item in enumerate(items)]
+        else:
+            out[key] = check(value[key], name, source)
+    return out
+
+
+def validate(config, source=None):
+    """A normalised, fully checked copy of ``config`` (every ``SCHEMA`` key present).
+
+    ``source`` (e.g. the file name) prefixes error messages. Raises ConfigError."""
+    config = _check_mapping(config, SCHEMA, "", source)
+    names = [phase["name"] for phase in config["phases"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{_where('phases', source)}: phase names must be unique, got {names}")
+    if all(phase["epochs"] == 0 for phase in config["phases"]):
+        raise ConfigError(f"{_where('phases', source)}: every phase has 0 epochs; nothing would be trained")
+    return config
+
+
+# --------------------------------------------------------------------------- loading
+def available_archs(pipelines_dir=None):
+    """Names that have a ``pipelines/<name>.yaml``, sorted."""
+    folder = Path(pipelines_dir or PIPELINES_DIR)
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def read_yaml(path):
+    """The mapping in a YAML file; ConfigError naming the file if it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def pipeline_path(arch, pipelines_dir=None):
+    """``pipelines/<arch>.yaml``; ConfigError listing the known names if there is none."""
+    folder = Path(pipelines_dir or PIPELINES_DIR)
+    path = folder / f"{arch}.yaml"
+    if not path.is_file():
+        known = available_archs(folder)
+        raise ConfigError(f"arch={arch!r}: no pipeline {path}; allowed values are {', '.join(known) or '(none found)'}")
+    return path
+
+
+def deep_merge(base, update):
+    """``base`` with ``update`` merged in: mappings merge key by key, anything else
+    (lists included) is replaced. Neither argument is modified."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_assignments(items):
+    """``["loss.gamma=1.5", "phases.0.epochs=2"]`` -> ``{"loss.gamma": 1.5, ...}``
+    (values parsed as YAML scalars)."""
+    out = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set loss.gamma=1.5")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def set_dotted(config, dotted, value):
+    """Set ``config[a][b][i]`` for ``dotted="a.b.i"`` in place (list indices are integers).
+    Unknown keys are left for ``validate`` to report; a bad list index raises here."""
+    parts = dotted.split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{dotted}: {'.'.join(parts[:depth]) or 'config'} has {len(node)} entries; "
+                                  f"{part!r} is not an index in 0..{len(node) - 1}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {'.'.join(parts[:depth])} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = {}
+            node = node[part]
+
+
+def set_epochs(config, epochs):
+    """Apply ``--epochs``: one int for every phase, or a list with one per phase."""
+    phases = config["phases"]
+    if isinstance(epochs, int):
+        epochs = [epochs] * len(phases)
+    if len(epochs) != len(phases):
+        raise ConfigError(f"--epochs {','.join(map(str, epochs))}: {len(epochs)} values for "
+                          f"{len(phases)} phases ({', '.join(p['name'] for p in phases)})")
+    for phase, n in zip(phases, epochs):
+        phase["epochs"] = n
+
+
+def load_config(arch=None, config_file=None, overrides=None, epochs=None, pipelines_dir=None):
+    """The validated config for ``arch`` (or the ``arch`` in ``config_file``).
+
+    overrides: ``{dotted_key: value}`` applied last (named flags and ``--set``).
+    epochs: int or list of ints, applied to ``phases`` (see ``set_epochs``)."""
+    overrides = dict(overrides or {})
+    layer = {}
+    source = None
+    if config_file is not None:
+        layer = read_yaml(config_file)
+        source = str(config_file)
+    arch = overrides.pop("arch", None) or arch or layer.get("arch")
+    if not arch:
+        raise ConfigError("no architecture: pass --arch NAME (one of "
+                          f"{', '.join(available_archs(pipelines_dir))}) or a --config file with an arch key")
+    base_path = Path(pipelines_dir or PIPELINES_DIR) / f"{arch}.yaml"
+    if base_path.is_file():
+        config = deep_merge(read_yaml(base_path), layer)
+        source = source or str(base_path)
+    elif config_file is not None:
+        config = layer  # a complete config for an architecture without a pipeline file
+    else:
+        pipeline_path(arch, pipelines_dir)  # raises with the known names
+    config["arch"] = arch
+    for key, value in overrides.items():
+        set_dotted(config, key, value)
+    if epochs is not None:
+        if not isinstance(config.get("phases"), list):
+            raise ConfigError("--epochs: the config has no phases list")
+        set_epochs(config, epochs)
+    return validate(config, source=source if not overrides and epochs is None else f"{source} + overrides")
+
+
+def resume_signature(config):
+    """The part of a resolved config that must match for a restart to continue a run."""
+    return {k: v for k, v in config.items() if k not in RUN_KEYS}

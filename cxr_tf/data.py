@@ -1,0 +1,381 @@
+"""The tf.data input pipeline: TFRecord shards -> batches of films and labels.
+
+``make_dataset(records_dir, split, batch_size, image_size)`` reads the shards that
+``tools/build_tfrecords.py`` wrote (schema: ``cxr_tf.records``) and yields
+
+    images  float32 (B, S, S, 1), raw 0–255        labels  float32 (B, 14), LABELS order
+
+or, with ``multimodal=True``, ``({"image": images, "meta": (B, META_DIM)}, labels)``,
+and with ``with_ids=True`` a third element ``{"image_index": string (B,),
+"patient_id": int64 (B,)}`` (for evaluation code that iterates itself: Keras
+``fit``/``predict`` would read a third element as sample weights).
+
+Training chain (``training=True``, the default for split ``train``)::
+
+    shard names ─shuffle─> parallel interleave of TFRecordDataset (non-deterministic)
+      -> parse -> check PNG header (names the shard) -> decode PNG to uint8 (N, N, 1)
+      -> [cache: memory or file, decoded uint8, before any random op]
+      -> shuffle (``shuffle_buffer`` records) -> batch(drop_remainder=True)
+      -> augmentation on the batch (per sample; ``cxr_tf.augment``) -> prefetch
+
+Evaluation chain: shards in manifest order, records in file order (deterministic,
+parallel decode keeps the order), every example exactly once (no repeat, no dropped
+remainder), no augmentation, area resize when S < N.
+
+Image size: N is the size stored in the shards (manifest ``image_size``); S is the
+requested size. S == N: pixels untouched at evaluation. S < N: training takes a
+random resized crop of the stored film to S (inside the augmentation warp; a plain
+resize when augmentation is off), evaluation an area resize. S > N is refused:
+upsampling invents no detail and usually means the records were built at the wrong
+size; rebuild them at S.
+
+Neither chain repeats: one pass is one epoch. Training drops the last partial batch
+(every step sees ``batch_size`` films); evaluation keeps it.
+
+Distribution: ``batch_size`` is the GLOBAL batch size. ``model.fit`` under a
+``tf.distribute`` strategy, or ``strategy.experimental_distribute_dataset``, splits
+each batch across replicas (``batch_size / num_replicas`` each). Across workers
+tf.data auto-shards by FILE when there are at least as many shards as workers, else by
+DATA (``auto_shard_policy``); the worker count comes from ``TF_CONFIG`` unless given.
+With FILE sharding and uneven shards, workers can run different numbers of steps:
+repeat the dataset and pass ``steps_per_epoch`` in multi-worker training.
+
+Corrupt data: a record whose image is not a PNG of the stored size stops the
+pipeline with an InvalidArgumentError naming the shard and the image; damage that
+TensorFlow's readers report without a file name (a TFRecord CRC failure, a truncated
+PNG stream) is found and named by ``verify_records``.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf.augment import build_augmenter
+from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf.records import parse_example, parse_shard_name
+
+MANIFEST = "manifest.json"
+META_DIM = 5  # [age standardised, sex_M, sex_F, view_PA, view_AP]
+META_NAMES = ("age_standardised", "sex_M", "sex_F", "view_PA", "view_AP")
+AGE_RANGE = (0.0, 120.0)  # ages outside are table errors (the 2017 table has 414): clipped
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BUILD_HINT = "build them with `python tools/build_tfrecords.py --out DIR`"
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(records_dir):
+    """The ``manifest.json`` of a records folder as a dict.
+
+    FileNotFoundError when the folder or its manifest is missing; ValueError when
+    the manifest is not JSON or lacks the keys ``labels``, ``image_size``, ``splits``.
+    """
+    records_dir = Path(records_dir)
+    path = records_dir / MANIFEST
+    if not records_dir.is_dir():
+        raise FileNotFoundError(f"records folder {records_dir} does not exist; {_BUILD_HINT}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {records_dir} is not a records folder "
+                                f"(no manifest.json beside the shards); {_BUILD_HINT}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rebuild the records") from err
+    missing = [key for key in ("labels", "image_size", "splits") if key not in manifest]
+    if missing:
+        raise ValueError(f"{path} lacks the key(s) {missing}; rebuild the records")
+    return manifest
+
+
+def _manifest_of(manifest_or_dir):
+    if isinstance(manifest_or_dir, dict):
+        return manifest_or_dir
+    return read_manifest(manifest_or_dir)
+
+
+def _split_info(manifest, split, where="manifest"):
+    splits = manifest["splits"]
+    if split not in splits:
+        raise ValueError(f"split {split!r} is not in {where}; its splits are {sorted(splits)}")
+    return splits[split]
+
+
+def label_prevalence(manifest, split="train"):
+    """Fraction of films with each finding in ``split``: float32 (14,), LABELS order,
+    from the manifest's ``label_counts`` (no pass over the data). ``manifest``: the
+    dict of ``read_manifest`` or a records folder."""
+    manifest = _manifest_of(manifest)
+    info = _split_info(manifest, split)
+    counts = info.get("label_counts", {})
+    missing = [label for label in LABELS if label not in counts]
+    if missing:
+        raise ValueError(f"manifest split {split!r} has no label_counts for {missing}; rebuild the records")
+    total = int(info["num_examples"])
+    if total <= 0:
+        raise ValueError(f"manifest split {split!r} has no examples")
+    return np.array([counts[label] for label in LABELS], dtype=np.float32) / total
+
+
+def _age_stats(manifest):
+    meta = manifest.get("metadata") or {}
+    if "age_mean" not in meta or "age_std" not in meta:
+        raise ValueError("manifest has no metadata.age_mean / metadata.age_std (training-split age "
+                         "statistics, needed for the multimodal input); rebuild the records")
+    std = float(meta["age_std"])
+    return float(meta["age_mean"]), (std if std > 0 else 1.0)
+
+
+def _check_request(manifest, records_dir, split, image_size):
+    """Validate a request against the manifest; returns (shard paths, stored size)."""
+    if tuple(manifest["labels"]) != LABELS:
+        raise ValueError(f"{Path(records_dir) / MANIFEST}: labels {manifest['labels']} differ from "
+                         f"cxr_tf.labels.LABELS {list(LABELS)}; rebuild the records with this version")
+    stored = int(manifest["image_size"])
+    if int(image_size) > stored:
+        raise ValueError(f"image_size={image_size} is larger than the {stored} px stored in {records_dir}: "
+                         f"upsampling adds no detail; rebuild the records with --image-size {image_size} "
+                         f"or train at image_size <= {stored}")
+    info = _split_info(manifest, split, where=f"{Path(records_dir) / MANIFEST}")
+    names = list(info.get("shards", []))
+    if not names:
+        raise ValueError(f"split {split!r} in {records_dir} lists no shards; rebuild the records")
+    paths = []
+    for name in names:
+        name = name["name"] if isinstance(name, dict) else name
+        shard_split, _, _ = parse_shard_name(Path(name).name)
+        if shard_split != split:
+            raise ValueError(f"manifest split {split!r} lists shard {name} of split {shard_split!r}")
+        path = Path(records_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} listed in the manifest is missing; rebuild or copy it")
+        if path.stat().st_size == 0:
+            raise ValueError(f"shard {path} is empty (an interrupted copy?); rebuild or copy it")
+        paths.append(str(path))
+    return paths, stored
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def meta_tensor(age, sex, view, age_mean, age_std):
+    """Graph version of ``meta_vector``: tensors (or Python values) of any batch
+    shape -> float32 (..., META_DIM). Unknown sex or view -> zeros in that one-hot."""
+    age = tf.clip_by_value(tf.cast(age, tf.float32), *AGE_RANGE)
+    sex = tf.strings.upper(tf.strings.strip(tf.convert_to_tensor(sex, tf.string)))
+    view = tf.strings.upper(tf.strings.strip(tf.convert_to_tensor(view, tf.string)))
+    return tf.stack([
+        (age - age_mean) / age_std,
+        tf.cast(tf.equal(sex, "M"), tf.float32),
+        tf.cast(tf.equal(sex, "F"), tf.float32),
+        tf.cast(tf.equal(view, "PA"), tf.float32),
+        tf.cast(tf.equal(view, "AP"), tf.float32),
+    ], axis=-1)
+
+
+def meta_vector(age, sex, view, manifest):
+    """The metadata input for one film: np.float32 (META_DIM,) =
+    [(age - age_mean) / age_std, sex_M, sex_F, view_PA, view_AP], with the
+    training-split age statistics of ``manifest`` (dict or records folder).
+    ``age`` in years (clipped to AGE_RANGE; None -> the mean); ``sex`` "M"/"F",
+    ``view`` "PA"/"AP" (str or bytes; anything else, or None -> zeros)."""
+    mean, std = _age_stats(_manifest_of(manifest))
+    age = mean if age is None else age
+    sex = sex.decode() if isinstance(sex, bytes) else (sex or "")
+    view = view.decode() if isinstance(view, bytes) else (view or "")
+    return meta_tensor(float(age), sex, view, mean, std).numpy().astype(np.float32)
+
+
+# ---------------------------------------------------------------- distribution
+
+
+def auto_shard_policy(num_shards, num_workers):
+    """FILE when every worker gets at least one shard, else DATA."""
+    policy = tf.data.experimental.AutoShardPolicy
+    return policy.FILE if num_shards >= max(1, num_workers) else policy.DATA
+
+
+def num_workers_from_tf_config():
+    """Worker processes in the ``TF_CONFIG`` cluster (chief + workers); 1 without one."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from err
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+# ---------------------------------------------------------------- records
+
+
+def _decode(record, shard, stored):
+    """One serialized example (+ its shard path) -> dict with ``image`` uint8 (N, N, 1)."""
+    ex = parse_example(record)
+    png = ex["image"]
+    # The PNG header (signature, IHDR width/height) is checked here so that a bad
+    # record names its shard: decode_png's own errors do not.
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(png, 0, 24), b"\0" * 24]), 0, 24)
+    size = tf.io.decode_raw(tf.strings.substr(head, 16, 8), tf.int32, little_endian=False)
+    ok = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), _PNG_SIGNATURE),
+                        tf.reduce_all(tf.equal(size, stored)))
+    check = tf.debugging.Assert(ok, [
+        "corrupt record in shard", shard, "image_index", ex["image_index"],
+        f": the image is not a {stored}x{stored} PNG (width, height):", size,
+        "— rebuild that shard with tools/build_tfrecords.py"], summarize=4)
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_png(png, channels=1)
+    ex["image"] = tf.ensure_shape(image, (stored, stored, 1))
+    return ex
+
+
+def _reader(files, training, seed):
+    """Dataset of (serialized record, shard path)."""
+    def read(path):
+        return tf.data.TFRecordDataset(path, buffer_size=8 << 20).map(lambda r: (r, path))
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        return ds.interleave(read, cycle_length=min(len(files), 16), block_length=1,
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    # evaluation: manifest order, each shard read to the end before the next
+    return ds.interleave(read, cycle_length=1, num_parallel_calls=None)
+
+
+def _cache(ds, cache, split, stored, training, multimodal):
+    if cache in (None, False):
+        return ds
+    if cache is True or cache == "memory":
+        return ds.cache()
+    path = Path(cache)
+    if path.is_dir() or str(cache).endswith(os.sep):
+        path.mkdir(parents=True, exist_ok=True)
+        kind = ("train" if training else "eval") + ("-meta" if multimodal else "")
+        path = path / f"{split}-{stored}px-{kind}.cache"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return ds.cache(str(path))
+
+
+def make_dataset(records_dir, split, batch_size, image_size=224, training=None, multimodal=False,
+                 with_ids=False, cache=None, augment=None, shuffle_buffer=4096, seed=None,
+                 num_workers=None, deterministic=None):
+    """The ``tf.data.Dataset`` of one split (see the module docstring for the chain).
+
+    records_dir: folder with the shards and ``manifest.json``. split: "train", "val"
+    or "test". batch_size: GLOBAL batch size (split across replicas by tf.distribute).
+    image_size: S, the side fed to the model (<= the stored size). training: defaults
+    to ``split == "train"``; True = shuffle + drop remainder + augmentation.
+    multimodal: also yield the (B, META_DIM) metadata vector (``meta_vector``).
+    with_ids: also yield {"image_index", "patient_id"}. cache: None (off), "memory",
+    or a file prefix / existing folder for an on-disk cache of the decoded uint8
+    films (placed before any random op, so every epoch gets fresh augmentation;
+    a file cache is written on the first complete pass and must not be shared by
+    two pipelines running at once). augment: None = ``cxr_tf.augment.DEFAULT_AUGMENT``
+    when training, False = none, or a dict of parameters (pipelines yaml ``augment:``)
+    merged over the defaults; ignored at evaluation. shuffle_buffer: records held for
+    shuffling (memory: N² bytes each, 64 KiB at 256 px). seed: shard order, shuffle
+    and augmentation draws. num_workers: for the auto-shard policy; default from
+    TF_CONFIG. deterministic: element order; default: not training (a seed alone does
+    not make a parallel training pipeline's order repeatable; pass True for that).
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    training = (split == "train") if training is None else bool(training)
+    deterministic = (not training) if deterministic is None else bool(deterministic)
+    manifest = read_manifest(records_dir)
+    files, stored = _check_request(manifest, records_dir, split, image_size)
+    num_examples = int(manifest["splits"][split].get("num_examples", 0))
+    if training and 0 < num_examples < batch_size:
+        raise ValueError(f"split {split!r} has {num_examples} films, fewer than batch_size={batch_size}: "
+                         "training drops the last partial batch and would yield nothing")
+    image_size = int(image_size)
+    age_stats = _age_stats(manifest) if multimodal else None
+    augmenter = None
+    if training and augment is not False:
+        augmenter = build_augmenter(augment if augment is not True else None, image_size, seed=seed)
+
+    def to_element(record, shard):
+        ex = _decode(record, shard, stored)
+        out = {"image": ex["image"], "labels": tf.cast(ex["labels"], tf.float32)}
+        if multimodal:
+            out["meta"] = meta_tensor(ex["age"], ex["sex"], ex["view"], *age_stats)
+        if with_ids:
+            out["image_index"], out["patient_id"] = ex["image_index"], ex["patient_id"]
+        return out
+
+    ds = _reader(files, training, seed)
+    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = _cache(ds, cache, split, stored, training, multimodal)
+    if training:
+        buffer = max(1, min(int(shuffle_buffer), num_examples or int(shuffle_buffer)))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(int(batch_size), drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=deterministic)
+
+    def finish(batch):
+        images = tf.cast(batch["image"], tf.float32)  # (B, N, N, 1) 0..255
+        if augmenter is not None:
+            images = augmenter(images, training=True)  # (B, S, S, 1), per-sample draws
+        elif image_size != stored:
+            images = tf.image.resize(images, (image_size, image_size), method="area")
+        images = tf.ensure_shape(images, (None, image_size, image_size, 1))
+        x = {"image": images, "meta": batch["meta"]} if multimodal else images
+        if with_ids:
+            return x, batch["labels"], {"image_index": batch["image_index"], "patient_id": batch["patient_id"]}
+        return x, batch["labels"]
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
+    options.experimental_distribute.auto_shard_policy = auto_shard_policy(len(files), workers)
+    return ds.with_options(options)
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify_records(records_dir, split=None, image_size=None):
+    """Read every record of ``split`` (all splits when None) and decode its film.
+
+    Returns {split: number of examples}. Raises ValueError naming the shard, the
+    record number and (when readable) the image for the first corrupt record: a
+    TFRecord CRC failure or truncation, an undecodable example, a PNG that does not
+    decode or is not the manifest's size; and when a split's count disagrees with
+    the manifest. Slow (decodes everything): run it after copying records around,
+    or when the pipeline stops with an error that does not name the shard.
+    """
+    manifest = read_manifest(records_dir)
+    splits = [split] if split is not None else sorted(manifest["splits"])
+    counts = {}
+    for name in splits:
+        files, stored = _check_request(manifest, records_dir, name, image_size or manifest["image_size"])
+        total = 0
+        for path in files:
+            position, image_index = 0, "?"  # position: 0-based number of the record being read
+            try:
+                for record in tf.data.TFRecordDataset(path):
+                    image_index = "?"
+                    ex = parse_example(record)
+                    image_index = ex["image_index"].numpy().decode(errors="replace")
+                    image = tf.io.decode_png(ex["image"], channels=1)
+                    if tuple(image.shape) != (stored, stored, 1):
+                        raise ValueError(f"image is {tuple(image.shape)}, the manifest says {stored} px")
+                    if ex["labels"].shape != (NUM_LABELS,):
+                        raise ValueError(f"labels have shape {tuple(ex['labels'].shape)}")
+                    total += 1
+                    position += 1
+            except (tf.errors.OpError, ValueError) as err:
+                reason = getattr(err, "message", None) or str(err)
+                raise ValueError(f"corrupt record in shard {path}: record {position} "
+                                 f"(image {image_index}): {reason.strip().splitlines()[0]}; "
+                                 f"rebuild that shard with tools/build_tfrecords.py") from err
+        expected = int(manifest["splits"][name].get("num_examples", total))
+        if total != expected:
+            raise ValueError(f"split {name!r} in {records_dir}: read {total} records, manifest says {expected}")
+        counts[name] = total
+    return counts

@@ -1,0 +1,104 @@
+"""Training losses for 14 independent sigmoids, chosen by the ``loss`` block of a pipeline.
+
+=============== ==================================================================
+``loss.name``   loss
+=============== ==================================================================
+focal           ``keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True,
+                alpha, gamma)``: the fusion study's loss (alpha 0.25, gamma 2.0;
+                ../shared/seeds/003), the same weighting as tensorflow-addons'
+                ``SigmoidFocalCrossEntropy``
+bce             ``keras.losses.BinaryCrossentropy``
+weighted_bce    ``WeightedBinaryCrossentropy``: BCE with per-finding weights from the
+                label prevalence p of the training split (seeds/001): positives
+                weigh 1 / (2p), negatives 1 / (2(1 - p)), so each finding's positives
+                and negatives carry equal total weight and a finding at p = 0.5 gets
+                plain BCE. p is floored at ``min_prevalence`` (a finding with no
+                training positives would otherwise get an infinite weight).
+=============== ==================================================================
+
+All take ``y_true`` (B, 14) in {0, 1} and ``y_pred`` (B, 14) probabilities (the
+models end in float32 sigmoids) and return the batch mean. The two built-in losses
+serialize natively; ``WeightedBinaryCrossentropy`` is registered as
+``cxr_tf>WeightedBinaryCrossentropy`` with its weights in its config, so a
+``model.keras`` compiled with it reloads with ``keras.models.load_model`` once
+``cxr_tf.losses`` has been imported (as custom layers need ``cxr_tf.layers``).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from cxr_tf.labels import NUM_LABELS
+
+
+def prevalence_weights(prevalence, min_prevalence=1e-3):
+    """(pos_weights, neg_weights), float32 arrays (K,), from per-finding prevalence
+    in [0, 1]: 1 / (2p) and 1 / (2(1 - p)) with p clipped to [min_prevalence,
+    1 - min_prevalence]."""
+    p = np.asarray(prevalence, dtype=np.float64)
+    if p.ndim != 1 or not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"prevalence must be a 1-D array of fractions in [0, 1], got {prevalence!r}")
+    if not 0 < min_prevalence <= 0.5:
+        raise ValueError(f"min_prevalence={min_prevalence!r}: must be in (0, 0.5]")
+    p = np.clip(p, min_prevalence, 1.0 - min_prevalence)
+    return (0.5 / p).astype(np.float32), (0.5 / (1.0 - p)).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="cxr_tf")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy with one positive and one negative weight per finding.
+
+    pos_weights, neg_weights: K floats each (see ``prevalence_weights``).
+    Per sample: mean over findings of
+    ``-(w_pos * y * log(q) + w_neg * (1 - y) * log(1 - q))`` with q the predicted
+    probability clipped to [eps, 1 - eps] and y optionally label-smoothed.
+    """
+
+    def __init__(self, pos_weights, neg_weights, label_smoothing=0.0, name="weighted_bce",
+                 reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.pos_weights = [float(w) for w in pos_weights]
+        self.neg_weights = [float(w) for w in neg_weights]
+        if len(self.pos_weights) != len(self.neg_weights):
+            raise ValueError(f"{len(self.pos_weights)} positive but {len(self.neg_weights)} negative weights")
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        if self.label_smoothing:
+            y_true = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        eps = keras.config.epsilon()
+        q = ops.clip(y_pred, eps, 1.0 - eps)
+        w_pos = ops.cast(self.pos_weights, y_pred.dtype)
+        w_neg = ops.cast(self.neg_weights, y_pred.dtype)
+        per_finding = -(w_pos * y_true * ops.log(q) + w_neg * (1.0 - y_true) * ops.log(1.0 - q))
+        return ops.mean(per_finding, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "pos_weights": self.pos_weights, "neg_weights": self.neg_weights,
+                "label_smoothing": self.label_smoothing}
+
+
+def make_loss(loss_config, prevalence=None):
+    """The Keras loss for a ``loss`` block (``{"name", "alpha", "gamma",
+    "label_smoothing", "min_prevalence"}``; missing parameters take the values of
+    ``pipelines/*.yaml``' focal loss). ``prevalence`` (K,) is required for
+    ``weighted_bce`` (``cxr_tf.data.label_prevalence(manifest)``)."""
+    name = loss_config["name"]
+    smoothing = float(loss_config.get("label_smoothing", 0.0))
+    if name == "focal":
+        return keras.losses.BinaryFocalCrossentropy(
+            apply_class_balancing=True, alpha=float(loss_config.get("alpha", 0.25)),
+            gamma=float(loss_config.get("gamma", 2.0)), label_smoothing=smoothing, name="focal")
+    if name == "bce":
+        return keras.losses.BinaryCrossentropy(label_smoothing=smoothing, name="bce")
+    if name == "weighted_bce":
+        if prevalence is None:
+            raise ValueError("loss weighted_bce needs the training-split label prevalence "
+                             "(cxr_tf.data.label_prevalence(manifest))")
+        if len(prevalence) != NUM_LABELS:
+            raise ValueError(f"prevalence has {len(prevalence)} values, expected {NUM_LABELS}")
+        pos, neg = prevalence_weights(prevalence, float(loss_config.get("min_prevalence", 1e-3)))
+        return WeightedBinaryCrossentropy(pos, neg, label_smoothing=smoothing)
+    raise ValueError(f"loss name {name!r}: allowed values are focal, bce, weighted_bce")

@@ -1,0 +1,294 @@
+"""The NIH ChestX-ray14 release on disk: the label table, the image files, the
+bounding-box table. Pure pandas/numpy (no TensorFlow).
+
+Two real layouts of the label table are read:
+
+- the 2020 revision ``Data_Entry_2017_v2020.csv``: ages are integers;
+- the original 2017 ``Data_Entry_2017.csv``: a trailing comma on every line and
+  ages written ``058Y`` (``M`` months and ``D`` days are converted to whole years).
+
+Either may be gzipped. The header's bracketed names (``OriginalImage[Width,Height]``)
+contain commas, so columns are located by expanding the header, not by pandas'
+naive split. Rows are numbered as lines of the file (the header is line 1) in
+every error message.
+"""
+
+import gzip
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.labels import LABELS, NO_FINDING
+
+# raw column name -> our name; all seven are required
+TABLE_COLUMNS = {
+    "Image Index": "image_index",
+    "Finding Labels": "finding_labels",
+    "Follow-up #": "follow_up",
+    "Patient ID": "patient_id",
+    "Patient Age": "age",
+    "Patient Gender": "sex",
+    "View Position": "view",
+}
+SEXES = ("M", "F")
+VIEWS = ("PA", "AP")
+_BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017 vs the label table
+_AGE_RE = re.compile(r"^(\d+)([YMD]?)$")
+_AGE_UNIT_DAYS = {"Y": 365.25, "M": 365.25 / 12, "D": 1.0, "": 365.25}
+
+
+class TableError(ValueError):
+    """A label or bounding-box table that cannot be used; names file, line and value."""
+
+
+def _open_text(path):
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _expand_header(line):
+    """Header fields, with each bracketed name ``A[x,y]`` expanded to ``A[x]``, ``A[y]``
+    so that field positions line up with the data rows."""
+    names, current, depth = [], "", 0
+    for char in line.rstrip("\r\n"):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += char
+    names.append(current)
+    fields = []
+    for name in names:
+        match = re.fullmatch(r"(.*)\[(.*)\](.*)", name.strip())
+        if match and "," in match[2]:
+            fields += [f"{match[1]}[{part.strip()}]{match[3]}" for part in match[2].split(",")]
+        else:
+            fields.append(name.strip())
+    return fields
+
+
+def _read_raw(path, required):
+    """(DataFrame of str with the required columns, header fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label table {path} not found; pass the NIH Data_Entry_2017*.csv(.gz)")
+    with _open_text(path) as handle:
+        header = _expand_header(handle.readline())
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise TableError(f"{path}: line 1 (header) lacks the required column(s) {missing}; "
+                             f"found {header}")
+        positions = [header.index(name) for name in required]
+        frame = pd.read_csv(handle, header=None, usecols=positions, dtype=str,
+                            keep_default_na=False, skip_blank_lines=True, skipinitialspace=True)
+    frame = frame[positions]
+    frame.columns = list(required)
+    return frame, header
+
+
+def read_label_table(path):
+    """The NIH label table as a DataFrame, one row per film, in file order.
+
+    Columns: ``image_index`` (str), ``finding_labels`` (str, as in the file),
+    ``follow_up``, ``patient_id``, ``age`` (int64, years), ``sex`` (``M``/``F``),
+    ``view`` (``PA``/``AP``), ``line`` (the row's line number in the file), and one
+    uint8 0/1 column per finding in ``LABELS`` order (``label_matrix`` stacks them).
+    Raises TableError naming the line and value for an unknown label, a duplicate
+    image, a missing column or a non-numeric id, follow-up or age.
+    """
+    raw, _ = _read_raw(path, list(TABLE_COLUMNS))
+    raw = raw.rename(columns=TABLE_COLUMNS)
+    table = pd.DataFrame({"image_index": raw["image_index"], "finding_labels": raw["finding_labels"]})
+    table["line"] = np.arange(2, len(raw) + 2)
+    table.index = pd.RangeIndex(len(raw))
+
+    def fail(mask, column, what):
+        row = int(np.flatnonzero(mask)[0])
+        raise TableError(f"{path}: line {row + 2}: {what} {raw[column].iloc[row]!r} in column "
+                         f"{_raw_name(column)!r} ({int(mask.sum())} such row(s) in all)")
+
+    empty = raw["image_index"] == ""
+    if empty.any():
+        fail(empty.to_numpy(), "image_index", "empty image name")
+    duplicated = raw["image_index"].duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        name = raw["image_index"][duplicated].iloc[0]
+        lines = (np.flatnonzero(raw["image_index"].to_numpy() == name) + 2).tolist()
+        raise TableError(f"{path}: image {name!r} appears on several lines {lines}; "
+                         f"each film must have exactly one row")
+    for column in ("patient_id", "follow_up"):
+        values = _non_negative_ints(raw[column])
+        if values.isna().any():
+            fail(values.isna().to_numpy(), column, "non-numeric")
+        table[column] = values.astype(np.int64)
+    table["age"] = _parse_ages(raw["age"], fail)
+    for column, allowed in (("sex", SEXES), ("view", VIEWS)):
+        bad = ~raw[column].isin(allowed).to_numpy()
+        if bad.any():
+            fail(bad, column, f"value (allowed: {', '.join(allowed)})")
+        table[column] = raw[column]
+    matrix = _multi_hot(raw["finding_labels"], fail)
+    for j, label in enumerate(LABELS):
+        table[label] = matrix[:, j]
+    return table
+
+
+def _raw_name(column):
+    return {v: k for k, v in TABLE_COLUMNS.items()}.get(column, column)
+
+
+def _non_negative_ints(strings):
+    """Float Series: the value of each all-digit string, NaN for anything else."""
+    values = pd.to_numeric(strings, errors="coerce")
+    bad = values.isna() | (values < 0) | (values != values.round())
+    bad |= ~strings.str.isdigit() if bad.any() or values.dtype.kind == "f" else False
+    return values.where(~bad)
+
+
+def _parse_ages(ages, fail):
+    plain = _non_negative_ints(ages)
+    if not plain.isna().any():
+        return plain.astype(np.int64)
+    parts = ages.str.extract(_AGE_RE)
+    bad = parts[0].isna().to_numpy()
+    if bad.any():
+        fail(bad, "age", "non-numeric age")
+    days = parts[0].astype(np.float64) * parts[1].map(_AGE_UNIT_DAYS).astype(np.float64)
+    years = np.where(parts[1] == "Y", parts[0].astype(np.float64), np.floor(days / 365.25))
+    years = np.where(parts[1] == "", parts[0].astype(np.float64), years)
+    return years.astype(np.int64)
+
+
+def _multi_hot(findings, fail):
+    """uint8 (N, 14) from pipe-separated finding strings; 'No Finding' is all zeros."""
+    exploded = findings.str.split("|").explode()
+    exploded = exploded.str.strip()
+    known = set(LABELS) | {NO_FINDING}
+    unknown = ~exploded.isin(known)
+    if unknown.any():
+        rows = np.zeros(len(findings), bool)
+        rows[exploded.index[unknown.to_numpy()].unique()] = True
+        fail(rows, "finding_labels", f"unknown finding {exploded[unknown].iloc[0]!r} "
+             f"(known: {', '.join(LABELS)}, '{NO_FINDING}') in labels")
+    matrix = np.zeros((len(findings), len(LABELS)), np.uint8)
+    column = {label: j for j, label in enumerate(LABELS)}
+    positive = exploded[exploded != NO_FINDING]
+    matrix[positive.index.to_numpy(), positive.map(column).to_numpy()] = 1
+    mixed = (exploded == NO_FINDING).groupby(level=0).any() & (exploded != NO_FINDING).groupby(level=0).any()
+    if mixed.any():
+        fail(mixed.reindex(range(len(findings)), fill_value=False).to_numpy(), "finding_labels",
+             f"'{NO_FINDING}' combined with findings in")
+    return matrix
+
+
+def label_matrix(table):
+    """uint8 (N, 14) multi-hot matrix of a table from ``read_label_table``."""
+    return table[list(LABELS)].to_numpy(np.uint8)
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes (the label table's identity in the manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_label_table(data_dir):
+    """The label table inside a data folder (searched recursively): the
+    ``Data_Entry_2017*.csv*`` file, else any ``Data_Entry*.csv*``; among several,
+    the 2020 revision (``v2020``) first, then the shortest name."""
+    data_dir = Path(data_dir)
+    for pattern in ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz", "Data_Entry*.csv", "Data_Entry*.csv.gz"):
+        found = sorted(data_dir.rglob(pattern))
+        if found:
+            return min(found, key=lambda p: ("v2020" not in p.name, len(p.name), str(p)))
+    raise FileNotFoundError(
+        f"no label table (Data_Entry_2017*.csv or .csv.gz) under {data_dir}; "
+        f"download it from the NIH release or pass --labels")
+
+
+def find_images(data_dir, suffixes=(".png",)):
+    """Image files under ``data_dir``, searched recursively (Kaggle layout
+    ``images_001/images/…``, NIH box layout ``images/…``, or flat).
+
+    Returns (files, duplicates): ``files`` maps file name -> Path (the first in
+    sorted path order); ``duplicates`` lists (ignored_path, used_path) for names
+    found more than once.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the NIH images")
+    found = []
+    for root, dirs, names in os.walk(data_dir, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(root, n) for n in names if n.lower().endswith(suffixes)]
+    files, duplicates = {}, []
+    for path in sorted(found):
+        name = os.path.basename(path)
+        if name in files:
+            duplicates.append((Path(path), files[name]))
+        else:
+            files[name] = Path(path)
+    return files, duplicates
+
+
+@dataclass
+class Inventory:
+    """A label table matched against the image files found on disk.
+
+    table: the rows that have a file, with a ``path`` column; rows_without_files:
+    image names listed in the table but not found; files_without_rows: paths of
+    images found but not in the table; duplicates: (ignored, used) path pairs.
+    """
+
+    table: pd.DataFrame
+    rows_without_files: list = field(default_factory=list)
+    files_without_rows: list = field(default_factory=list)
+    duplicates: list = field(default_factory=list)
+
+
+def match_files(table, data_dir):
+    """Inventory of ``table`` (from ``read_label_table``) against the images under ``data_dir``."""
+    files, duplicates = find_images(data_dir)
+    present = table["image_index"].isin(files.keys()).to_numpy()
+    matched = table[present].copy()
+    matched["path"] = matched["image_index"].map(files)
+    in_table = set(table["image_index"])
+    return Inventory(
+        table=matched.reset_index(drop=True),
+        rows_without_files=table["image_index"][~present].tolist(),
+        files_without_rows=sorted(str(p) for n, p in files.items() if n not in in_table),
+        duplicates=duplicates,
+    )
+
+
+def read_bbox_table(path):
+    """The NIH bounding-box table (``BBox_List_2017.csv``, gz or not) as a DataFrame:
+    ``image_index``, ``label`` (spelled as in ``LABELS``: the file's ``Infiltrate``
+    becomes ``Infiltration``), ``x``, ``y``, ``w``, ``h`` (float, pixels of the
+    1024 x 1024 films), ``line``."""
+    raw, _ = _read_raw(path, ["Image Index", "Finding Label", "Bbox [x]", "Bbox [y]", "Bbox [w]", "Bbox [h]"])
+    boxes = pd.DataFrame({"image_index": raw.iloc[:, 0].str.strip(),
+                          "label": raw.iloc[:, 1].str.strip().replace(_BBOX_SPELLING)})
+    boxes["line"] = np.arange(2, len(raw) + 2)
+    for j, name in enumerate("xywh"):
+        values = pd.to_numeric(raw.iloc[:, 2 + j], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise TableError(f"{path}: line {row + 2}: non-numeric box {name} {raw.iloc[row, 2 + j]!r}")
+        boxes[name] = values.astype(np.float64)
+    unknown = ~boxes["label"].isin(LABELS)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise TableError(f"{path}: line {row + 2}: unknown finding {boxes['label'].iloc[row]!r}")
+    return boxes[["image_index", "label", "x", "y", "w", "h", "line"]]

@@ -1,0 +1,188 @@
+"""Train / val / test splits by patient (pandas, numpy, iterstrat; no TensorFlow).
+
+- ``stratified``: patient-grouped multi-label iterative stratification
+  (``iterstrat.MultilabelStratifiedShuffleSplit``, Sechidis et al. 2011) on
+  per-patient label aggregates: a patient is positive for a finding when any of
+  their films is; an extra column marks patients with only ``No Finding`` films.
+  Test patients are drawn first, then validation patients from the rest.
+  Fractions are of patients, which makes film fractions close to them.
+- ``official``: the NIH lists (``train_val_list.txt``, ``test_list.txt``); the
+  validation split is carved out of train_val by patient, with the same
+  stratification, sized ``val_fraction`` of all films.
+
+Every split is checked in code (``check_no_patient_overlap``): a patient in two
+splits raises ``LeakageError`` before anything is written. Seeded with a local
+generator; no global RNG is touched.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+from cxr_tf.labels import LABELS
+
+SPLITS = ("train", "val", "test")
+METHODS = ("stratified", "official")
+OFFICIAL_LISTS = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
+
+
+class LeakageError(ValueError):
+    """A patient was assigned to more than one split."""
+
+
+def make_split(table, method="stratified", val_fraction=0.1, test_fraction=0.2, seed=0,
+               official_lists=None):
+    """Split name (``train``/``val``/``test``) for every row of ``table`` (a table of
+    ``cxr_tf.nih.read_label_table``), as a str Series aligned with ``table.index``.
+
+    ``official_lists``: folder holding the two NIH list files (method ``official``;
+    ``test_fraction`` is then ignored: the NIH list fixes the test set).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown split method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_fractions(val_fraction, test_fraction if method == "stratified" else 0.0)
+    if method == "stratified":
+        splits = stratified_split(table, val_fraction, test_fraction, seed)
+    else:
+        if official_lists is None:
+            raise ValueError("split 'official' needs the folder of train_val_list.txt and test_list.txt "
+                             "(--official-lists)")
+        splits = official_split(table, official_lists, val_fraction, seed)
+    check_no_patient_overlap(table["patient_id"], splits)
+    return splits
+
+
+def _check_fractions(val_fraction, test_fraction):
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be below 1 (got {val_fraction} + {test_fraction}); "
+                         f"nothing would be left to train on")
+
+
+def patient_label_matrix(table):
+    """(patient_ids (P,), uint8 (P, 15)): per patient, any-positive per finding in
+    ``LABELS`` order, plus a last column for patients with no finding at all."""
+    grouped = table.groupby("patient_id", sort=True)[list(LABELS)].max()
+    matrix = grouped.to_numpy(np.uint8)
+    healthy = (matrix.sum(axis=1) == 0).astype(np.uint8)[:, None]
+    return grouped.index.to_numpy(), np.hstack([matrix, healthy])
+
+
+def _draw_patients(labels, fraction, seed):
+    """Boolean mask (P,): the patients drawn for a split of ``fraction`` of them."""
+    drawn = np.zeros(len(labels), bool)
+    if fraction <= 0 or len(labels) == 0:
+        return drawn
+    count = int(round(fraction * len(labels)))
+    if count == 0:
+        return drawn
+    if count >= len(labels):
+        raise ValueError(f"a split of {fraction:.3f} of {len(labels)} patients leaves none for the rest")
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=count, random_state=seed)
+    _, chosen = next(splitter.split(np.zeros((len(labels), 1)), labels))
+    drawn[chosen] = True
+    return drawn
+
+
+def stratified_split(table, val_fraction=0.1, test_fraction=0.2, seed=0):
+    """Patient-grouped iterative stratification; see the module docstring."""
+    patients, labels = patient_label_matrix(table)
+    test = _draw_patients(labels, test_fraction, seed)
+    rest = np.flatnonzero(~test)
+    val = np.zeros(len(patients), bool)
+    if val_fraction > 0:
+        val[rest[_draw_patients(labels[rest], val_fraction / (1.0 - test_fraction), seed + 1)]] = True
+    names = np.where(test, "test", np.where(val, "val", "train"))
+    return _rows_from_patients(table, patients, names)
+
+
+def _rows_from_patients(table, patients, names):
+    by_patient = pd.Series(names, index=patients)
+    return pd.Series(table["patient_id"].map(by_patient).to_numpy(), index=table.index, dtype=object)
+
+
+def find_official_lists(folder):
+    """{"train_val": Path, "test": Path} for the two NIH list files in ``folder``
+    (or below it)."""
+    folder = Path(folder)
+    found = {}
+    for key, name in OFFICIAL_LISTS.items():
+        candidates = [folder / name] if (folder / name).is_file() else sorted(folder.rglob(name))
+        if not candidates:
+            raise FileNotFoundError(
+                f"{name} not found under {folder}; the official split needs the NIH lists "
+                f"{' and '.join(OFFICIAL_LISTS.values())} (pass --official-lists FOLDER)")
+        found[key] = candidates[0]
+    return found
+
+
+def _read_list(path):
+    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+
+
+def official_split(table, lists_dir, val_fraction=0.1, seed=0):
+    """The NIH official split, with ``val_fraction`` of all films carved out of
+    train_val by patient (stratified). Rows in neither list, or in both, raise."""
+    lists = find_official_lists(lists_dir)
+    train_val, test = _read_list(lists["train_val"]), _read_list(lists["test"])
+    names = table["image_index"]
+    in_train_val, in_test = names.isin(train_val).to_numpy(), names.isin(test).to_numpy()
+    for mask, what in ((in_train_val & in_test, "in both official lists"),
+                       (~in_train_val & ~in_test, "in neither official list")):
+        if mask.any():
+            shown = names[mask].head(5).tolist()
+            raise ValueError(f"{int(mask.sum())} image(s) are {what} ({lists['train_val']}, {lists['test']}), "
+                             f"e.g. {shown}; use lists that match the label table or --split stratified")
+    splits = pd.Series(np.where(in_test, "test", "train"), index=table.index, dtype=object)
+    if val_fraction > 0:
+        pool = table[~in_test]
+        share = val_fraction * len(table) / max(len(pool), 1)
+        if share >= 1.0:
+            raise ValueError(f"val_fraction {val_fraction} asks for more films than train_val holds")
+        patients, labels = patient_label_matrix(pool)
+        chosen = set(patients[_draw_patients(labels, share, seed)].tolist())
+        splits[~in_test & table["patient_id"].isin(chosen).to_numpy()] = "val"
+    return splits
+
+
+def check_no_patient_overlap(patient_ids, splits):
+    """Raise LeakageError when any patient has films in two splits (naming some)."""
+    frame = pd.DataFrame({"patient": np.asarray(patient_ids), "split": np.asarray(splits)})
+    per_patient = frame.groupby("patient")["split"].nunique()
+    leaking = per_patient[per_patient > 1]
+    if len(leaking):
+        raise LeakageError(f"{len(leaking)} patient(s) appear in more than one split, e.g. "
+                           f"{leaking.index[:5].tolist()}; refusing to write a leaking split")
+
+
+def split_summary(table, splits):
+    """{split: {"num_examples", "num_patients", "label_counts"}} for the three splits."""
+    summary = {}
+    for name in SPLITS:
+        rows = table[(splits == name).to_numpy()]
+        counts = rows[list(LABELS)].sum(axis=0)
+        summary[name] = {"num_examples": int(len(rows)), "num_patients": int(rows["patient_id"].nunique()),
+                         "label_counts": {label: int(counts[label]) for label in LABELS}}
+    return summary
+
+
+def missing_label_warnings(table, splits, names=("val", "test")):
+    """Messages (and ``UserWarning``s) for each finding with no positive film in
+    a validation or test split: its AUC is undefined there."""
+    messages = []
+    for name in names:
+        rows = table[(splits == name).to_numpy()]
+        if not len(rows):
+            messages.append(f"split {name!r} is empty")
+            continue
+        absent = [label for label in LABELS if not rows[label].any()]
+        if absent:
+            messages.append(f"split {name!r} has no positive film for: {', '.join(absent)}")
+    for message in messages:
+        warnings.warn(message + "; its AUC cannot be measured there", UserWarning, stacklevel=2)
+    return messages

@@ -1,0 +1,213 @@
+"""cxr_tf.build / tools/build_tfrecords.py on real films: round trip, broken inputs,
+resume after kill -9, the command line with and without flags."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SHARED_DATA
+from cxr_tf import build, images, nih
+from cxr_tf.labels import LABELS
+from cxr_tf.records import parse_example, parse_shard_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = SHARED_DATA / "nih-sample"
+needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real NIH films missing at {SAMPLE}")
+
+
+def read_records(folder):
+    """{image_index: parsed example as numpy values} over every shard in folder."""
+    examples = {}
+    for shard in sorted(Path(folder).glob("*.tfrecord")):
+        split = parse_shard_name(shard.name)[0]
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            example = {k: v.numpy() for k, v in parse_example(raw).items()}
+            name = example["image_index"].decode()
+            assert name not in examples, f"{name} written twice"
+            examples[name] = dict(example, split=split)
+    return examples
+
+
+def assert_matches_table(examples, table, image_size):
+    rows = table.set_index("image_index")
+    for name, example in examples.items():
+        row = rows.loc[name]
+        assert example["labels"].tolist() == row[list(LABELS)].astype(int).tolist(), name
+        assert (example["patient_id"], example["age"], example["follow_up"]) == (
+            row["patient_id"], row["age"], row["follow_up"])
+        assert (example["sex"].decode(), example["view"].decode()) == (row["sex"], row["view"])
+        image = tf.io.decode_png(example["image"]).numpy()
+        assert image.shape == (image_size, image_size, 1) and image.dtype == np.uint8
+
+
+@needs_sample
+def test_round_trip_of_the_150_real_films(sample_records):
+    manifest = json.loads((sample_records / "manifest.json").read_text())
+    table = nih.read_label_table(SAMPLE / "Data_Entry_sample.csv")
+    examples = read_records(sample_records)
+    assert sorted(examples) == sorted(table["image_index"])  # all 150, the 6 RGBA films included
+    assert_matches_table(examples, table, 64)
+    assert manifest["labels"] == list(LABELS) and manifest["image_size"] == 64
+    assert manifest["split_method"] == "stratified" and manifest["seed"] == 0 and manifest["skipped"] == []
+    assert manifest["label_table_sha256"] == nih.file_sha256(SAMPLE / "Data_Entry_sample.csv")
+    rows = table.set_index("image_index")
+    for split, info in manifest["splits"].items():
+        names = [n for n, e in examples.items() if e["split"] == split]
+        assert info["num_examples"] == len(names) > 0
+        assert info["num_patients"] == rows.loc[names, "patient_id"].nunique()
+        assert info["label_counts"] == {label: int(rows.loc[names, label].sum()) for label in LABELS}
+        assert info["shards"] == sorted(p.name for p in sample_records.glob(f"{split}-*.tfrecord"))
+    train_ages = rows.loc[[n for n, e in examples.items() if e["split"] == "train"], "age"]
+    assert manifest["metadata"]["age_mean"] == pytest.approx(train_ages.mean())
+    assert manifest["metadata"]["age_std"] == pytest.approx(train_ages.std(ddof=0))
+    assert not list(sample_records.glob("*.tmp"))
+
+
+def test_workers_do_not_import_tensorflow():
+    pool = build._worker_pool(1)
+    try:
+        assert "tensorflow" in sys.modules and pool.apply(images.tensorflow_loaded) is False
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _write_table(path, rows):
+    header = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+              "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def messy_data_dir(tmp_path):
+    """NIH box layout (images/...) with 6 real films (one RGBA), a 16-bit film, an
+    empty, a truncated, a corrupt and a non-image file, two rows without files and
+    one file without a row."""
+    source = nih.read_label_table(SAMPLE / "Data_Entry_sample.csv").set_index("image_index")
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    real = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000284_000.png",
+            "00001369_000.png", "00002578_000.png"]  # 00000100, 00001369 and 00002578 are RGBA
+    for name in real:
+        os.symlink(SAMPLE / "images_001" / "images" / name, data / "images" / name)
+    film = cv2.imread(str(SAMPLE / "images_001" / "images" / real[0]), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(data / "images" / "90000001_000.png"), film.astype(np.uint16) * 16)  # 12-bit in 16
+    raw = (SAMPLE / "images_001" / "images" / real[0]).read_bytes()
+    broken = {"90000002_000.png": b"", "90000003_000.png": raw[: len(raw) // 3],
+              "90000004_000.png": raw[:64] + bytes(4096) + raw[-64:], "90000005_000.png": b"not a film\n"}
+    for name, content in broken.items():
+        (data / "images" / name).write_bytes(content)
+    os.symlink(SAMPLE / "images_001" / "images" / real[1], data / "images" / "90000009_000.png")  # no row
+    rows = []
+    for i, name in enumerate(real + ["90000001_000.png", *broken, "90000006_000.png", "90000007_000.png"]):
+        template = source.loc[real[i % len(real)]]
+        rows.append([name, template["finding_labels"], 0, int(name[:8]), f"{template['age']:03d}Y",
+                     template["sex"], template["view"], 1024, 1024, 0.143, 0.143])
+    _write_table(data / "Data_Entry_2017.csv", rows)
+    return data
+
+
+@needs_sample
+@pytest.mark.filterwarnings("ignore:split")
+def test_broken_inputs_are_skipped_with_reasons(messy_data_dir, tmp_path):
+    out = tmp_path / "records"
+    manifest = build.build_records(data_dir=messy_data_dir, out=out, image_size=32, workers=0, progress=False,
+                                   log=lambda *_: None)
+    examples = read_records(out)
+    assert sorted(examples) == sorted(["00000075_000.png", "00000100_000.png", "00000211_000.png",
+                                       "00000284_000.png", "00001369_000.png", "00002578_000.png",
+                                       "90000001_000.png"])  # RGBA and 16-bit films built
+    assert_matches_table(examples, nih.read_label_table(messy_data_dir / "Data_Entry_2017.csv"), 32)
+    reasons = {Path(s["file"]).name: s["reason"] for s in manifest["skipped"]}
+    assert reasons == {"90000002_000.png": "empty file", "90000003_000.png": "truncated PNG (no IEND chunk)",
+                       "90000004_000.png": "not a decodable image", "90000005_000.png": "not a decodable image",
+                       "90000009_000.png": "no row in the label table"}
+    assert manifest["rows_without_files"]["count"] == 2
+    assert (out / "rows_without_files.txt").read_text().split() == ["90000006_000.png", "90000007_000.png"]
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == 7
+
+    # same folder, other settings: the earlier shards are replaced, not mixed in
+    manifest = build.build_records(data_dir=messy_data_dir, out=out, image_size=16, seed=1, workers=0,
+                                   progress=False, log=lambda *_: None)
+    assert manifest["image_size"] == 16
+    assert sorted(p.name for p in out.glob("*.tfrecord")) == sorted(
+        n for s in manifest["splits"].values() for n in s["shards"])
+    assert_matches_table(read_records(out), nih.read_label_table(messy_data_dir / "Data_Entry_2017.csv"), 16)
+
+
+@needs_sample
+@pytest.mark.filterwarnings("ignore:split")
+def test_resume_after_kill_9(tmp_path):
+    """Many one-film shards make the build slow enough to kill mid-way."""
+    out = tmp_path / "records"
+    args = dict(data_dir=str(SAMPLE), out=str(out), image_size=32, shard_size_mb=0.0005, workers=1)
+    code = f"from cxr_tf.build import build_records; build_records(progress=False, **{args!r})"
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.tfrecord")) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
+    assert 0 < len(done) < 150, f"kill landed outside the build ({len(done)} shards done)"
+    assert not (out / "manifest.json").exists()
+
+    manifest = build.build_records(progress=False, log=lambda *_: None, **args)
+    assert manifest["build"]["resumed_shards"] == len(done)
+    assert manifest["build"]["encoded"] == 150 - len(done)
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in done.items())  # not redone
+    assert not list(out.glob("*.tmp"))
+    shards = [n for s in manifest["splits"].values() for n in s["shards"]]
+    assert len(shards) == 150 and sorted(shards) == sorted(p.name for p in out.glob("*.tfrecord"))
+    examples = read_records(out)  # every shard parses completely: no partial shard under a final name
+    assert len(examples) == 150
+    assert_matches_table(examples, nih.read_label_table(SAMPLE / "Data_Entry_sample.csv"), 32)
+
+
+def _cli():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import build_tfrecords  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return build_tfrecords
+
+
+@pytest.mark.filterwarnings("ignore:split")
+def test_cli_without_flags_builds_the_embedded_sample(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _cli().main(["--no-progress", "--image-size", "48"]) == 0
+    manifest = json.loads((tmp_path / "records" / "manifest.json").read_text())
+    assert manifest["image_size"] == 48 and manifest["skipped"] == []
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == 150
+    assert Path(manifest["data_dir"]) == build.SAMPLE_DIR
+    assert len(list((tmp_path / "records").glob("*.tfrecord"))) == 3
+
+
+def test_cli_parses_every_flag_and_reports_errors(tmp_path, capsys):
+    cli = _cli()
+    args = cli.parse_args(["--data-dir", "d", "--labels", "l.csv", "--official-lists", "o", "--out", "r",
+                           "--image-size", "128", "--split", "official", "--val-fraction", "0.05",
+                           "--test-fraction", "0.3", "--seed", "7", "--workers", "3", "--shard-size-mb", "64"])
+    assert (args.image_size, args.split, args.seed, args.workers, args.shard_size_mb) == (128, "official", 7, 3, 64)
+    assert cli.parse_args([]).out == Path("records") and cli.parse_args([]).image_size == 256
+    assert cli.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err

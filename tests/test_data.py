@@ -1,0 +1,287 @@
+"""cxr_tf.data / cxr_tf.augment on real shards built from the 150 real NIH films (64 px)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from conftest import SHARED_DATA
+from cxr_tf import data
+from cxr_tf.augment import DEFAULT_AUGMENT, RandomGeometry, build_augmenter
+from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf.records import parse_example, serialize_example, shard_name
+
+TABLE = SHARED_DATA / "nih-sample" / "Data_Entry_sample.csv"
+NO_AUG = {"crop_scale": (1, 1), "crop_ratio": (1, 1), "rotation_degrees": 0, "zoom": 0, "translation": 0,
+          "brightness": 0, "contrast": 0}
+
+
+@pytest.fixture(scope="module")
+def table():
+    """image_index -> row of the sample label table, with the multi-hot vector."""
+    df = pd.read_csv(TABLE).set_index("Image Index")
+    df["multi_hot"] = [np.array([label in f.split("|") for label in LABELS], np.float32)
+                       for f in df["Finding Labels"]]
+    return df
+
+
+def _stored(records_dir, split):
+    """image_index -> decoded uint8 (N, N, 1), read straight from the shards."""
+    manifest = data.read_manifest(records_dir)
+    out = {}
+    for name in manifest["splits"][split]["shards"]:
+        for record in tf.data.TFRecordDataset(str(Path(records_dir) / name)):
+            ex = parse_example(record)
+            out[ex["image_index"].numpy().decode()] = tf.io.decode_png(ex["image"], channels=1).numpy()
+    return out
+
+
+def _collect(ds):
+    """Concatenate (x, labels, ids) batches of a with_ids dataset into numpy arrays."""
+    xs, ys, ids, pids = [], [], [], []
+    for x, y, extra in ds:
+        xs.append(x["image"].numpy() if isinstance(x, dict) else x.numpy())
+        ys.append(y.numpy())
+        ids += [s.decode() for s in extra["image_index"].numpy()]
+        pids.append(extra["patient_id"].numpy())
+    return np.concatenate(xs), np.concatenate(ys), ids, np.concatenate(pids)
+
+
+@pytest.fixture(scope="module")
+def two_shards(sample_records, tmp_path_factory):
+    """A copy of the sample records whose train split is written as two shards."""
+    out = tmp_path_factory.mktemp("two_shards")
+    manifest = data.read_manifest(sample_records)
+    records = [r.numpy() for name in manifest["splits"]["train"]["shards"]
+               for r in tf.data.TFRecordDataset(str(sample_records / name))]
+    names = [shard_name("train", i, 2) for i in range(2)]
+    for i, name in enumerate(names):
+        with tf.io.TFRecordWriter(str(out / name)) as writer:
+            for record in records[i::2]:
+                writer.write(record)
+    for split in ("val", "test"):
+        for name in manifest["splits"][split]["shards"]:
+            shutil.copy(sample_records / name, out / name)
+    manifest["splits"]["train"]["shards"] = names
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_training_batches_shapes_dtypes_ranges(sample_records):
+    n = data.read_manifest(sample_records)["splits"]["train"]["num_examples"]
+    ds = data.make_dataset(sample_records, "train", batch_size=16, image_size=48, seed=0)
+    batches = list(ds)
+    assert len(batches) == n // 16  # drop_remainder: every step is a full batch
+    for images, labels in batches:
+        assert images.dtype == tf.float32 and images.shape == (16, 48, 48, 1)
+        assert labels.dtype == tf.float32 and labels.shape == (16, NUM_LABELS)
+        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+        assert set(np.unique(labels.numpy())) <= {0.0, 1.0}
+    assert float(tf.reduce_max(batches[0][0])) > 100  # raw 0-255 scale, not 0-1
+    assert ds.options().deterministic is False
+
+
+def test_evaluation_complete_deterministic_untouched_and_labels_match_table(sample_records, table):
+    manifest = data.read_manifest(sample_records)
+    seen = []
+    for split in ("train", "val", "test"):
+        n = manifest["splits"][split]["num_examples"]
+        ds = data.make_dataset(sample_records, split, batch_size=16, image_size=64, training=False,
+                               with_ids=True, augment={"rotation_degrees": 30})  # ignored at evaluation
+        images, labels, ids, pids = _collect(ds)
+        assert len(ids) == n == len(set(ids))  # every example exactly once, last partial batch kept
+        assert images.dtype == np.float32 and images.shape == (n, 64, 64, 1)
+        np.testing.assert_array_equal(labels, np.stack(table.loc[ids, "multi_hot"]))
+        np.testing.assert_array_equal(pids, table.loc[ids, "Patient ID"].to_numpy())
+        stored = _stored(sample_records, split)
+        np.testing.assert_array_equal(images, np.stack([stored[i] for i in ids]).astype(np.float32))
+        again = _collect(ds)
+        assert again[2] == ids and np.array_equal(again[0], images)  # same order, same pixels
+        seen += ids
+    assert sorted(seen) == sorted(table.index)  # the three splits cover the 150 films once
+
+
+def test_evaluation_resizes_below_stored_size(sample_records):
+    images, labels = next(iter(data.make_dataset(sample_records, "val", batch_size=4, image_size=32)))
+    assert images.shape == (4, 32, 32, 1) and labels.shape == (4, NUM_LABELS)
+
+
+def test_augmentation_changes_training_images_each_epoch(sample_records):
+    stored = _stored(sample_records, "train")
+    ds = data.make_dataset(sample_records, "train", batch_size=16, image_size=64, with_ids=True, seed=3,
+                           cache="memory")
+    first, _, ids, _ = _collect(ds)
+    original = np.stack([stored[i] for i in ids]).astype(np.float32)
+    per_image = np.abs(first - original).mean(axis=(1, 2, 3))
+    assert (per_image > 1.0).all()  # every film changed
+    assert first.min() >= 0 and first.max() <= 255
+    second, _, ids2, _ = _collect(ds)
+    order = {name: k for k, name in enumerate(ids2)}
+    second = second[[order[i] for i in ids if i in order]]
+    changed = np.abs(second - first[[k for k, i in enumerate(ids) if i in order]]).mean(axis=(1, 2, 3))
+    assert (changed > 1.0).all()  # fresh draws every epoch, although the cache holds the decoded films
+    # switched off: training films equal the stored ones
+    plain, _, ids, _ = _collect(data.make_dataset(sample_records, "train", batch_size=16, image_size=64,
+                                                  with_ids=True, seed=3, augment=False))
+    np.testing.assert_array_equal(plain, np.stack([stored[i] for i in ids]).astype(np.float32))
+
+
+def test_cache_gives_the_same_data(sample_records, tmp_path):
+    plain = _collect(data.make_dataset(sample_records, "test", 8, 64, with_ids=True))
+    for cache in ("memory", tmp_path / "cache_dir", str(tmp_path / "prefix")):
+        if cache == tmp_path / "cache_dir":
+            cache.mkdir()
+        ds = data.make_dataset(sample_records, "test", 8, 64, with_ids=True, cache=cache)
+        for _ in range(2):  # first pass fills the cache, second reads it
+            got = _collect(ds)
+            assert got[2] == plain[2]
+            np.testing.assert_array_equal(got[0], plain[0])
+            np.testing.assert_array_equal(got[1], plain[1])
+    assert list((tmp_path / "cache_dir").glob("test-64px-eval.cache*"))
+    # training: same seed, deterministic order, augmentation off -> identical batches
+    kw = dict(batch_size=16, image_size=64, with_ids=True, seed=5, augment=False, deterministic=True)
+    a = _collect(data.make_dataset(sample_records, "train", **kw))
+    b = _collect(data.make_dataset(sample_records, "train", cache="memory", **kw))
+    assert a[2] == b[2]
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_multimodal_meta_and_prevalence(sample_records, table):
+    manifest = data.read_manifest(sample_records)
+    ds = data.make_dataset(sample_records, "val", 8, 64, multimodal=True, with_ids=True)
+    for x, labels, extra in ds:
+        assert set(x) == {"image", "meta"} and x["meta"].shape[1:] == (data.META_DIM,)
+        for meta, name in zip(x["meta"].numpy(), extra["image_index"].numpy()):
+            row = table.loc[name.decode()]
+            expected = data.meta_vector(row["Patient Age"], row["Patient Gender"], row["View Position"], manifest)
+            np.testing.assert_allclose(meta, expected, rtol=1e-6)
+    mean, std = manifest["metadata"]["age_mean"], manifest["metadata"]["age_std"]
+    v = data.meta_vector(60, "F", b"AP", manifest)
+    assert v.dtype == np.float32 and v.shape == (data.META_DIM,)
+    np.testing.assert_allclose(v, [(60 - mean) / std, 0, 1, 0, 1], rtol=1e-6)
+    np.testing.assert_allclose(data.meta_vector(None, "?", "LL", manifest), [0, 0, 0, 0, 0], atol=1e-6)
+    train = table.loc[[i for i in _stored(sample_records, "train")]]
+    np.testing.assert_allclose(data.label_prevalence(manifest), np.stack(train["multi_hot"]).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(data.label_prevalence(sample_records, "test").shape, (NUM_LABELS,))
+
+
+def test_augmenter_block():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (6, 64, 64, 1)).astype("float32")
+    aug = build_augmenter(None, 48, seed=1)
+    assert "flip" not in [layer.name for layer in aug.layers]  # off by default: anatomy is not symmetric
+    assert "flip" in [layer.name for layer in build_augmenter({"flip": True}, 48).layers]
+    y = aug(x, training=True).numpy()
+    assert y.shape == (6, 48, 48, 1) and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 255
+    assert np.abs(y[0] - y[1]).mean() > 1  # per-sample draws
+    np.testing.assert_allclose(aug(x, training=False).numpy(),
+                               tf.image.resize(x, (48, 48), method="area").numpy(), atol=1e-3)
+    same = build_augmenter(NO_AUG, 64)
+    np.testing.assert_array_equal(same(x, training=True).numpy(), x)  # every op off -> identity
+    np.testing.assert_array_equal(RandomGeometry(64)(x, training=False).numpy(), x)
+    with pytest.raises(ValueError, match="unknown augmentation parameter"):
+        build_augmenter({"rotation": 10}, 64)
+    with pytest.raises(ValueError, match="crop_scale"):
+        build_augmenter({"crop_scale": (0.5, 1.5)}, 64)
+    assert set(DEFAULT_AUGMENT) >= {"rotation_degrees", "zoom", "translation", "brightness", "contrast", "flip"}
+
+
+def test_clear_errors(sample_records, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.make_dataset(tmp_path / "nowhere", "train", 8, 64)
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        data.make_dataset(tmp_path, "train", 8, 64)
+    with pytest.raises(ValueError, match=r"split 'holdout' is not in .*\['test', 'train', 'val'\]"):
+        data.make_dataset(sample_records, "holdout", 8, 64)
+    with pytest.raises(ValueError, match="larger than the 64 px stored"):
+        data.make_dataset(sample_records, "train", 8, 96)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        data.make_dataset(sample_records, "val", 64, 64, training=True)
+
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_records, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["labels"] = list(reversed(LABELS))
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="labels .* differ from"):
+        data.make_dataset(bad, "train", 8, 64)
+    with pytest.raises(ValueError, match="metadata.age_mean"):
+        data.meta_vector(50, "M", "PA", {"labels": list(LABELS), "image_size": 64, "splits": {}})
+
+    # a record whose image is not a 64 px PNG: the pipeline error names the shard and the film
+    manifest["labels"] = list(LABELS)
+    good = (bad / manifest["splits"]["val"]["shards"][0]).read_bytes()
+    with tf.io.TFRecordWriter(str(bad / "val-00000-of-00001.tfrecord")) as writer:
+        writer.write(serialize_example(b"not a png at all", [0] * 14, "00099999_000.png", 1, 50, "M", "PA", 0))
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"val-00000-of-00001\.tfrecord(.|\n)*00099999_000"):
+        list(data.make_dataset(bad, "val", 8, 64))
+    with pytest.raises(ValueError, match=r"val-00000-of-00001\.tfrecord: record 0 \(image 00099999_000.png\)"):
+        data.verify_records(bad, "val")
+    # a truncated shard (TFRecord framing damage): verify_records names it
+    (bad / "val-00000-of-00001.tfrecord").write_bytes(good[: len(good) - 100])
+    with pytest.raises(ValueError, match=r"corrupt record in shard .*val-00000-of-00001\.tfrecord: record \d+ "):
+        data.verify_records(bad, "val")
+    (bad / "val-00000-of-00001.tfrecord").unlink()
+    with pytest.raises(FileNotFoundError, match="val-00000-of-00001.tfrecord listed in the manifest is missing"):
+        data.make_dataset(bad, "val", 8, 64)
+    assert data.verify_records(sample_records) == {s: v["num_examples"] for s, v in manifest["splits"].items()}
+
+
+def test_auto_shard_policy():
+    policy = tf.data.experimental.AutoShardPolicy
+    assert data.auto_shard_policy(16, 4) == policy.FILE
+    assert data.auto_shard_policy(2, 2) == policy.FILE
+    assert data.auto_shard_policy(1, 2) == policy.DATA
+    os.environ.pop("TF_CONFIG", None)
+    assert data.num_workers_from_tf_config() == 1
+
+
+_DISTRIBUTED = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from cxr_tf import data
+    records = sys.argv[1]
+    policy = tf.data.experimental.AutoShardPolicy
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    ds = data.make_dataset(records, "train", batch_size=8, image_size=32, seed=0, num_workers=2)
+    assert ds.options().experimental_distribute.auto_shard_policy == policy.FILE  # 2 shards, 2 workers
+    one = data.make_dataset(records, "val", batch_size=8, image_size=32, num_workers=2)
+    assert one.options().experimental_distribute.auto_shard_policy == policy.DATA  # 1 shard, 2 workers
+    ev = data.make_dataset(records, "val", batch_size=8, image_size=32, with_ids=True)
+    seen, per_replica = [], set()
+    for x, y, ids in strategy.experimental_distribute_dataset(ev):
+        for part in strategy.experimental_local_results(ids["image_index"]):
+            seen += [s.decode() for s in part.numpy()]
+        per_replica |= {int(p.shape[0]) for p in strategy.experimental_local_results(x)}
+    assert max(per_replica) == 4, per_replica  # global batch 8 split over 2 replicas
+    n = json.load(open(records + "/manifest.json"))["splits"]["val"]["num_examples"]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == n, (len(seen), n)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Rescaling(1 / 255),
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(14, activation="sigmoid")])
+        model.compile("adam", "binary_crossentropy")
+    history = model.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    print("DISTRIBUTED_OK", strategy.num_replicas_in_sync)
+""")
+
+
+def test_distributed_two_logical_cpus(two_shards):
+    # logical devices must be configured before any TF op: a fresh interpreter
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-c", _DISTRIBUTED, str(two_shards)], capture_output=True,
+                          text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and "DISTRIBUTED_OK 2" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -1,0 +1,131 @@
+"""Grad-CAM: localisation on synthetic films, every architecture, overlays, NIH boxes."""
+
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from cxr_tf import explain
+from cxr_tf.explain import (GradCAM, box_iou, cam_to_film, gradcam_layer_name, localisation_summary, localise,
+                            overlay, overlay_png, pointing_hit, read_boxes, scale_box)
+from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf.models import ARCHITECTURES, build_model
+from cxr_tf.synthetic import make_films
+
+BOXES = SHARED_DATA / "nih" / "BBox_List_2017.csv.gz"
+SAMPLE_IMAGES = SHARED_DATA / "nih-sample" / "images_001" / "images"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def trained_cnn():
+    """simple_cnn trained briefly on synthetic films with planted findings at known boxes."""
+    keras.utils.set_random_seed(0)
+    images, labels, _ = make_films(700, SIZE, seed=0)
+    model = build_model("simple_cnn", image_size=SIZE, weights=None, dropout=0.2)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(images[..., None].astype(np.float32), labels.astype(np.float32), batch_size=32, epochs=8, verbose=0)
+    return model
+
+
+def test_gradcam_points_at_planted_findings(trained_cnn):
+    images, labels, boxes = make_films(42, SIZE, seed=1)
+    cam = GradCAM(trained_cnn, arch="simple_cnn")
+    maps, probs = cam.cams(images, LABELS)
+    assert maps.shape[:2] == (42, NUM_LABELS) and probs.shape == (42, NUM_LABELS)
+    assert maps.min() >= 0 and maps.max() <= 1
+    on_film = [[cam_to_film(m, (SIZE, SIZE)) for m in film_maps] for film_maps in maps]
+    film_boxes = [{LABELS[k]: [tuple(boxes[k])] for k in np.flatnonzero(row)} for row in labels]
+    rows = localise(on_film, film_boxes, LABELS)
+    summary = localisation_summary(rows)
+    assert summary["all"]["n"] == labels.sum()
+    assert summary["all"]["hit_rate"] >= 0.9, summary
+    assert summary["all"]["mean_iou"] > 0.1
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    """Every registered architecture at its smallest sensible size (weights=None)."""
+    sizes = {name: (32 if name in ("simple_cnn", "multimodal") else 64) for name in ARCHITECTURES}
+    return {name: (build_model(name, image_size=sizes[name], weights=None), sizes[name]) for name in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_gradcam_runs_for_every_architecture(small_models, arch):
+    model, size = small_models[arch]
+    name = gradcam_layer_name(model, arch)
+    assert name == ARCHITECTURES[arch].gradcam_layer
+    meta = np.zeros((2, 5), np.float32) if ARCHITECTURES[arch].multimodal else None
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size)).astype(np.uint8)
+    maps, probs = GradCAM(model, arch=arch).cams(images, ["Effusion", "Pneumothorax"], meta=meta)
+    grid = model.get_layer(name).output.shape[1:3]
+    assert maps.shape == (2, 2, *grid) and probs.shape == (2, NUM_LABELS)
+    assert np.all(np.isfinite(maps)) and maps.min() >= 0 and maps.max() <= 1
+    assert cam_to_film(maps[0, 0], (300, 200)).shape == (300, 200)
+
+
+def test_cam_to_film_undoes_square_padding():
+    # a film 100 high, 200 wide is padded to 200 x 200 (50 rows above and below)
+    cam = np.zeros((20, 20), np.float32)
+    cam[10, 15] = 1.0  # square pixel (row 105, col 155) -> film (55, 155)
+    on_film = cam_to_film(cam, (100, 200))
+    assert on_film.shape == (100, 200)
+    row, col = np.unravel_index(np.argmax(on_film), on_film.shape)
+    assert abs(row - 55) <= 5 and abs(col - 155) <= 5
+
+
+def test_pointing_iou_and_summary():
+    cam = np.zeros((100, 100))
+    cam[20:40, 30:50] = 1.0
+    cam[30, 40] = 2.0
+    assert pointing_hit(cam, (30, 20, 20, 20)) and not pointing_hit(cam, (60, 60, 20, 20))
+    assert not pointing_hit(np.zeros((10, 10)), (0, 0, 10, 10))
+    assert box_iou(cam / 2, (30, 20, 20, 20), threshold=0.4) == pytest.approx(1.0, abs=0.12)
+    assert box_iou(cam, (60, 60, 20, 20)) == 0.0
+    rows = [{"finding": "Mass", "hit": True, "iou": 0.5}, {"finding": "Mass", "hit": False, "iou": 0.1},
+            {"finding": "Atelectasis", "hit": True, "iou": 0.3}]
+    summary = localisation_summary(rows)
+    assert list(summary) == ["Atelectasis", "Mass", "all"]
+    assert summary["Mass"] == {"n": 2, "hit_rate": 0.5, "mean_iou": pytest.approx(0.3)}
+    assert summary["all"]["hit_rate"] == pytest.approx(2 / 3)
+
+
+def test_overlay_png_and_nih_boxes():
+    film = np.full((120, 80), 100, np.uint8)
+    cam = np.zeros((120, 80), np.float32)
+    cam[60, 40] = 1.0
+    image = overlay(film, cam)
+    assert image.shape == (120, 80, 3) and image.dtype == np.uint8
+    assert np.all(image[0, 0] == 100) and np.any(image[60, 40] != 100)  # plain film where the map is 0
+    decoded = cv2.imdecode(np.frombuffer(overlay_png(film, cam, "Mass p=0.90", max_side=60), np.uint8), 1)
+    assert decoded.shape == (60, 40, 3)
+    with pytest.raises(ValueError, match="cam_to_film"):
+        overlay(film, np.zeros((10, 10)))
+    boxes = read_boxes(BOXES)
+    assert len(boxes) == 984 and "Infiltration" in set(boxes["label"]) and set(boxes["label"]) <= set(LABELS)
+    assert scale_box((512, 256, 100, 50), (512, 512)) == (256, 128, 50, 25)
+
+
+def test_explain_command_scores_nih_boxes(tiny_run, tmp_path, capsys):
+    boxes = read_boxes(BOXES)
+    boxed = sorted(p for p in SAMPLE_IMAGES.glob("*.png") if p.name in set(boxes["image_index"]))[:2]
+    assert boxed, "the NIH sample has films with radiologist boxes"
+    plain = next(p for p in sorted(SAMPLE_IMAGES.glob("*.png")) if p not in boxed)
+    out = tmp_path / "cams"
+    code = explain.main(["--model", str(tiny_run), "--out", str(out), "--boxes", str(BOXES),
+                         *map(str, boxed), str(plain), str(tmp_path / "missing.png")])
+    assert code == 1  # the missing film
+    report = json.loads((out / "explain.json").read_text())
+    entries = {e["file"]: e for e in report["films"]}
+    assert "error" in entries[str(tmp_path / "missing.png")]
+    for film in boxed:
+        entry = entries[str(film)]
+        for finding in set(boxes[boxes["image_index"] == film.name]["label"]):
+            assert finding in entry["overlays"] and (out / f"{film.stem}_{finding}.png").is_file()
+        assert entry["localisation"] and all(0 <= r["iou"] <= 1 for r in entry["localisation"])
+    assert len(entries[str(plain)]["overlays"]) >= 1 and not entries[str(plain)]["localisation"]
+    assert report["localisation"]["all"]["n"] == sum(len(entries[str(f)]["localisation"]) for f in boxed)
+    assert "localisation all:" in capsys.readouterr().out

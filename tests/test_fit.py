@@ -1,0 +1,254 @@
+"""Training end to end: `python -m cxr_tf.fit` on real and synthetic records, resume
+after SIGKILL, a learning check on synthetic films, losses, and config errors.
+
+Small on purpose (2 shared CPU cores): the simple CNN at 32 px, a few epochs."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_tf import config as config_lib
+from cxr_tf import fit
+from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf.losses import WeightedBinaryCrossentropy, make_loss, prevalence_weights
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = ("model.keras", "savedmodel/saved_model.pb", "config.json", "labels.json", "thresholds.json",
+           "history.csv", "training_curves.png", "metrics.json")
+
+
+def fit_env():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def fit_command(*args):
+    return [sys.executable, "-m", "cxr_tf.fit", *map(str, args)]
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory):
+    """Synthetic films (cxr_tf.synthetic) at 32 px: 384 train, 96 val, 96 test."""
+    from cxr_tf.synthetic import write_synthetic_records
+
+    out = tmp_path_factory.mktemp("synthetic_records")
+    write_synthetic_records(out, n_train=384, n_val=96, n_test=96, image_size=32, seed=0)
+    return out
+
+
+def small_config(records, out, **overrides):
+    """The simple CNN pipeline shrunk for tests (quiet Keras output)."""
+    base = {"records": str(records), "out": str(out), "image_size": 32, "batch_size": 32, "verbose": 0}
+    base.update(overrides)
+    return config_lib.load_config("simple_cnn", overrides=base)
+
+
+# --------------------------------------------------------------------------- the command
+def test_command_runs_from_a_clean_folder_and_writes_every_output(sample_records, tmp_path):
+    result = subprocess.run(
+        fit_command("--arch", "simple_cnn", "--records", sample_records, "--image-size", 32, "--epochs", 1,
+                    "--batch-size", 16, "--set", "verbose=2"),
+        cwd=tmp_path, env=fit_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in (tmp_path / "saved_models").iterdir() if p.is_dir()]
+    assert len(runs) == 1 and re.fullmatch(r"simple_cnn-\d{8}-\d{6}", runs[0].name)
+    run = runs[0]
+    for name in OUTPUTS:
+        assert (run / name).exists(), f"{name} missing from {sorted(p.name for p in run.iterdir())}"
+    assert Path((tmp_path / "saved_models" / "latest").read_text().strip()) == run.resolve()
+    assert "best epoch 1" in result.stdout and str(run / "model.keras") in result.stdout.splitlines()[-1]
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == "simple_cnn" and config["image_size"] == 32
+    assert config["records"] == str(Path(sample_records).resolve()) and config["split_method"]
+    assert json.loads((run / "labels.json").read_text()) == list(LABELS)
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert list(thresholds) == list(LABELS) and all(0 <= v <= 1 for v in thresholds.values())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]["auc"]) == set(LABELS) and metrics["test"]["macro_auc"] is not None
+    assert json.loads((run / "state.json").read_text())["status"] == "complete"
+    assert not (run / "backup").exists()
+
+    # model.keras reloads and predicts what fit measured; the SavedModel export agrees.
+    model = keras.models.load_model(run / "model.keras")
+    test = fit.eval_dataset(sample_records, json.loads((Path(sample_records) / "manifest.json").read_text()),
+                            "test", config, multimodal=False)
+    y_true, y_prob = fit._arrays(model, test)
+    assert fit.auc_summary(y_true, y_prob)["macro_auc"] == pytest.approx(metrics["test"]["macro_auc"], abs=1e-6)
+    images = next(iter(test))[0]
+    served = keras.layers.TFSMLayer(str(run / "savedmodel"), call_endpoint="serve")(images)
+    np.testing.assert_allclose(np.asarray(served), model.predict(images, verbose=0), atol=1e-5)
+
+
+def _epoch_lines(text):
+    return [int(m) for m in re.findall(r"^Epoch (\d+)/\d+", text, flags=re.M)]
+
+
+def test_killed_run_resumes_where_it_stopped(synthetic_records, tmp_path):
+    command = fit_command("--arch", "simple_cnn", "--records", synthetic_records, "--out", tmp_path / "runs",
+                          "--image-size", 32, "--batch-size", 8, "--epochs", 4, "--set", "verbose=2")
+    log = tmp_path / "first.log"
+    with open(log, "w") as handle:
+        first = subprocess.Popen(command, cwd=tmp_path, env=fit_env(), stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        try:
+            while time.time() < deadline and first.poll() is None:
+                backups = list((tmp_path / "runs").glob("*/backup/*/training_metadata.json"))
+                if backups and json.loads(backups[0].read_text() or "{}").get("epoch", 0) >= 1:
+                    first.send_signal(signal.SIGKILL)  # epoch 1 is backed up; epoch 2 is under way
+                    break
+                time.sleep(0.05)
+        finally:
+            if first.poll() is None:
+                first.kill()
+            first.wait()
+    assert first.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "state.json").read_text())["status"] == "running"
+
+    second = subprocess.run(command, cwd=tmp_path, env=fit_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming {run}" in second.stdout
+    assert _epoch_lines(second.stdout)[0] >= 2, second.stdout  # did not start again from epoch 1
+    assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()] == [run.name]
+    assert [int(r["epoch"]) for r in fit.read_history(run / "history.csv")] == [0, 1, 2, 3]
+    assert json.loads((run / "state.json").read_text())["status"] == "complete"
+
+
+def test_learns_synthetic_films(synthetic_records, tmp_path):
+    config = small_config(synthetic_records, tmp_path, epochs=None, batch_size=16,
+                          **{"phases.0.epochs": 8, "early_stopping.patience": 8})
+    run = fit.train(config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["macro_auc"] >= 0.9, metrics["val"]
+    assert metrics["test"]["macro_auc"] >= 0.85, metrics["test"]
+    best = fit.best_epoch(fit.read_history(run / "history.csv"))
+    assert metrics["best_epoch"] == best["epoch"] + 1
+
+
+# --------------------------------------------------------------------------- losses
+def test_focal_loss_is_keras_class_balanced_focal():
+    loss = make_loss({"name": "focal", "alpha": 0.25, "gamma": 2.0})
+    assert isinstance(loss, keras.losses.BinaryFocalCrossentropy)
+    assert loss.get_config()["apply_class_balancing"] and loss.get_config()["alpha"] == 0.25
+    y = np.array([[1.0, 0.0]]), np.array([[0.9, 0.2]], dtype="float32")
+    # alpha-weighted focal terms: 0.25 * 0.1**2 * -log(0.9) and 0.75 * 0.2**2 * -log(0.8), averaged
+    expected = (0.25 * 0.01 * -np.log(0.9) + 0.75 * 0.04 * -np.log(0.8)) / 2
+    assert float(loss(*y)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_weighted_bce_weights_by_inverse_prevalence_and_reloads(tmp_path):
+    pos, neg = prevalence_weights([0.5, 0.1, 0.0], min_prevalence=0.01)
+    np.testing.assert_allclose(pos, [1.0, 5.0, 50.0], rtol=1e-6)
+    np.testing.assert_allclose(neg, [1.0, 0.5 / 0.9, 0.5 / 0.99], rtol=1e-6)
+    with pytest.raises(ValueError, match="label prevalence"):
+        make_loss({"name": "weighted_bce"})
+
+    prevalence = np.linspace(0.01, 0.5, NUM_LABELS)
+    loss = make_loss({"name": "weighted_bce", "min_prevalence": 0.001}, prevalence)
+    y_true = np.zeros((2, NUM_LABELS), "float32")
+    y_true[0, 0] = 1
+    q = np.full((2, NUM_LABELS), 0.3, "float32")
+    w_pos, w_neg = prevalence_weights(prevalence)
+    per = -(w_pos * y_true * np.log(q) + w_neg * (1 - y_true) * np.log(1 - q))
+    assert float(loss(y_true, q)) == pytest.approx(per.mean(), rel=1e-5)
+
+    inputs = keras.Input((3,), name="image")
+    model = keras.Model(inputs, keras.layers.Dense(NUM_LABELS, activation="sigmoid", name="predictions")(inputs))
+    model.compile(optimizer="adam", loss=loss)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")  # no custom_objects
+    assert isinstance(reloaded.loss, WeightedBinaryCrossentropy)
+    assert reloaded.loss.pos_weights == pytest.approx(list(w_pos))
+
+
+# --------------------------------------------------------------------------- configs and errors
+def test_every_pipeline_is_complete_and_valid():
+    for arch in ("simple_cnn", "densenet121", "efficientnetb0", "resnet50", "multimodal", "fusion"):
+        config = config_lib.load_config(arch)
+        assert config["arch"] == arch
+        phases = [(p["learning_rate"], p["train_backbone"]) for p in config["phases"]]
+        if arch in ("simple_cnn", "multimodal"):
+            assert phases == [(1e-3, True)]
+        else:
+            assert phases == [(1e-3, False), (1e-5, True)]
+        assert config["loss"]["name"] == "focal" and (config["loss"]["alpha"], config["loss"]["gamma"]) == (0.25, 2.0)
+        assert config["dropout"] == 0.5 and config["image_size"] == 224 and config["batch_size"] == 32
+
+
+def test_overrides_and_epochs():
+    config = config_lib.load_config("fusion", overrides=config_lib.parse_assignments(
+        ["loss.gamma=1.5", "phases.1.learning_rate=3e-5", "augment.flip=true"]), epochs=[2, 3])
+    assert config["loss"]["gamma"] == 1.5 and config["phases"][1]["learning_rate"] == 3e-5
+    assert config["augment"]["flip"] is True and [p["epochs"] for p in config["phases"]] == [2, 3]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "simple_cnn", "--set", "batchsize=8"], "unknown key(s) batchsize; allowed keys: arch, image_size"),
+    (["--arch", "simple_cnn", "--strategy", "tpu"], "strategy='tpu': allowed values are 'auto', 'default'"),
+    (["--arch", "simple_cnn", "--loss", "hinge"], "loss.name='hinge': allowed values are 'focal', 'bce'"),
+    (["--arch", "simple_cnn", "--set", "augment.rotate=5"], "unknown augmentation parameter(s) ['rotate']"),
+    (["--arch", "simple_cnn", "--set", "dropout=2"], "dropout=2.0: must be in [0.0, 1.0)"),
+    (["--arch", "fusion", "--epochs", "1,2,3"], "3 values for 2 phases (head, finetune)"),
+    (["--arch", "vgg"], "arch='vgg': no pipeline"),
+    ([], "no architecture: pass --arch NAME"),
+])
+def test_bad_configs_fail_with_a_clear_message(argv, message, capsys):
+    assert fit.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_config_file_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("arch: simple_cnn\nloss: {name: focal, gama: 2}\n")
+    assert fit.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "unknown key(s) loss.gama; allowed keys of loss: name, alpha, gamma" in err
+
+
+def test_missing_records_folder_fails_with_a_clear_message(tmp_path, capsys):
+    missing = tmp_path / "no_records"
+    assert fit.main(["--arch", "simple_cnn", "--records", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"records folder {missing} does not exist" in err and "build_tfrecords.py" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_records_too_small_for_the_image_size(sample_records, tmp_path, capsys):
+    assert fit.main(["--arch", "simple_cnn", "--records", str(sample_records), "--image-size", "96",
+                     "--out", str(tmp_path)]) == 2
+    assert "image_size=96 is larger than the 64 px stored" in capsys.readouterr().err
+
+
+def test_run_folder_choice(tmp_path):
+    config = config_lib.load_config("simple_cnn")
+    same = config_lib.resume_signature(config)
+    other = config_lib.resume_signature({**config, "seed": 1})
+    new_year = datetime(2026, 1, 1)
+    run, resumed = fit.choose_run_dir(tmp_path, "simple_cnn", same, now=new_year)
+    assert (run.name, resumed) == ("simple_cnn-20260101-000000", False)
+    run.mkdir()
+    fit.write_json(run / "config.json", config)
+    fit.write_json(run / "state.json", {"status": "running", "phases_done": []})
+    assert fit.choose_run_dir(tmp_path, "simple_cnn", same) == (run, True)  # same command: continue it
+    assert fit.choose_run_dir(tmp_path, "simple_cnn", other)[1] is False  # other settings: a new run
+    assert fit.choose_run_dir(tmp_path, "simple_cnn", same, resume=False, now=new_year)[0].name == \
+        "simple_cnn-20260101-000001"
+    with pytest.raises(ValueError, match="different config"):
+        fit.choose_run_dir(tmp_path, "simple_cnn", other, run_name=run.name)
+    fit.write_json(run / "state.json", {"status": "complete", "phases_done": ["train"]})
+    assert fit.choose_run_dir(tmp_path, "simple_cnn", same)[1] is False
+    with pytest.raises(ValueError, match="already complete"):
+        fit.choose_run_dir(tmp_path, "simple_cnn", same, run_name=run.name)

@@ -1,0 +1,161 @@
+"""Benchmark the input pipeline against the usual PNG-folder loader.
+
+    python tools/bench_input.py --data-dir DIR [--labels CSV] [--batch-size 32] [--image-size 224]
+
+Builds records from the films in DIR (``cxr_tf.build.build_records``) into a
+temporary folder (or uses ``--records``), then prints, on the same films and batch
+size (each dataset is repeated to get enough steps; the best of ``--repeats`` runs):
+
+1. images/s of ``cxr_tf.data.make_dataset`` in training mode (augmentation on; with
+   and without the in-memory cache of decoded films) and in evaluation mode;
+2. images/s of the baseline the published projects use: ``tf.data`` from the
+   original PNG paths, ``decode_png`` + resize at every step, parallel map, prefetch;
+3. the starvation ratio: training images/s of a small model fed by the training
+   pipeline divided by the same model fed by the same batches already in memory
+   (1.0 = the model never waits for data).
+
+The last line reads ``pipeline_vs_png=<r> starvation=<r>``; pipeline_vs_png is the
+training pipeline WITH augmentation and without cache (the slowest configuration we
+ship) over the baseline, which does no augmentation. On a CPU-only machine the
+model and the pipeline share the same cores, so the starvation ratio there measures
+contention as much as waiting.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf import data
+from cxr_tf.build import build_records
+
+
+def images_per_s(ds, batches, repeats=2, warmup=3):
+    """Best images/s over ``repeats`` timed runs of ``batches`` batches of ``ds``
+    (a repeated dataset of (x, y) batches), after ``warmup`` batches."""
+    best = 0.0
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    for _ in range(repeats):
+        count = 0
+        start = time.perf_counter()
+        for _ in range(batches):
+            x, _ = next(it)
+            count += int((x["image"] if isinstance(x, dict) else x).shape[0])
+        best = max(best, count / (time.perf_counter() - start))
+    return best
+
+
+def png_folder_dataset(paths, labels, batch_size, image_size):
+    """The usual loader: read the original PNG, decode, resize, at every step."""
+    def load(path, label):
+        image = tf.io.decode_png(tf.io.read_file(path), channels=1)
+        image = tf.image.resize(image, (image_size, image_size))  # float32 0..255
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels)).shuffle(len(paths)).repeat()
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def small_model(image_size):
+    """``simple_cnn`` from the model zoo when it is there, else a comparable small CNN."""
+    try:
+        from cxr_tf.models import build_model
+
+        return build_model("simple_cnn", image_size=image_size, weights=None), "simple_cnn"
+    except (ImportError, ValueError, KeyError):
+        import keras
+
+        layers = [keras.Input((image_size, image_size, 1), name="image"), keras.layers.Rescaling(1 / 255)]
+        for filters in (32, 64, 128):
+            layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
+                       keras.layers.MaxPooling2D()]
+        layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(14, activation="sigmoid")]
+        return keras.Sequential(layers), "small CNN (3 conv blocks)"
+
+
+def fit_images_per_s(model, ds, steps, batch_size, repeats=2):
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        best = max(best, steps * batch_size / (time.perf_counter() - start))
+    return best
+
+
+def starvation(records, batch_size, image_size, steps, repeats):
+    """(ratio, fed images/s, in-memory images/s, model name)."""
+    model, name = small_model(image_size)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    fed = data.make_dataset(records, "train", batch_size, image_size, seed=0).repeat()
+    batches = list(fed.take(8))  # the same pipeline's batches, materialised
+    memory = tf.data.Dataset.from_tensor_slices(
+        (tf.stack([b[0] for b in batches]), tf.stack([b[1] for b in batches]))).repeat()
+    model.fit(memory, steps_per_epoch=3, epochs=1, verbose=0)  # trace once
+    mem = fit_images_per_s(model, memory, steps, batch_size, repeats)
+    fed_rate = fit_images_per_s(model, fed, steps, batch_size, repeats)
+    return fed_rate / mem, fed_rate, mem, name
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, type=Path, help="folder with the PNG films")
+    parser.add_argument("--labels", type=Path, help="NIH label table (default: found in --data-dir)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--stored-size", type=int, help="size to build the records at (default: image size)")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
+    parser.add_argument("--fit-steps", type=int, default=10, help="timed training steps per measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per figure; the best is kept")
+    parser.add_argument("--records", type=Path, help="use these records instead of building")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench_input_") as tmp:
+        records = args.records
+        if records is None:
+            records = Path(tmp) / "records"
+            start = time.perf_counter()
+            build_records(data_dir=args.data_dir, labels=args.labels, out=records,
+                          image_size=args.stored_size or args.image_size, seed=0, progress=False,
+                          log=lambda *a, **k: None)
+            print(f"built records in {time.perf_counter() - start:.1f} s -> {records}")
+        manifest = data.read_manifest(records)
+        stored = manifest["image_size"]
+        bs, size = args.batch_size, args.image_size
+        print(f"films: {sum(s['num_examples'] for s in manifest['splits'].values())}, stored {stored} px, "
+              f"training size {size} px, batch {bs}, {tf.config.list_logical_devices()[-1].device_type}, "
+              f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)")
+        timed = dict(batches=args.batches, repeats=args.repeats)
+
+        train = images_per_s(data.make_dataset(records, "train", bs, size, seed=0).repeat(), **timed)
+        train_cached = images_per_s(data.make_dataset(records, "train", bs, size, seed=0, cache="memory")
+                                    .repeat(), **timed)
+        evaluation = images_per_s(data.make_dataset(records, "train", bs, size, training=False).repeat(), **timed)
+        print(f"pipeline training (augment, no cache): {train:8.1f} images/s")
+        print(f"pipeline training (augment, cache):    {train_cached:8.1f} images/s")
+        print(f"pipeline evaluation:                   {evaluation:8.1f} images/s")
+
+        paths = sorted(str(p) for p in args.data_dir.rglob("*.png"))
+        if args.labels:  # only the films of the table, as the builder does
+            from cxr_tf.nih import read_label_table
+
+            known = set(read_label_table(args.labels)["image_index"])
+            paths = [p for p in paths if Path(p).name in known]
+        labels = np.zeros((len(paths), 14), np.float32)  # label values do not change the cost
+        png = images_per_s(png_folder_dataset(paths, labels, bs, size), **timed)
+        print(f"PNG-folder baseline ({len(paths)} files): {png:8.1f} images/s")
+
+        ratio, fed, mem, name = starvation(records, bs, size, args.fit_steps, args.repeats)
+        print(f"{name} training fed by the pipeline: {fed:.1f} images/s; "
+              f"on in-memory batches: {mem:.1f} images/s")
+        print(f"evaluation_vs_png={evaluation / png:.2f} cached_training_vs_png={train_cached / png:.2f}")
+        print(f"pipeline_vs_png={train / png:.2f} starvation={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
