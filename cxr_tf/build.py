@@ -8,7 +8,8 @@ How a build runs:
 2. Split by patient (``cxr_tf.splits``); a patient in two splits stops the build.
 3. Plan every shard up front: each split's rows, shuffled with the seed, cut into
    ``ceil(bytes / shard_size_mb)`` contiguous shards (bytes estimated from
-   ``image_size``). The plan is written to ``<out>/.build/plan.json``.
+   ``image_size``). The plan (every shard's films) is written to
+   ``<out>/.build/plan.json`` and followed as stored when the build resumes.
 4. Decode, resize and PNG-encode the films in worker processes that import only
    OpenCV and NumPy (spawned, never forked from a process holding TensorFlow);
    the main process serializes the examples (``cxr_tf.records``) in plan order and
@@ -35,6 +36,8 @@ import sys
 import time
 import types
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +63,8 @@ def default_workers():
 
 
 def _estimated_example_bytes(image_size):
-    # PNG of a downsized chest film: about 0.6 bytes/pixel; plus the other features.
-    return 0.6 * image_size * image_size + 400
+    # PNG of a downsized chest film: 0.38 (512 px) to 0.6 (64 px) bytes/pixel; plus the other features.
+    return 0.45 * image_size * image_size + 400
 
 
 @contextlib.contextmanager
@@ -80,9 +83,14 @@ def _main_module_hidden():
 def _worker_pool(workers):
     """``workers`` spawned processes (fork after TensorFlow started its threads can
     deadlock), all started now so that their start-up overlaps with reading the
-    table. They import OpenCV and NumPy, never TensorFlow."""
+    table. They import OpenCV and NumPy, never TensorFlow. A worker that dies
+    (out of memory) breaks the pool with an error instead of hanging the build."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=worker_init)
     with _main_module_hidden():
-        return multiprocessing.get_context("spawn").Pool(workers, initializer=worker_init)
+        for _ in range(workers):  # each submit starts one process while none is idle
+            pool.submit(int)
+    return pool
 
 
 def resolve_inputs(data_dir=None, labels=None, official_lists=None):
@@ -106,7 +114,7 @@ def plan_shards(table, splits, image_size, shard_size_mb, seed):
     findings) and cut into near-equal contiguous shards of about shard_size_mb."""
     if shard_size_mb <= 0:
         raise ValueError(f"shard_size_mb must be positive, got {shard_size_mb}")
-    from cxr_tf.records import shard_name  # noqa: PLC0415 (keeps this module TensorFlow-free)
+    from cxr_tf.records import shard_name  # noqa: PLC0415 (importing cxr_tf.build stays TensorFlow-free)
 
     rng = np.random.default_rng(seed)
     shards = []
@@ -131,6 +139,12 @@ def _plan_key(labels_sha, files, image_size, split, val_fraction, test_fraction,
             "official_lists_sha256": lists_sha}
 
 
+def _planned_splits(shards, table):
+    """Split name per row of ``table`` as the plan assigns it (rows outside it: None)."""
+    split_of = {name: shard["split"] for shard in shards for name in shard["images"]}
+    return table["image_index"].map(split_of).astype(object)
+
+
 def _write_json(path, payload):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
@@ -138,8 +152,9 @@ def _write_json(path, payload):
 
 
 def _prepare_out(out, key, shards, log):
-    """Load or write the plan; remove what a different earlier build left. Returns
-    the names of shards already complete."""
+    """(shards, done): the plan to follow and the names of its shards already
+    complete. A plan stored by an earlier run with the same key is followed as
+    stored; one with another key has its shards removed and is replaced."""
     state = out / PLAN_DIR
     state.mkdir(parents=True, exist_ok=True)
     plan_path = state / "plan.json"
@@ -147,20 +162,23 @@ def _prepare_out(out, key, shards, log):
     if old is not None and old.get("key") != key:
         log(f"{out}: inputs or settings changed since the last build there; replacing its shards")
         for shard in old.get("shards", []):
-            for stale in (out / shard, state / f"{shard}.json"):
+            for stale in (out / shard["name"], state / f"{shard['name']}.json"):
                 stale.unlink(missing_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)
         old = None
+    if old is not None:
+        shards = old["shards"]
     planned = {s["name"] for s in shards}
     strangers = sorted(p.name for p in out.glob("*.tfrecord") if p.name not in planned)
     if strangers:
         raise FileExistsError(f"{out} holds shards this build did not plan ({strangers[:3]}...); "
                               f"remove them or choose another --out")
     if old is None:
-        _write_json(plan_path, {"key": key, "shards": [s["name"] for s in shards]})
+        _write_json(plan_path, {"key": key, "shards": shards})
     for leftover in out.glob("*.tmp"):
         leftover.unlink()  # partial shard of a killed build
-    return {s["name"] for s in shards if (out / s["name"]).is_file() and (state / f"{s['name']}.json").is_file()}
+    done = {s["name"] for s in shards if (out / s["name"]).is_file() and (state / f"{s['name']}.json").is_file()}
+    return shards, done
 
 
 def _encoded(jobs, image_size, workers, pool):
@@ -173,11 +191,19 @@ def _encoded(jobs, image_size, workers, pool):
     pending = deque()
     chunks = (jobs[start:start + _CHUNK] for start in range(0, len(jobs), _CHUNK))
     for chunk in chunks:
-        pending.append(pool.apply_async(encode_films, (chunk, image_size)))
+        pending.append(pool.submit(encode_films, chunk, image_size))
         if len(pending) >= 4 * workers:
-            yield from pending.popleft().get()
+            yield from _result(pending.popleft())
     while pending:
-        yield from pending.popleft().get()
+        yield from _result(pending.popleft())
+
+
+def _result(future):
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise RuntimeError("a decoding worker process died (out of memory?); the shards completed so far "
+                           "are kept: run the same build again to resume") from None
 
 
 def _write_shards(out, todo, table, image_size, workers, pool, progress):
@@ -244,8 +270,9 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
         "rows_without_files": {"count": len(inventory.rows_without_files),
                                "list": "rows_without_files.txt" if inventory.rows_without_files else None,
                                "first": inventory.rows_without_files[:10]},
+        # standardising constants for metadata models; std 1 when undefined or zero
         "metadata": {"age_mean": float(train_ages.mean()) if len(train_ages) else 0.0,
-                     "age_std": float(train_ages.std(ddof=0)) if len(train_ages) else 1.0},
+                     "age_std": float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0},
         "warnings": warnings_,
     }
 
@@ -285,8 +312,6 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
                 f"put the NIH images_*/images/*.png folders there (or pass --data-dir)")
         matched = inventory.table
         assignment = splitting.make_split(matched, split, val_fraction, test_fraction, seed, lists_dir)
-        splitting.check_no_patient_overlap(matched["patient_id"], assignment)
-        warnings_ = splitting.missing_label_warnings(matched, assignment)
         lists_sha = None
         if split == "official":
             found = splitting.find_official_lists(lists_dir)
@@ -294,8 +319,11 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
         key = _plan_key(nih.file_sha256(labels_path), matched["image_index"], image_size, split,
                         val_fraction, test_fraction if split == "stratified" else 0.0, seed, shard_size_mb,
                         lists_sha)
-        shards = plan_shards(matched, assignment, image_size, shard_size_mb, seed)
-        done = _prepare_out(out, key, shards, log)
+        shards, done = _prepare_out(out, key, plan_shards(matched, assignment, image_size, shard_size_mb, seed),
+                                    log)
+        planned = _planned_splits(shards, matched)  # what will be written: checked once more
+        splitting.check_no_patient_overlap(matched["patient_id"], planned)
+        warnings_ = splitting.missing_label_warnings(matched, planned)
         todo = [s for s in shards if s["name"] not in done]
         if done:
             log(f"resuming: {len(done)} of {len(shards)} shards already complete in {out}")
@@ -304,8 +332,7 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
         encode_seconds = time.perf_counter() - encode_start
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
     manifest = _manifest(out, shards, matched, inventory, key, labels_path, data_dir, warnings_)
     (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in inventory.rows_without_files))
     seconds = time.perf_counter() - started

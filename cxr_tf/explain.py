@@ -184,10 +184,14 @@ def caption(image, text):
     return image
 
 
-def overlay_png(film, cam, text=None, max_side=None):
-    """PNG bytes of the overlay (``overlay``), captioned with ``text``, shrunk so its
-    longest side is at most ``max_side`` (for web pages)."""
+def overlay_png(film, cam, text=None, max_side=None, boxes=()):
+    """PNG bytes of the overlay (``overlay``), with ``boxes`` ((x, y, w, h) in film
+    pixels, e.g. the radiologists') outlined in white, captioned with ``text``, shrunk
+    so its longest side is at most ``max_side`` (for web pages)."""
     image = overlay(film, cam)
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    for x, y, w, h in boxes:
+        cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), (255, 255, 255), thickness)
     if max_side and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
@@ -294,8 +298,8 @@ def explain_films(run_dir, films, out, findings=None, boxes_path=None, threshold
 
     findings: None = the film's positive findings (run thresholds; the most probable
     one when none is positive), ``"all"``, or a list of names. With ``boxes_path``
-    (the NIH box table), films named in it also get their boxed findings explained
-    and scored (pointing game, IoU). Report: {"films": [{"file", "overlays":
+    (the NIH box table), films named in it also get their boxed findings explained,
+    scored (pointing game, IoU) and the boxes outlined on the overlays. Report: {"films": [{"file", "overlays":
     {finding: path}, "probabilities", "localisation": [...]} | {"file", "error"}],
     "localisation": per-finding summary}.
     """
@@ -327,7 +331,8 @@ def explain_films(run_dir, films, out, findings=None, boxes_path=None, threshold
         for finding, cam in zip(chosen, on_film):
             target = out / f"{path.stem}_{finding}.png"
             p = probs[LABELS.index(finding)]
-            target.write_bytes(overlay_png(film.pixels, cam, text=f"{finding} p={p:.2f}"))
+            target.write_bytes(overlay_png(film.pixels, cam, text=f"{finding} p={p:.2f}",
+                                           boxes=film_boxes.get(finding, ())))
             entry["overlays"][finding] = str(target)
         for row in localise([on_film], [film_boxes], chosen, threshold):
             row["film"] = str(path)

@@ -39,7 +39,7 @@ SEXES = ("M", "F")
 VIEWS = ("PA", "AP")
 _BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017 vs the label table
 _AGE_RE = re.compile(r"^(\d+)([YMD]?)$")
-_AGE_UNIT_DAYS = {"Y": 365.25, "M": 365.25 / 12, "D": 1.0, "": 365.25}
+_AGE_UNIT_DAYS = {"Y": 365.25, "M": 365.25 / 12, "D": 1.0, "": 365.25}  # days per unit
 
 
 class TableError(ValueError):
@@ -147,24 +147,20 @@ def _raw_name(column):
 
 def _non_negative_ints(strings):
     """Float Series: the value of each all-digit string, NaN for anything else."""
-    values = pd.to_numeric(strings, errors="coerce")
-    bad = values.isna() | (values < 0) | (values != values.round())
-    bad |= ~strings.str.isdigit() if bad.any() or values.dtype.kind == "f" else False
-    return values.where(~bad)
+    return pd.to_numeric(strings.where(strings.str.isdigit()), errors="coerce")
 
 
 def _parse_ages(ages, fail):
+    """int64 years from ``58`` (2020 revision) or ``058Y`` / ``007M`` / ``020D`` (2017)."""
     plain = _non_negative_ints(ages)
     if not plain.isna().any():
         return plain.astype(np.int64)
-    parts = ages.str.extract(_AGE_RE)
-    bad = parts[0].isna().to_numpy()
-    if bad.any():
-        fail(bad, "age", "non-numeric age")
-    days = parts[0].astype(np.float64) * parts[1].map(_AGE_UNIT_DAYS).astype(np.float64)
-    years = np.where(parts[1] == "Y", parts[0].astype(np.float64), np.floor(days / 365.25))
-    years = np.where(parts[1] == "", parts[0].astype(np.float64), years)
-    return years.astype(np.int64)
+    parts = ages.str.extract(_AGE_RE)  # number, unit
+    if parts[0].isna().any():
+        fail(parts[0].isna().to_numpy(), "age", "non-numeric age")
+    number, unit = parts[0].astype(np.float64), parts[1]
+    in_years = unit.isin(["", "Y"]).to_numpy()
+    return np.where(in_years, number, np.floor(number * unit.map(_AGE_UNIT_DAYS) / 365.25)).astype(np.int64)
 
 
 def _multi_hot(findings, fail):
@@ -228,9 +224,14 @@ def find_images(data_dir, suffixes=(".png",)):
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the NIH images")
-    found = []
+    found, seen = [], set()
     for root, dirs, names in os.walk(data_dir, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        stat = os.stat(root)
+        if (stat.st_dev, stat.st_ino) in seen:  # a symlink cycle, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, n) for n in names if n.lower().endswith(suffixes)]
     files, duplicates = {}, []
     for path in sorted(found):

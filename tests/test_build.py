@@ -2,7 +2,6 @@
 resume after kill -9, the command line with and without flags."""
 
 import csv
-import io
 import json
 import os
 import signal
@@ -77,10 +76,9 @@ def test_round_trip_of_the_150_real_films(sample_records):
 def test_workers_do_not_import_tensorflow():
     pool = build._worker_pool(1)
     try:
-        assert "tensorflow" in sys.modules and pool.apply(images.tensorflow_loaded) is False
+        assert "tensorflow" in sys.modules and pool.submit(images.tensorflow_loaded).result() is False
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown()
 
 
 def _write_table(path, rows):

@@ -98,3 +98,12 @@ def test_bbox_table():
     first = boxes.iloc[0]
     assert (first["image_index"], first["label"]) == ("00013118_008.png", "Atelectasis")
     assert first["x"] == pytest.approx(225.0847457627)
+
+
+def test_2017_age_units(tmp_path):
+    lines = (SAMPLE / "Data_Entry_sample_2017_layout.csv").read_text().splitlines()[:4]
+    lines[2] = lines[2].replace(",060Y,", ",018M,")
+    lines[3] = lines[3].replace(",055Y,", ",400D,")
+    path = tmp_path / "Data_Entry_2017.csv"
+    path.write_text("\n".join(lines) + "\n")
+    assert nih.read_label_table(path)["age"].tolist() == [61, 1, 1]

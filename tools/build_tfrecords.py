@@ -52,7 +52,7 @@ def main(argv=None):
                       split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                       seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
                       official_lists=args.official_lists, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -33,7 +33,7 @@ def make_sample(source, lists, dest, size=128):
         shutil.rmtree(images)
     images.mkdir(parents=True)
     for name, path in zip(inventory.table["image_index"], inventory.table["path"]):
-        (images / name).write_bytes(encode_png(to_square(read_image(path), size), compression=9))
+        (images / name).write_bytes(encode_png(to_square(read_image(path), size)))
     shutil.copyfile(table_path, Path(dest) / "Data_Entry_sample.csv")
     names = set(table["image_index"])
     for list_name in ("train_val_list.txt", "test_list.txt"):
