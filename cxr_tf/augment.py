@@ -107,6 +107,7 @@ class RandomGeometry(keras.layers.Layer):
         self.translation = float(translation)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = False  # ImageProjectiveTransformV3 has no XLA kernel: keeps jit_compile="auto" off
 
     def _uniform(self, shape, low, high):
         return keras.random.uniform(shape, minval=low, maxval=high, seed=self.seed_generator)

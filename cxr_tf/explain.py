@@ -56,10 +56,10 @@ def gradcam_layer_name(model, arch=None):
         name = ARCHITECTURES[arch].gradcam_layer
         if not any(layer.name == name for layer in model.layers):
             raise ValueError(f"model {model.name!r} has no layer {name!r}, the Grad-CAM layer of {arch!r}: "
-                             "was it built by cxr_tf.models.build_model({arch!r})?")
+                             f"was it built by cxr_tf.models.build_model({arch!r})?")
         return name
     names = {layer.name for layer in model.layers}
-    for spec_arch, spec in ARCHITECTURES.items():
+    for spec in ARCHITECTURES.values():
         if spec.gradcam_layer in names:
             return spec.gradcam_layer
     raise ValueError(f"model {model.name!r} has none of the registered Grad-CAM layers "

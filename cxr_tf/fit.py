@@ -413,6 +413,7 @@ def _run_phases(model, config, loss, strategy, train_ds, val_ds, steps, val_step
     best_path = work_dir / MODEL
     history_path = work_dir / HISTORY
     verbose = config["verbose"]
+    frozen = False  # models are built fully trainable; one-phase CNNs never touch their backbone
     for phase in config["phases"]:
         name = phase["name"]
         if name in state["phases_done"] or phase["epochs"] == 0:
@@ -422,7 +423,9 @@ def _run_phases(model, config, loss, strategy, train_ds, val_ds, steps, val_step
         initial_epoch = int(max((r["epoch"] for r in done_before), default=-1)) + 1
         best = best_epoch(rows)
         with strategy.scope():
-            set_backbone_trainable(model, phase["train_backbone"])
+            if frozen or not phase["train_backbone"]:
+                set_backbone_trainable(model, phase["train_backbone"])
+                frozen = not phase["train_backbone"]
             if best_path.is_file():
                 _load_best(model, best_path)  # each phase starts from the best weights so far
             _compile(model, loss, phase["learning_rate"], config["jit_compile"])

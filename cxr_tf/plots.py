@@ -123,12 +123,12 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
     if literature is not None and len(literature):
         values = literature[list(labels)].to_numpy(dtype=np.float64)
         low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
-        ax.hlines(ypos, low, high, colors="lightgrey", lw=6, label="published range", zorder=1)
+        ax.hlines(ypos, low, high, colors="dimgrey", lw=3, alpha=0.45, label="published range (all rows)", zorder=3)
         markers = "os^Dv<>p"
         for i, model in enumerate(m for m in highlight if m in set(literature["model"])):
             row = literature[literature["model"] == model].iloc[0]
-            ax.scatter([row[name] for name in labels], ypos, marker=markers[i % len(markers)], s=22,
-                       zorder=3, label=f"{model} ({row['split']})")
+            ax.scatter([row[name] for name in labels], ypos, marker=markers[i % len(markers)], s=24,
+                       zorder=4, label=f"{model} ({row['split']})")
     aucs = [per_finding.get(name, {}).get("auc") for name in labels]
     bar_vals = [a if a is not None else 0.0 for a in aucs]
     err = np.zeros((2, n))
@@ -136,7 +136,7 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
         ci = per_finding.get(name, {}).get("auc_ci")
         if aucs[k] is not None and ci and ci[0] is not None:
             err[:, k] = (aucs[k] - ci[0], ci[1] - aucs[k])
-    ax.barh(ypos, bar_vals, height=0.55, color="C0", alpha=0.75, xerr=np.clip(err, 0, None),
+    ax.barh(ypos, bar_vals, height=0.6, color="lightsteelblue", xerr=np.clip(err, 0, None),
             error_kw={"lw": 1, "capsize": 2}, label=f"{our_name} ({our_split})" if our_split else our_name,
             zorder=2)
     for k in range(n):
@@ -146,7 +146,7 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
     ax.set_xlim(0.5, 1.0)
     ax.set_xlabel("ROC-AUC (bars: ours with 95% patient-bootstrap CI)")
     ax.axvline(0.5, c="grey", lw=0.8)
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
     ax.set_title("Per-finding AUC beside published results (splits differ: not directly comparable)",
                  fontsize=10)
     fig.tight_layout()

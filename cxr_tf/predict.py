@@ -331,7 +331,8 @@ def main(argv=None):
     parser.add_argument("--uncertainty-threshold", type=float, default=DEFAULT_UNCERTAINTY_THRESHOLD,
                         help=f"MC std marking a finding uncertain (default {DEFAULT_UNCERTAINTY_THRESHOLD})")
     parser.add_argument("--critical", nargs="+", default=list(DEFAULT_CRITICAL), metavar="FINDING",
-                        help=f"findings that make a film urgent (default {' '.join(DEFAULT_CRITICAL)})")
+                        help=f"findings that make a film urgent (default {' '.join(DEFAULT_CRITICAL)}); "
+                             "give it after the films")
     args = parser.parse_args(argv)
     try:
         predictor = Predictor(resolve_run_dir(args.model), samples=args.samples,

@@ -128,7 +128,7 @@ def test_killed_run_resumes_where_it_stopped(synthetic_records, tmp_path):
 
 
 def test_learns_synthetic_films(synthetic_records, tmp_path):
-    config = small_config(synthetic_records, tmp_path, epochs=None, batch_size=16,
+    config = small_config(synthetic_records, tmp_path, batch_size=16,
                           **{"phases.0.epochs": 8, "early_stopping.patience": 8})
     run = fit.train(config)
     metrics = json.loads((run / "metrics.json").read_text())

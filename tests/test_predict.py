@@ -260,7 +260,9 @@ def test_command_json_worklist_gradcam_and_exit_code(tiny_run, films, tmp_path, 
     assert predict_cli.main(["--model", str(tiny_run), "--samples", "2", *good]) == 0
     table = capsys.readouterr().out
     assert "LEVEL" in table and all(n in table for n in GOOD)
-    assert predict_cli.main(["--model", str(tiny_run), "--critical", "Pneumonitis", good[0]]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main(["--model", str(tiny_run), good[0], "--critical", "Pneumonitis"])
+    assert exit_info.value.code == 2 and "Pneumonitis" in capsys.readouterr().err
 
 
 def test_multimodal_meta_from_dicom_tags(tmp_path):
