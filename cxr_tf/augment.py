@@ -68,9 +68,13 @@ def resolve_params(params=None):
         raise ValueError(f"unknown augmentation parameter(s) {unknown}; valid: {sorted(DEFAULT_AUGMENT)}")
     out = {**DEFAULT_AUGMENT, **params}
     for key in ("crop_scale", "crop_ratio"):
-        low, high = (float(v) for v in out[key])
+        try:
+            low, high = (float(v) for v in out[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"augment {key}={out[key]!r}: expected a pair [low, high]") from None
         if not 0 < low <= high or (key == "crop_scale" and high > 1):
-            raise ValueError(f"augment {key}={out[key]!r}: need 0 < low <= high" + (" <= 1" if key == "crop_scale" else ""))
+            bound = " <= 1" if key == "crop_scale" else ""
+            raise ValueError(f"augment {key}={out[key]!r}: need 0 < low <= high{bound}")
         out[key] = (low, high)
     for key in ("rotation_degrees", "zoom", "translation", "brightness", "contrast"):
         value = float(out[key])

@@ -128,8 +128,10 @@ def _cache(value, key, source):
 
 
 def _augment(value, key, source):
+    if value is False:
+        return False  # no augmentation at all
     if not isinstance(value, dict):
-        raise ConfigError(f"{_where(key, source)}={value!r}: expected a mapping of augmentation parameters")
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected false or a mapping of augmentation parameters")
     from cxr_tf.augment import resolve_params  # the augment module owns its keys and ranges
 
     try:

@@ -193,6 +193,8 @@ def load_run(run_dir):
     """(model, config dict, labels list) of a run folder written by ``cxr_tf.fit``."""
     import keras
 
+    import cxr_tf.layers  # noqa: F401  registers the custom layers that load_model needs
+
     run_dir = Path(run_dir)
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
@@ -203,7 +205,7 @@ def load_run(run_dir):
     labels = json.loads(labels_path.read_text()) if labels_path.is_file() else list(LABELS)
     if list(labels) != list(LABELS):
         raise ValueError(f"{labels_path}: the model's labels {labels} differ from cxr_tf.labels.LABELS")
-    return keras.models.load_model(model_path), config, labels
+    return keras.models.load_model(model_path, compile=False), config, labels
 
 
 def _model_input(model):

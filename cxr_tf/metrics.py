@@ -356,12 +356,14 @@ def summarize(y_true, y_prob, patient_ids, thresholds=None, n_boot=1000, seed=0,
         "ece": _mean_or_none(per[n]["ece"] for n in labels),
         "n_findings": len(defined),
         "excluded": excluded,
-        "note": (f"mean over the {len(defined)} findings defined in this split"
+        "note": (f"AUC, AP and operating points: mean over the {len(defined)} findings defined in this split"
                  + (f"; excluded: {', '.join(f'{n} ({r})' for n, r in excluded.items())}" if excluded else "")),
     }
     micro = micro_scores(y_true, y_prob)
     if ops:
-        macro.update(ops["macro"])
+        # Same exclusion as AUC/AP: a finding without positives (or negatives) has no
+        # meaningful F1/PPV/sensitivity, so it does not pull the macro operating point.
+        macro.update({m: _mean_or_none(per[n][m] for n in defined) for m in OPERATING_METRICS})
         micro.update(ops["micro"])
     return {
         "num_examples": int(len(y_true)),
@@ -370,5 +372,6 @@ def summarize(y_true, y_prob, patient_ids, thresholds=None, n_boot=1000, seed=0,
         "per_finding": per,
         "macro": macro,
         "micro": micro,
-        "bootstrap": {key: boot[key] for key in ("n_boot", "seed", "confidence", "method", "unit")} if boot else None,
+        "bootstrap": ({**{key: boot[key] for key in ("n_boot", "seed", "confidence", "method", "unit")},
+                       "macro_valid_replicates": boot["macro"]["valid_replicates"]} if boot else None),
     }

@@ -73,7 +73,7 @@ def roc_curves(y_true, y_prob, out_png, labels=LABELS, aucs=None):
         if k >= len(labels) - cols:
             ax.set_xlabel("1 - specificity", fontsize=8)
     fig.suptitle("ROC curves per finding", fontsize=12)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.93, hspace=0.35, wspace=0.2)
     return _save(fig, out_png)
 
 
@@ -103,7 +103,7 @@ def pr_curves(y_true, y_prob, out_png, labels=LABELS, aps=None):
         if k >= len(labels) - cols:
             ax.set_xlabel("recall (sensitivity)", fontsize=8)
     fig.suptitle("Precision-recall curves per finding (dotted: prevalence)", fontsize=12)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.93, hspace=0.35, wspace=0.2)
     return _save(fig, out_png)
 
 

@@ -194,10 +194,11 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
     doc.heading("Summary")
     ci = macro.get("auc_ci")
     macro_text = fmt(macro["auc"]) + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci and ci[0] is not None else "")
+    run_text = f", run `{metrics['run_dir']}`" if metrics.get("run_dir") else ""
+    records_text = f"Records `{metrics['records']}`, split" if metrics.get("records") else "Split"
     doc.bullets([
-        f"Model: `{arch}`, run `{metrics.get('run_dir', '')}`",
-        f"Records: `{metrics.get('records', '')}`, split **{split}** "
-        f"({metrics['num_examples']:,} films, {metrics['num_patients']:,} patients)",
+        f"Model: `{arch}`{run_text}",
+        f"{records_text} **{split}** ({metrics['num_examples']:,} films, {metrics['num_patients']:,} patients)",
         f"Split method: **{describe_split(split_method)}**",
         f"Macro ROC-AUC: **{macro_text}** over {macro['n_findings']} findings; "
         f"micro ROC-AUC {fmt(micro.get('auc'))}",
@@ -224,6 +225,15 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
                      fmt(row.get("specificity")), fmt(row.get("ppv")), fmt(row.get("npv")),
                      fmt(row.get("f1")), fmt(row["brier"]), fmt(row["ece"])])
     doc.table(header, rows)
+    boot = metrics.get("bootstrap") or {}
+    short = [f"{name} ({per[name]['auc_ci_valid_replicates']})" for name in metrics.get("labels", LABELS)
+             if per[name]["defined"] and per[name].get("auc_ci_valid_replicates") is not None
+             and per[name]["auc_ci_valid_replicates"] < boot.get("n_boot", 0)]
+    if short:
+        doc.para(f"**Few positives.** In some bootstrap replicates these findings drew no positive (or no "
+                 f"negative) film; their intervals use only the replicates where they were defined, of "
+                 f"{boot['n_boot']}: {', '.join(short)}. Such intervals are optimistic: read them as a sign "
+                 f"that the split is too small for that finding.")
     doc.para("Operating-point metrics count a film positive when its probability is at least the "
              "finding's threshold. A dash means the ratio is undefined (zero denominator: e.g. PPV "
              "when no film is called positive).")
@@ -264,7 +274,6 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
             doc.figure(figures[key], caption)
 
     doc.heading("Method")
-    boot = metrics.get("bootstrap") or {}
     doc.bullets([
         f"ROC-AUC confidence intervals: {boot.get('method', 'percentile')} bootstrap over **patients** "
         f"({boot.get('n_boot', 0)} replicates, seed {boot.get('seed')}): each replicate draws patients "

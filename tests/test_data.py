@@ -236,13 +236,16 @@ def test_clear_errors(sample_records, tmp_path):
     assert data.verify_records(sample_records) == {s: v["num_examples"] for s, v in manifest["splits"].items()}
 
 
-def test_auto_shard_policy():
+def test_auto_shard_policy(monkeypatch):
     policy = tf.data.experimental.AutoShardPolicy
     assert data.auto_shard_policy(16, 4) == policy.FILE
     assert data.auto_shard_policy(2, 2) == policy.FILE
     assert data.auto_shard_policy(1, 2) == policy.DATA
-    os.environ.pop("TF_CONFIG", None)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     assert data.num_workers_from_tf_config() == 1
+    cluster = {"chief": ["h:1"], "worker": ["h:2", "h:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert data.num_workers_from_tf_config() == 3
 
 
 _DISTRIBUTED = textwrap.dedent("""

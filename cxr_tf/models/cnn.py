@@ -1,61 +1,49 @@
-"""Models trained from scratch: the small CNN baseline and the multimodal CNN
-(image branch + age/sex/view branch, ../shared/seeds/001)."""
+"""From-scratch CNNs: ``simple_cnn`` (the baseline of the fusion study) and
+``multimodal`` (image + age/sex/view branches, after the multimodal-CNN study)."""
 
 import keras
+from keras import layers
 
-from cxr_tf.data import META_DIM
-from cxr_tf.layers import BackboneInput
-from cxr_tf.models.common import dense_head, dropout_layer, image_input, predictions
-from cxr_tf.models.registry import register
+from cxr_tf.layers import BackbonePreprocess
+from cxr_tf.models.heads import (
+    check_from_scratch, classification_head, image_input, load_weights_file, meta_input,
+)
 
 
-@register("simple_cnn", default_size=224, gradcam_layer="conv3", min_size=16)
-def simple_cnn(image_size, num_labels, weights, dropout, mc_dropout):
-    """Three conv/pool stages (32, 64, 128 filters), global pooling, dense 256, sigmoids."""
-    if weights is not None:
-        raise ValueError("simple_cnn has no pretrained weights: use weights=None or a weights file path")
+def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False):
+    """Three conv(3×3, ReLU)/max-pool stages (32, 64, 128 filters), global average
+    pooling ("features", 128), then the head with Dense 256. Grad-CAM layer: "conv3"."""
+    check_from_scratch("simple_cnn", weights)
     image = image_input(image_size)
-    x = BackboneInput("unit", name="scale")(image)
-    for stage, filters in enumerate((32, 64, 128), start=1):
-        x = keras.layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"conv{stage}")(x)
-        if stage < 3:  # the last map stays unpooled: it is the Grad-CAM layer
-            x = keras.layers.MaxPooling2D(name=f"pool{stage}")(x)
-    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    x = dropout_layer(dropout, mc_dropout, "head_dropout_1")(features)
-    x = keras.layers.Dense(256, activation="relu", name="head_dense")(x)
-    x = dropout_layer(dropout, mc_dropout, "head_dropout_2")(x)
-    return keras.Model(image, predictions(x, num_labels), name="simple_cnn")
+    x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
+    for i, filters in enumerate((32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    features = layers.GlobalAveragePooling2D(name="features")(x)
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=256)
+    return load_weights_file(keras.Model(image, outputs, name="simple_cnn"), weights)
 
 
-def _conv_block(x, filters, stage, dropout):
-    """Two 3×3 conv → BN → ReLU rounds, 2×2 max-pool, dropout (the study's block)."""
-    for i in (1, 2):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{stage}_conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"block{stage}_bn{i}")(x)
-        x = keras.layers.ReLU(name=f"block{stage}_relu{i}")(x)
-    x = keras.layers.MaxPooling2D(name=f"block{stage}_pool")(x)
-    return keras.layers.Dropout(dropout, name=f"block{stage}_dropout")(x)
-
-
-@register("multimodal", default_size=224, gradcam_layer="block4_relu2", multimodal=True)
-def multimodal(image_size, num_labels, weights, dropout, mc_dropout, block_dropout=0.1):
-    """Image branch (four conv blocks, 32–256 filters, global pooling) joined with a
-    metadata branch (age, sex, view → Dense 32) before a dense-256 head."""
-    if weights is not None:
-        raise ValueError("multimodal has no pretrained weights: use weights=None or a weights file path")
-    image = image_input(image_size)
-    meta = keras.Input((META_DIM,), name="meta")
-    x = BackboneInput("unit", name="scale")(image)
-    for stage, filters in enumerate((32, 64, 128, 256), start=1):
-        if stage == 4:  # no pooling after the last block: its ReLU is the Grad-CAM layer
-            for i in (1, 2):
-                x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block4_conv{i}")(x)
-                x = keras.layers.BatchNormalization(name=f"block4_bn{i}")(x)
-                x = keras.layers.ReLU(name=f"block4_relu{i}")(x)
-        else:
-            x = _conv_block(x, filters, stage, block_dropout)
-    image_vector = keras.layers.GlobalAveragePooling2D(name="image_pool")(x)
-    meta_vector = keras.layers.Dense(32, activation="relu", name="meta_dense")(meta)
-    features = keras.layers.Concatenate(name="features")([image_vector, meta_vector])
-    outputs = dense_head(features, num_labels, dropout, mc_dropout, units=256)
-    return keras.Model({"image": image, "meta": meta}, outputs, name="multimodal")
+def build_multimodal(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False,
+                     block_dropout=0.25):
+    """Image branch: four blocks of two 3×3 convs, BatchNorm, ReLU, max-pool and
+    dropout (32, 64, 128, 256 filters), global average pooling, Dense 256 ReLU.
+    Metadata branch: "meta" (5,) -> Dense 32 ReLU. Both concatenated ("features",
+    288) -> dropout -> Dense sigmoid. Grad-CAM layer: "block4_relu"."""
+    check_from_scratch("multimodal", weights)
+    image, meta = image_input(image_size), meta_input()
+    x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
+    for i, filters in enumerate((32, 64, 128, 256), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv1")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv2")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.Activation("relu", name=f"block{i}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = layers.Dropout(block_dropout, name=f"block{i}_drop")(x)
+    x = layers.GlobalAveragePooling2D(name="image_pool")(x)
+    x = layers.Dense(256, activation="relu", name="image_dense")(x)
+    m = layers.Dense(32, activation="relu", name="meta_dense")(meta)
+    features = layers.Concatenate(name="features")([x, m])
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=None)
+    model = keras.Model({"image": image, "meta": meta}, outputs, name="multimodal")
+    return load_weights_file(model, weights)

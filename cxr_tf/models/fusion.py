@@ -1,63 +1,64 @@
-"""The Dense–Efficient attention-fusion network (../shared/seeds/003).
+"""The Dense–Efficient attention-fusion network (fusion study, ../shared/seeds/003).
 
-DenseNet121 and EfficientNetB3 run side by side on the same film. Each is tapped
-at stride 16, not at its last layer:
+DenseNet121 and EfficientNetB3 run in parallel on the same film; each is cut at
+an intermediate tap, the last feature map at stride 16 (14×14 at 224 px):
 
-- DenseNet121 ``pool4_relu``: the end of dense block 3 (1024 channels, 14×14 at 224 px);
-- EfficientNetB3 ``block6a_expand_activation``: the end of stage 5 (816 channels, 14×14).
+- DenseNet121 ``pool4_conv`` (512 ch): the transition-3 1×1 conv after dense block
+  3, the richest stride-16 map before the 2×2 average pool that halves it.
+- EfficientNetB3 ``block6a_expand_activation`` (816 ch): the expanded output of
+  stage 5 (blocks 5a–5e) just before block 6a's stride-2 depthwise conv, i.e.
+  the last and deepest stride-16 activation of EfficientNetB3.
 
-Stride 16 keeps four times as many positions as the final 7×7 maps, so the
-cross-attention has a spatial grid to work with (findings such as nodules are
-small), and both maps come from the same depth of abstraction (mid-to-high level
-features before the last, most ImageNet-specific stage); it also drops the last
-stages' weights, which brings the network near the study's size. Both maps are
-projected to 256 channels with 1×1 convolutions and resized to DenseNet's grid
-(they already agree when the size is a multiple of 16). Cross-attention: each
-stream attends to the other (multi-head, residual, layer normalisation); the two
-refined streams are concatenated into the fused map (``fused_map``, the Grad-CAM
-layer), pooled (``features``), dropped out (0.5) and classified by 14 sigmoids.
+Cutting both at stride 16 keeps a 14×14 grid for attention (196 tokens, finer
+than the 7×7 stride-32 maps, which matters for small findings such as nodules)
+and drops the heaviest tail of both backbones, which brings the total parameter
+count close to the study's 10.6 M. Each tap is projected to 256 channels (1×1
+conv), resized to the DenseNet grid when the grids differ, flattened to tokens,
+and each stream attends to the other (multi-head attention, residual,
+LayerNorm). The two attended streams are concatenated ("fusion_map", the
+Grad-CAM layer), pooled ("features"), then dropout 0.5 and Dense sigmoid.
 """
 
 import keras
+from keras import layers
 
-from cxr_tf.layers import BackboneInput
-from cxr_tf.models.common import dropout_layer, image_input, predictions
-from cxr_tf.models.registry import register
+from cxr_tf.layers import BackbonePreprocess, cross_attention
+from cxr_tf.models.heads import application_weights, classification_head, image_input, load_weights_file
 
-DENSENET_TAP = "pool4_relu"
+DENSENET_TAP = "pool4_conv"
 EFFICIENTNET_TAP = "block6a_expand_activation"
-CHANNELS = 256
+FUSION_CHANNELS = 256
 
 
-def _cross_attend(query, context, name, heads, dropout):
-    """LayerNorm(query + MultiHeadAttention(query ← context)); sequences (B, N, C)."""
-    attended = keras.layers.MultiHeadAttention(heads, CHANNELS // heads, dropout=dropout, name=f"{name}_mha")(
-        query, context
-    )
-    return keras.layers.LayerNormalization(name=f"{name}_norm")(keras.layers.Add(name=f"{name}_add")([query, attended]))
-
-
-@register("fusion", default_size=224, gradcam_layer="fused_map",
-          backbone_outputs=(DENSENET_TAP, EFFICIENTNET_TAP))
-def fusion(image_size, num_labels, weights, dropout, mc_dropout, heads=8, attention_dropout=0.0):
+def build_fusion(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False,
+                 num_heads=8, key_dim=32):
+    """DenseNet121 ⊕ EfficientNetB3 cross-attention fusion; ``weights="imagenet"``
+    loads ImageNet weights into both backbones. Needs image_size >= 32."""
+    if image_size < 32:
+        raise ValueError(f"fusion: image_size={image_size} is too small, the stride-16 taps need >= 32 px")
     image = image_input(image_size)
-    dense_in = BackboneInput("torch", name="to_densenet")(image)
-    efficient_in = BackboneInput("raw", name="to_efficientnet")(image)
-    dense = keras.applications.DenseNet121(include_top=False, weights=weights, input_tensor=dense_in)
-    efficient = keras.applications.EfficientNetB3(include_top=False, weights=weights, input_tensor=efficient_in)
-    a = dense.get_layer(DENSENET_TAP).output  # (B, h, w, 1024)
-    b = efficient.get_layer(EFFICIENTNET_TAP).output  # (B, h', w', 816)
-    a = keras.layers.Conv2D(CHANNELS, 1, name="densenet_proj")(a)
-    b = keras.layers.Conv2D(CHANNELS, 1, name="efficientnet_proj")(b)
-    h, w = a.shape[1], a.shape[2]
-    if tuple(b.shape[1:3]) != (h, w):
-        b = keras.layers.Resizing(h, w, interpolation="bilinear", name="efficientnet_resize")(b)
-    a_seq = keras.layers.Reshape((h * w, CHANNELS), name="densenet_tokens")(a)  # (B, N, 256)
-    b_seq = keras.layers.Reshape((h * w, CHANNELS), name="efficientnet_tokens")(b)
-    a_ref = _cross_attend(a_seq, b_seq, "densenet_attends", heads, attention_dropout)
-    b_ref = _cross_attend(b_seq, a_seq, "efficientnet_attends", heads, attention_dropout)
-    fused = keras.layers.Concatenate(name="fused_tokens")([a_ref, b_ref])  # (B, N, 512)
-    fused_map = keras.layers.Reshape((h, w, 2 * CHANNELS), name="fused_map")(fused)
-    features = keras.layers.GlobalAveragePooling2D(name="features")(fused_map)
-    x = dropout_layer(dropout, mc_dropout, "head_dropout")(features)
-    return keras.Model(image, predictions(x, num_labels), name="fusion")
+    backbone_weights = application_weights(weights)
+
+    x = BackbonePreprocess("torch", name="preprocess_densenet121")(image)
+    dense = keras.applications.DenseNet121(include_top=False, weights=backbone_weights, input_tensor=x,
+                                           input_shape=(image_size, image_size, 3))
+    d = dense.get_layer(DENSENET_TAP).output                       # (B, S/16, S/16, 512)
+    y = BackbonePreprocess("raw", name="preprocess_efficientnetb3")(image)
+    eff = keras.applications.EfficientNetB3(include_top=False, weights=backbone_weights, input_tensor=y,
+                                            input_shape=(image_size, image_size, 3))
+    e = eff.get_layer(EFFICIENTNET_TAP).output                     # (B, ~S/16, ~S/16, 816)
+
+    d = layers.Conv2D(FUSION_CHANNELS, 1, name="fusion_proj_densenet")(d)       # (B, h, w, 256)
+    e = layers.Conv2D(FUSION_CHANNELS, 1, name="fusion_proj_efficientnet")(e)
+    h, w = d.shape[1], d.shape[2]
+    if tuple(e.shape[1:3]) != (h, w):
+        e = layers.Resizing(h, w, interpolation="bilinear", name="fusion_resize_efficientnet")(e)
+    d_tokens = layers.Reshape((h * w, FUSION_CHANNELS), name="fusion_tokens_densenet")(d)  # (B, h*w, 256)
+    e_tokens = layers.Reshape((h * w, FUSION_CHANNELS), name="fusion_tokens_efficientnet")(e)
+    d_att = cross_attention(d_tokens, e_tokens, num_heads, key_dim, name="fusion_densenet_attends")
+    e_att = cross_attention(e_tokens, d_tokens, num_heads, key_dim, name="fusion_efficientnet_attends")
+    fused = layers.Concatenate(name="fusion_concat")([d_att, e_att])             # (B, h*w, 512)
+    fmap = layers.Reshape((h, w, 2 * FUSION_CHANNELS), name="fusion_map")(fused)  # (B, h, w, 512)
+    features = layers.GlobalAveragePooling2D(name="features")(fmap)
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=None)
+    return load_weights_file(keras.Model(image, outputs, name="fusion"), weights)
