@@ -359,7 +359,8 @@ def main(argv=None):
     parser.add_argument("films", nargs="+", help="PNG, JPEG or DICOM films")
     parser.add_argument("--model", help="run folder of cxr_tf.fit (default: the one saved_models/latest names)")
     parser.add_argument("--out", required=True, help="folder for the overlay PNGs and explain.json")
-    parser.add_argument("--findings", nargs="+", help="findings to map, or 'all' (default: the positive ones)")
+    parser.add_argument("--findings", nargs="+", help="findings to map, or 'all' (default: the positive ones); "
+                        "give it after the films")
     parser.add_argument("--boxes", help="NIH BBox_List_2017.csv(.gz): score maps of boxed films")
     parser.add_argument("--iou-threshold", type=float, default=IOU_THRESHOLD)
     args = parser.parse_args(argv)

@@ -145,8 +145,8 @@ def test_explain_command_scores_nih_boxes(tiny_run, tmp_path, capsys):
     assert boxed, "the NIH sample has films with radiologist boxes"
     plain = next(p for p in sorted(SAMPLE_IMAGES.glob("*.png")) if p not in boxed)
     out = tmp_path / "cams"
-    code = explain.main(["--model", str(tiny_run), "--out", str(out), "--boxes", str(BOXES), "--findings", "Mass",
-                         *map(str, boxed), str(plain), str(tmp_path / "missing.png")])
+    code = explain.main(["--model", str(tiny_run), "--out", str(out), "--boxes", str(BOXES),
+                         *map(str, boxed), str(plain), str(tmp_path / "missing.png"), "--findings", "Mass"])
     assert code == 1  # the missing film
     report = json.loads((out / "explain.json").read_text())
     entries = {e["file"]: e for e in report["films"]}

@@ -126,7 +126,8 @@ def test_learns_synthetic_films(synthetic_records, tmp_path):
     # also runs fit's {"image", "meta"} input path. Augmentation off: this checks learning.
     config = config_lib.load_config("multimodal", overrides={
         "records": str(synthetic_records), "out": str(tmp_path), "image_size": 32, "batch_size": 16,
-        "verbose": 0, "augment": False, "phases.0.epochs": 8, "early_stopping.patience": 8})
+        "verbose": 0, "augment": False, "phases.0.epochs": 8, "early_stopping.patience": 8,
+        "reduce_lr.patience": 8})
     run = fit.train(config)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["macro_auc"] >= 0.9, metrics["val"]

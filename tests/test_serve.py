@@ -128,10 +128,13 @@ def test_page_renders_result_in_headless_chromium(server, tmp_path):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
         page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(server.url)
         page.set_input_files("#picker", str(film))
         card = page.locator(f'article[data-file="{film.name}"]')
         card.wait_for(timeout=60_000)
+        assert not errors, errors
         assert card.locator(".level").inner_text().lower() in {"urgent", "review", "routine"}
         assert card.locator("table tr").count() == len(LABELS) + 1
         assert card.locator("img").first.get_attribute("src").startswith("data:image/png")

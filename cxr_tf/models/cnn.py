@@ -17,7 +17,7 @@ def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, m
     image = image_input(image_size)
     x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
     for i, filters in enumerate((32, 64, 128), start=1):
-        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     features = layers.GlobalAveragePooling2D(name="features")(x)
     outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=256)
