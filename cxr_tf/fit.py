@@ -29,6 +29,7 @@ checkpoints in ``<run>/workers/<task>/`` and delete it when done.
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import re
@@ -325,6 +326,9 @@ def _check_records(config, records, manifest):
         raise config_lib.ConfigError(f"image_size={config['image_size']} is larger than the {stored} px stored in "
                                      f"{records}; pass --image-size {stored} or less, or rebuild the records "
                                      f"with tools/build_tfrecords.py --image-size {config['image_size']}")
+    if config["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        raise config_lib.ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard), "
+                                     "which tensorflow-cpu does not bring")
     n_train = int(splits["train"]["num_examples"])
     if config["batch_size"] > n_train:
         raise config_lib.ConfigError(f"batch_size={config['batch_size']} is larger than the {n_train} training "

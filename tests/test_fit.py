@@ -166,6 +166,7 @@ def test_weighted_bce_weights_by_inverse_prevalence_and_reloads(tmp_path):
     inputs = keras.Input((3,), name="image")
     model = keras.Model(inputs, keras.layers.Dense(NUM_LABELS, activation="sigmoid", name="predictions")(inputs))
     model.compile(optimizer="adam", loss=loss)
+    model.optimizer.build(model.trainable_variables)
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")  # no custom_objects
     assert isinstance(reloaded.loss, WeightedBinaryCrossentropy)

@@ -20,7 +20,7 @@ ARCHS = sorted(ARCHITECTURES)
 
 # arch: (image size, epochs, learning rate) for the learning test
 LEARN = {
-    "simple_cnn": (64, 20, 3e-3),
+    "simple_cnn": (32, 20, 3e-3),
     "multimodal": (32, 15, 3e-3),
     "densenet121": (32, 8, 1e-3),
     "efficientnetb0": (32, 8, 1e-3),

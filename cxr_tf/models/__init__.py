@@ -38,7 +38,7 @@ class ArchSpec:
 
 
 ARCHITECTURES = {
-    "simple_cnn": ArchSpec(build_simple_cnn, 224, "conv3", min_size=24),
+    "simple_cnn": ArchSpec(build_simple_cnn, 224, "conv3_relu", min_size=24),
     "densenet121": ArchSpec(build_densenet121, 224, "relu"),
     "efficientnetb0": ArchSpec(build_efficientnetb0, 224, "top_activation"),
     "resnet50": ArchSpec(build_resnet50, 224, "conv5_block3_out"),

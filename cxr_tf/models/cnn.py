@@ -11,13 +11,17 @@ from cxr_tf.models.heads import (
 
 
 def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False):
-    """Three conv(3×3, ReLU)/max-pool stages (32, 64, 128 filters), global average
-    pooling ("features", 128), then the head with Dense 256. Grad-CAM layer: "conv3"."""
+    """Three conv(3×3, same)/BatchNorm/ReLU/max-pool stages (32, 64, 128 filters),
+    global average pooling ("features", 128), then the head with Dense 256.
+    Grad-CAM layer: "conv3_relu"."""
     check_from_scratch("simple_cnn", weights)
     image = image_input(image_size)
     x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
     for i, filters in enumerate((32, 64, 128), start=1):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        # BatchNorm (not in the study's baseline) makes it train in a few epochs from scratch
+        x = layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        x = layers.Activation("relu", name=f"conv{i}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     features = layers.GlobalAveragePooling2D(name="features")(x)
     outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=256)
