@@ -47,64 +47,62 @@ def _undefined_panel(ax, reason):
     ax.text(0.5, 0.5, f"undefined:\n{reason}", ha="center", va="center", fontsize=8, wrap=True)
 
 
-def roc_curves(y_true, y_prob, out_png, labels=LABELS, aucs=None):
-    """One ROC panel per finding (4 columns), AUC in each title; findings with no
-    positives or no negatives get a panel saying why they have no curve."""
-    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
+def _finding_panels(y_true, labels, draw, title, xlabel, ylabel, ylim, out_png):
+    """One panel per finding (4 columns): ``draw(ax, k)`` plots finding ``k`` and
+    returns its title; findings with no positives or no negatives get a panel saying
+    why they have no curve."""
     cols, rows = _grid(len(labels))
     fig = _figure(3.0 * cols, 2.8 * rows)
     for k, name in enumerate(labels):
         ax = fig.add_subplot(rows, cols, k + 1)
         reason = undefined_reason(y_true[:, k])
-        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
         if reason:
             _undefined_panel(ax, reason)
             ax.set_title(name, fontsize=9)
         else:
-            fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
-            ax.plot(fpr, tpr, c="C0", lw=1.4)
-            auc = aucs.get(name) if aucs else None
-            ax.set_title(f"{name}" + (f"  AUC {auc:.3f}" if auc is not None else ""), fontsize=9)
+            ax.set_title(draw(ax, k), fontsize=9)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(*ylim)
         ax.tick_params(labelsize=7)
         if k % cols == 0:
-            ax.set_ylabel("sensitivity", fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
         if k >= len(labels) - cols:
-            ax.set_xlabel("1 - specificity", fontsize=8)
-    fig.suptitle("ROC curves per finding", fontsize=12)
+            ax.set_xlabel(xlabel, fontsize=8)
+    fig.suptitle(title, fontsize=12)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.93, hspace=0.35, wspace=0.2)
     return _save(fig, out_png)
+
+
+def roc_curves(y_true, y_prob, out_png, labels=LABELS, aucs=None):
+    """One ROC panel per finding (4 columns), AUC in each title; findings with no
+    positives or no negatives get a panel saying why they have no curve."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
+
+    def draw(ax, k):
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+        fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
+        ax.plot(fpr, tpr, c="C0", lw=1.4)
+        auc = aucs.get(labels[k]) if aucs else None
+        return labels[k] + (f"  AUC {auc:.3f}" if auc is not None else "")
+
+    return _finding_panels(y_true, labels, draw, "ROC curves per finding",
+                           "1 - specificity", "sensitivity", (0, 1), out_png)
 
 
 def pr_curves(y_true, y_prob, out_png, labels=LABELS, aps=None):
     """One precision-recall panel per finding, with the prevalence (a random
     classifier's precision) as a dotted line."""
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
-    cols, rows = _grid(len(labels))
-    fig = _figure(3.0 * cols, 2.8 * rows)
-    for k, name in enumerate(labels):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        reason = undefined_reason(y_true[:, k])
-        if reason:
-            _undefined_panel(ax, reason)
-            ax.set_title(name, fontsize=9)
-        else:
-            precision, recall, _ = precision_recall_curve(y_true[:, k], y_prob[:, k])
-            ax.step(recall, precision, where="post", c="C1", lw=1.4)
-            ax.axhline(float(np.mean(y_true[:, k])), ls=":", c="grey", lw=0.8)
-            ap = aps.get(name) if aps else None
-            ax.set_title(f"{name}" + (f"  AP {ap:.3f}" if ap is not None else ""), fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.tick_params(labelsize=7)
-        if k % cols == 0:
-            ax.set_ylabel("precision (PPV)", fontsize=8)
-        if k >= len(labels) - cols:
-            ax.set_xlabel("recall (sensitivity)", fontsize=8)
-    fig.suptitle("Precision-recall curves per finding (dotted: prevalence)", fontsize=12)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.93, hspace=0.35, wspace=0.2)
-    return _save(fig, out_png)
+
+    def draw(ax, k):
+        precision, recall, _ = precision_recall_curve(y_true[:, k], y_prob[:, k])
+        ax.step(recall, precision, where="post", c="C1", lw=1.4)
+        ax.axhline(float(np.mean(y_true[:, k])), ls=":", c="grey", lw=0.8)
+        ap = aps.get(labels[k]) if aps else None
+        return labels[k] + (f"  AP {ap:.3f}" if ap is not None else "")
+
+    return _finding_panels(y_true, labels, draw, "Precision-recall curves per finding (dotted: prevalence)",
+                           "recall (sensitivity)", "precision (PPV)", (0, 1.02), out_png)
 
 
 def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_split="",
