@@ -54,12 +54,10 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf.augment import build_augmenter
-from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf.labels import LABELS, META_DIM, NUM_LABELS
 from cxr_tf.records import parse_example, parse_shard_name
 
 MANIFEST = "manifest.json"
-META_DIM = 5  # [age standardised, sex_M, sex_F, view_PA, view_AP]
-META_NAMES = ("age_standardised", "sex_M", "sex_F", "view_PA", "view_AP")
 AGE_RANGE = (0.0, 120.0)  # ages outside are table errors (the 2017 table has 414): clipped
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BUILD_HINT = "build them with `python tools/build_tfrecords.py --out DIR`"

@@ -6,11 +6,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from cxr_tf.labels import META_DIM
 from cxr_tf.layers import MCDropout
 
-META_DIM = 5
-"""Length of the "meta" input: [age_standardised, sex_M, sex_F, view_PA, view_AP]
-(the same vector as ``cxr_tf.data.meta_vector``)."""
 
 
 def image_input(image_size):
