@@ -28,6 +28,7 @@ checkpoints in ``<run>/workers/<task>/`` and delete it when done.
 """
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
@@ -405,7 +406,11 @@ def train(config, run_name=None, resume=True):
         keras.config.set_dtype_policy(previous_policy)
 
     if not chief:
+        # Each worker removes its own folder (the chief may still be training or
+        # exporting), and the shared workers/ folder once it is empty.
         shutil.rmtree(work_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work_dir.parent.rmdir()
         print(f"fit: {distribute.task_label()} done; the chief writes {run_dir}", flush=True)
         return run_dir
     _finish(run_dir, config, records, manifest, multimodal, started)
@@ -491,7 +496,6 @@ def _finish(run_dir, config, records, manifest, multimodal, started):
     shutil.rmtree(savedmodel, ignore_errors=True)
     model.export(str(savedmodel), verbose=False)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    shutil.rmtree(run_dir / "workers", ignore_errors=True)
     write_json(run_dir / STATE, {"status": "complete", "phases_done": [p["name"] for p in config["phases"]
                                                                         if p["epochs"] > 0]})
     (run_dir.parent / "latest").write_text(str(run_dir) + "\n")
