@@ -59,21 +59,41 @@ def test_gradcam_maps_point_where_the_evidence_is():
     assert summary["all"]["mean_iou"] > 0.3, summary
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "simple_cnn (3 convs, no BatchNormalization, 'same' padding) trained for seconds learns "
-    "border and position cues of the fixed synthetic layout, and Grad-CAM shows them: measured "
-    "hit rate 0.1-0.45 on these films; the maps are right about the model, the model is not yet "
-    "right about the films"))
+def settle_batch_norm(model, images):
+    """Set every BatchNormalization layer's moving mean/variance to the statistics of
+    ``images`` under the trained weights (one forward pass with momentum 0).
+
+    After a short training (~200 steps at Keras' momentum 0.99) the moving averages
+    still lag the weights, so the inference-mode network that Grad-CAM (and predict)
+    run differs from the trained one. Measured on the test below: without this, macro
+    AUC 0.92 and hit rate 0.45 (many maps all zero); with it, 0.99 and 1.0. Long
+    trainings do not need this."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(images[..., None].astype(np.float32), training=True)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
 def test_gradcam_points_at_planted_findings_after_short_training():
+    # Labels are drawn independently, so the only pixels that tell finding k apart are
+    # those in its box: a map that peaks elsewhere is wrong about the model's evidence.
+    # Scored per finding on the films where it is present, among the film's other
+    # findings (about 5 a film). 64 px: the Grad-CAM layer (conv3_relu) is a 16 x 16 grid
+    # there, finer than the 12 px boxes (at 32 px, an 8 x 8 grid, peaks miss 6 px boxes).
     keras.utils.set_random_seed(0)
-    images, labels, boxes = make_films(700, SIZE, seed=0)
+    images, labels, boxes = make_films(300, SIZE, seed=0)
     model = build_model("simple_cnn", image_size=SIZE, weights=None, dropout=0.2)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
-    model.fit(images[..., None].astype(np.float32), labels.astype(np.float32), batch_size=32, epochs=6, verbose=0)
+    model.fit(images[..., None].astype(np.float32), labels.astype(np.float32), batch_size=16, epochs=10, verbose=0)
+    settle_batch_norm(model, images[:128])
     test_images, test_labels, _ = make_films(42, SIZE, seed=1)
     maps, _ = GradCAM(model, arch="simple_cnn").cams(test_images, LABELS)
     summary = score(maps, test_labels, boxes, SIZE)
     print("simple_cnn Grad-CAM localisation on synthetic films:", summary["all"])
+    assert summary["all"]["n"] == test_labels.sum()
     assert summary["all"]["hit_rate"] >= 0.9, summary
 
 
