@@ -18,17 +18,23 @@ from cxr_tf.synthetic import make_films
 SIZE = 32  # smallest size every backbone builds at (fusion: a 2×2 token grid)
 ARCHS = sorted(ARCHITECTURES)
 
-# arch: (image size, epochs, learning rate) for the learning test
+# arch: (image size, epochs, learning rate, head dropout) for the learning test. Measured on
+# 2 busy CPU cores (256 training films, batch 16, held-out films seed 1): simple_cnn 20 epochs;
+# densenet121 4 epochs -> macro AUC 0.937 in 58-90 s; fusion 4 epochs -> 0.959 in 89-125 s (most of
+# it the one-off trace of the train step, see test_learns_synthetic_films).
 LEARN = {
-    "simple_cnn": (32, 20, 3e-3),
-    "multimodal": (32, 15, 3e-3),
-    "densenet121": (32, 8, 1e-3),
-    "efficientnetb0": (32, 8, 1e-3),
-    "resnet50": (32, 8, 1e-3),
-    "fusion": (32, 8, 1e-3),
+    "simple_cnn": (32, 20, 3e-3, 0.5),
+    "multimodal": (32, 15, 3e-3, 0.5),
+    "densenet121": (32, 4, 1e-3, 0.2),
+    "efficientnetb0": (32, 8, 3e-3, 0.2),
+    "resnet50": (32, 8, 3e-3, 0.2),
+    "fusion": (32, 4, 1e-3, 0.2),
 }
-HEAVY = {"densenet121", "efficientnetb0", "resnet50", "fusion"}
+HEAVY = {"efficientnetb0", "resnet50"}
 SLOW = os.environ.get("CXR_TF_SLOW_TESTS") == "1"
+HEAVY_REASON = ("from scratch at 32 px these stay below macro AUC 0.9 within the CI budget (measured, 256 films: "
+                "resnet50 0.75 after 8 epochs at lr 3e-3, 0.78 after 6 at batch 8; efficientnetb0 0.80 after 8 "
+                "at lr 3e-3, still rising); set CXR_TF_SLOW_TESTS=1 to run it anyway")
 
 
 def inputs_for(arch, images):
@@ -147,13 +153,17 @@ def test_preprocess_matches_keras_applications():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_learns_synthetic_films(arch):
     if arch in HEAVY and not SLOW:
-        pytest.skip("heavy backbone learning test: set CXR_TF_SLOW_TESTS=1 (minutes on 2 CPU cores)")
-    size, epochs, lr = LEARN[arch]
+        pytest.skip(HEAVY_REASON)
+    size, epochs, lr, dropout = LEARN[arch]
     keras.utils.set_random_seed(0)
     x_train, y_train, _ = make_films(256, size, seed=0)
-    x_test, y_test, _ = make_films(128, size, seed=1)
-    model = build_model(arch, image_size=size)
-    model.compile(keras.optimizers.Adam(lr), "binary_crossentropy")
+    x_test, y_test, _ = make_films(128, size, seed=1)  # held out: a different seed
+    model = build_model(arch, image_size=size, dropout=dropout)
+    model.compile(keras.optimizers.Adam(lr), "binary_crossentropy", jit_compile=False)
+    # Build the optimizer's slots eagerly: left to fit(), they are created inside the first
+    # trace of the train step, which tf.function then traces a second time (measured on
+    # densenet121: first fit() 130 s -> 33 s).
+    model.optimizer.build(model.trainable_variables)
     model.fit(inputs_for(arch, x_train), y_train.astype("float32"), batch_size=16, epochs=epochs, verbose=0)
-    p = model.predict(inputs_for(arch, x_test), verbose=0)
+    p = model.predict(inputs_for(arch, x_test), verbose=0, batch_size=64)
     assert roc_auc_score(y_test, p, average="macro") >= 0.9
