@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf.images import encode_png
 from cxr_tf.labels import LABELS
 
 IOU_THRESHOLD = 0.5
@@ -198,10 +199,7 @@ def overlay_png(film, cam, text=None, max_side=None, boxes=()):
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     if text:
         image = caption(image, text)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:  # pragma: no cover - any uint8 BGR image encodes
-        raise ValueError("could not encode the overlay as PNG")
-    return buf.tobytes()
+    return encode_png(image)
 
 
 # --------------------------------------------------------------------------- boxes

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf.images import encode_png
 from cxr_tf.labels import LABELS, NUM_LABELS
 from cxr_tf.records import serialize_example, shard_name
 
@@ -121,13 +122,6 @@ def make_films(n, image_size, seed):
     return images, labels, boxes
 
 
-def _png(image):
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 2-D array
-        raise ValueError("could not encode a synthetic film as PNG")
-    return buf.tobytes()
-
-
 def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shards_per_split=1):
     """Write synthetic films as real TFRecord shards + ``manifest.json`` into ``out``.
 
@@ -159,7 +153,7 @@ def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shard
             for i in range(n):
                 patient = next_patient + i
                 example = serialize_example(
-                    _png(images[i]), labels[i].tolist(), f"{patient:08d}_000.png",
+                    encode_png(images[i]), labels[i].tolist(), f"{patient:08d}_000.png",
                     patient, int(ages[i]), str(sexes[i]), str(views[i]), 0)
                 writers[i % n_shards].write(example)
         finally:
