@@ -249,12 +249,8 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
     summary = {}
     for split in splitting.SPLITS:
         names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
-        chosen = rows.loc[names]
-        counts = chosen[list(LABELS)].sum(axis=0) if len(chosen) else {label: 0 for label in LABELS}
-        summary[split] = {
-            "num_examples": len(names), "num_patients": int(chosen["patient_id"].nunique()),
-            "label_counts": {label: int(counts[label]) for label in LABELS},
-            "shards": [s["name"] for s in shards if s["split"] == split]}
+        summary[split] = {**splitting.summarise(rows.loc[names]),
+                          "shards": [s["name"] for s in shards if s["split"] == split]}
     train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
     skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
     skipped += [{"file": str(path), "reason": "no row in the label table"} for path in inventory.files_without_rows]

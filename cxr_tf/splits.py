@@ -160,15 +160,10 @@ def check_no_patient_overlap(patient_ids, splits):
                            f"{leaking.index[:5].tolist()}; refusing to write a leaking split")
 
 
-def split_summary(table, splits):
-    """{split: {"num_examples", "num_patients", "label_counts"}} for the three splits."""
-    summary = {}
-    for name in SPLITS:
-        rows = table[(splits == name).to_numpy()]
-        counts = rows[list(LABELS)].sum(axis=0)
-        summary[name] = {"num_examples": int(len(rows)), "num_patients": int(rows["patient_id"].nunique()),
-                         "label_counts": {label: int(counts[label]) for label in LABELS}}
-    return summary
+def summarise(rows):
+    """{"num_examples", "num_patients", "label_counts"} of the table rows of one split."""
+    return {"num_examples": int(len(rows)), "num_patients": int(rows["patient_id"].nunique()),
+            "label_counts": {label: int(rows[label].sum()) for label in LABELS}}
 
 
 def missing_label_warnings(table, splits, names=("val", "test")):
