@@ -27,6 +27,7 @@ LOSSES = ("focal", "bce", "weighted_bce")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 THRESHOLD_METHODS = ("f1", "youden")
 MIXED_PRECISION = (False, True, "mixed_float16", "mixed_bfloat16")
+AUGMENT_ON = ("auto", "pipeline", "model")
 
 RUN_KEYS = ("strategy", "tensorboard", "verbose", "out", "jit_compile", "backup_every")
 """Keys that may change between a killed run and its restart (how it runs, not what
@@ -168,6 +169,7 @@ SCHEMA = {
     },
     "early_stopping": {"patience": _int(0)},
     "augment": _augment,
+    "augment_on": _choice(*AUGMENT_ON),
     "threshold_method": _choice(*THRESHOLD_METHODS),
     "records": _str,
     "out": _str,

@@ -290,9 +290,11 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
                          "training drops the last partial batch and would yield nothing")
     image_size = int(image_size)
     age_stats = _age_stats(manifest) if multimodal else None
-    augmenter = None
+    augment_batch = None
     if training and augment is not False:
         augmenter = build_augmenter(augment if augment is not True else None, image_size, seed=seed)
+        # XLA: one fused program per batch shape, ~3x the plain ops on CPU (cxr_tf.augment)
+        augment_batch = tf.function(lambda images: augmenter(images, training=True), jit_compile=True)
 
     def to_element(record, shard):
         ex = _decode(record, shard, stored)
@@ -314,8 +316,8 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
 
     def finish(batch):
         images = tf.cast(batch["image"], tf.float32)  # (B, N, N, 1) 0..255
-        if augmenter is not None:
-            images = augmenter(images, training=True)  # (B, S, S, 1), per-sample draws
+        if augment_batch is not None:
+            images = augment_batch(images)  # (B, S, S, 1), per-sample draws
         elif image_size != stored:
             images = tf.image.resize(images, (image_size, image_size), method="area")
         images = tf.ensure_shape(images, (None, image_size, image_size, 1))

@@ -22,6 +22,10 @@ again with the same command continues: ``train`` picks the newest incomplete run
 the same arch whose config matches (or the run ``--run-name`` names), skips the
 finished phases and ``BackupAndRestore`` resumes the phase from its last epoch.
 
+Augmentation (``augment:``) runs where ``augment_on`` says: in the tf.data pipeline
+on the host CPU, or inside the train step on the accelerator (``AugmentedModel``; the
+default on a GPU host); either way the saved model is the plain one.
+
 Multi-worker (``--strategy multiworker`` with ``TF_CONFIG``): every worker runs the
 same command; the chief writes the run folder, the other workers keep their
 checkpoints in ``<run>/workers/<task>/`` and delete it when done.
@@ -183,7 +187,15 @@ class EpochLog(keras.callbacks.Callback):
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that writes ``x.partial.keras`` and renames it to ``x.keras``,
-    so a run killed while saving keeps its previous best model intact."""
+    so a run killed while saving keeps its previous best model intact. ``model``: the
+    model to save when ``fit`` runs a wrapper of it (``cxr_tf.augment.AugmentedModel``)."""
+
+    def __init__(self, filepath, model=None, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self._saved_model = model
+
+    def set_model(self, model):
+        super().set_model(self._saved_model or model)
 
     def _partial(self, path):
         return str(path)[: -len(".keras")] + ".partial.keras"
@@ -300,15 +312,29 @@ def eval_dataset(records, manifest, split, config, multimodal, cache=None):
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
 
+def augment_in_model(config):
+    """True when augmentation runs inside the train step (``augment_on``: "model", or
+    "auto" with a GPU visible), False when in the tf.data pipeline or off."""
+    if config["augment"] is False:
+        return False
+    if config["augment_on"] == "auto":
+        return bool(tf.config.list_logical_devices("GPU"))
+    return config["augment_on"] == "model"
+
+
 def _datasets(config, records, manifest, multimodal, strategy):
     """(train, val, steps_per_epoch, validation_steps). Multi-worker: repeated datasets
-    with fixed step counts, so every worker runs the same number of steps."""
+    with fixed step counts, so every worker runs the same number of steps. With the
+    augmentation in the model, the training films come un-augmented at the stored size
+    (the model's random resized crop takes them to ``image_size``)."""
     from cxr_tf.data import make_dataset
 
     cache = config["cache"] or None
-    train_ds = make_dataset(records, "train", batch_size=config["batch_size"], image_size=config["image_size"],
-                            training=True, multimodal=multimodal, augment=config["augment"], seed=config["seed"],
-                            shuffle_buffer=config["shuffle_buffer"], cache=cache)
+    in_model = augment_in_model(config)
+    train_ds = make_dataset(records, "train", batch_size=config["batch_size"],
+                            image_size=int(manifest["image_size"]) if in_model else config["image_size"],
+                            training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
+                            seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache)
     steps = _num_batches(manifest, "train", config["batch_size"], training=True)
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
     val_ds = eval_dataset(records, manifest, "val", config, multimodal,
@@ -404,7 +430,15 @@ def train(config, run_name=None, resume=True):
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=NUM_LABELS,
                                 weights=config["weights"], dropout=config["dropout"],
                                 mc_dropout=config["mc_dropout"])
-        _run_phases(model, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
+            trainer = model
+            if augment_in_model(config):
+                from cxr_tf.augment import AugmentedModel, build_augmenter
+
+                augmenter = build_augmenter(config["augment"], config["image_size"], seed=config["seed"])
+                trainer = AugmentedModel(model, augmenter, name=f"{model.name}_augmented")
+        where = "in the train step" if trainer is not model else "in the tf.data pipeline"
+        print(f"fit: augmentation {'off' if config['augment'] is False else where}", flush=True)
+        _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
                     set_backbone_trainable)
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -421,8 +455,10 @@ def train(config, run_name=None, resume=True):
     return run_dir
 
 
-def _run_phases(model, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
+def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
                 set_backbone_trainable):
+    """Train ``trainer`` (``model`` or ``model`` behind the augmenter) phase by phase;
+    the best checkpoint holds ``model`` itself."""
     best_path = work_dir / MODEL
     history_path = work_dir / HISTORY
     verbose = config["verbose"]
@@ -441,13 +477,13 @@ def _run_phases(model, config, loss, strategy, train_ds, val_ds, steps, val_step
                 frozen = not phase["train_backbone"]
             if best_path.is_file():
                 _load_best(model, best_path)  # each phase starts from the best weights so far
-            _compile(model, loss, phase["learning_rate"], config["jit_compile"])
+            _compile(trainer, loss, phase["learning_rate"], config["jit_compile"])
         backup_dir = work_dir / "backup" / name
         # Order matters at the end of an epoch: history row and best model are written
         # before the backup records the epoch as done, so a restart never skips them.
         callbacks = [
             EpochLog(history_path, name),
-            AtomicModelCheckpoint(str(best_path), monitor=MONITOR, mode="max", save_best_only=True,
+            AtomicModelCheckpoint(str(best_path), model=model, monitor=MONITOR, mode="max", save_best_only=True,
                                   initial_value_threshold=best[MONITOR] if best else None),
             keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["early_stopping"]["patience"]),
             keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=config["reduce_lr"]["factor"],
@@ -462,7 +498,7 @@ def _run_phases(model, config, loss, strategy, train_ds, val_ds, steps, val_step
             callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard" / name)))
         print(f"fit: phase {name}: {phase['epochs']} epoch(s) at learning rate {phase['learning_rate']:g}, "
               f"backbone {'trainable' if phase['train_backbone'] else 'frozen'}", flush=True)
-        model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + phase["epochs"],
+        trainer.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + phase["epochs"],
                   initial_epoch=initial_epoch, steps_per_epoch=steps, validation_steps=val_steps,
                   callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
         state["phases_done"].append(name)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import SHARED_DATA
 from cxr_tf import data
-from cxr_tf.augment import DEFAULT_AUGMENT, RandomGeometry, build_augmenter
+from cxr_tf.augment import DEFAULT_AUGMENT, AugmentedModel, RandomGeometry, build_augmenter, warp_bilinear
 from cxr_tf.labels import LABELS, NUM_LABELS
 from cxr_tf.records import parse_example, serialize_example, shard_name
 
@@ -177,8 +177,7 @@ def test_augmenter_block():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (6, 64, 64, 1)).astype("float32")
     aug = build_augmenter(None, 48, seed=1)
-    assert "flip" not in [layer.name for layer in aug.layers]  # off by default: anatomy is not symmetric
-    assert "flip" in [layer.name for layer in build_augmenter({"flip": True}, 48).layers]
+    assert DEFAULT_AUGMENT["flip"] is False  # off by default: anatomy is not symmetric
     y = aug(x, training=True).numpy()
     assert y.shape == (6, 48, 48, 1) and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 255
     assert np.abs(y[0] - y[1]).mean() > 1  # per-sample draws
@@ -187,11 +186,61 @@ def test_augmenter_block():
     same = build_augmenter(NO_AUG, 64)
     np.testing.assert_array_equal(same(x, training=True).numpy(), x)  # every op off -> identity
     np.testing.assert_array_equal(RandomGeometry(64)(x, training=False).numpy(), x)
+    # flip alone: each film comes out as itself or its mirror image, and both happen
+    flipped = build_augmenter({**NO_AUG, "flip": True}, 64, seed=2)(np.concatenate([x] * 4), training=True).numpy()
+    mirrored = [np.array_equal(f, x[k % 6, :, ::-1]) for k, f in enumerate(flipped)]
+    kept = [np.array_equal(f, x[k % 6]) for k, f in enumerate(flipped)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
     with pytest.raises(ValueError, match="unknown augmentation parameter"):
         build_augmenter({"rotation": 10}, 64)
     with pytest.raises(ValueError, match="crop_scale"):
         build_augmenter({"crop_scale": (0.5, 1.5)}, 64)
     assert set(DEFAULT_AUGMENT) >= {"rotation_degrees", "zoom", "translation", "brightness", "contrast", "flip"}
+
+
+def test_warp_matches_tensorflow_projective_transform_and_compiles_under_xla():
+    # The warp is gathers (so XLA compiles it); it must sample exactly like TensorFlow's
+    # own bilinear ImageProjectiveTransformV3 with black fill, including the borders.
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.uniform(0, 255, (5, 40, 40, 2)).astype("float32"))
+    geometry = RandomGeometry(32, crop_scale=(0.5, 1), crop_ratio=(0.8, 1.25), rotation_degrees=30, zoom=0.2,
+                              translation=0.1, flip=True, seed=0)
+    t = geometry.transforms(5, 40)
+    reference = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=tf.concat([t, tf.zeros((5, 2))], axis=1), output_shape=[32, 32],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    np.testing.assert_allclose(warp_bilinear(x, t, 32), reference, atol=1e-3)
+    jitted = tf.function(lambda images, maps: warp_bilinear(images, maps, 32), jit_compile=True)
+    np.testing.assert_allclose(jitted(x, t), reference, atol=0.05)
+    assert float(tf.reduce_mean(tf.cast(tf.equal(reference, 0), tf.float32))) > 0.01  # some black fill tested
+
+
+def test_augmented_model_augments_in_the_train_step_only(sample_records):
+    # augment_on: model. The dataset yields un-augmented films at the stored 64 px; the
+    # wrapper crops/warps them to the model's 48 px inside the (XLA) train step, and
+    # evaluation/predict at 48 px see the plain model.
+    import keras
+
+    from cxr_tf.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("simple_cnn", image_size=48)
+    trainer = AugmentedModel(model, build_augmenter(None, 48, seed=0))
+    trainer.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=True)
+    films = data.make_dataset(sample_records, "train", 16, 64, augment=False, seed=0)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = trainer.fit(films.repeat(), steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+    images, _ = next(iter(data.make_dataset(sample_records, "val", 8, 48)))
+    np.testing.assert_allclose(trainer.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    x = next(iter(films))[0][:4]
+    a, b = trainer.augmenter(x, training=True), trainer.augmenter(x, training=True)
+    assert a.shape == (4, 48, 48, 1) and float(tf.reduce_mean(tf.abs(a - b))) > 1.0  # fresh draws per step
+    # multimodal models: only the image input is augmented
+    multimodal = AugmentedModel(build_model("multimodal", image_size=48), build_augmenter(None, 48, seed=0))
+    meta = np.zeros((4, data.META_DIM), "float32")
+    assert multimodal({"image": x, "meta": meta}, training=True).shape == (4, NUM_LABELS)
 
 
 def test_clear_errors(sample_records, tmp_path):

@@ -136,6 +136,21 @@ def test_learns_synthetic_films(synthetic_records, tmp_path):
     assert metrics["best_epoch"] == best["epoch"] + 1
 
 
+def test_augmentation_in_the_train_step_saves_the_plain_model(sample_records, tmp_path, capsys):
+    # augment_on: model (the default on a GPU host): fit trains AugmentedModel on 64 px
+    # films cropped to 48 px in the step; the checkpoint and the export are the model alone.
+    config = config_lib.load_config("simple_cnn", overrides={
+        "records": str(sample_records), "out": str(tmp_path), "image_size": 48, "batch_size": 16,
+        "verbose": 0, "augment_on": "model", "phases.0.epochs": 2})
+    run = fit.train(config)
+    assert "fit: augmentation in the train step" in capsys.readouterr().out
+    model = keras.models.load_model(run / "model.keras")
+    assert model.input_shape == (None, 48, 48, 1)
+    assert not any("augment" in layer.name for layer in model.layers)
+    assert [int(r["epoch"]) for r in fit.read_history(run / "history.csv")] == [0, 1]
+    assert json.loads((run / "metrics.json").read_text())["test"]["macro_auc"] is not None
+
+
 # --------------------------------------------------------------------------- losses
 def test_focal_loss_is_keras_class_balanced_focal():
     loss = make_loss({"name": "focal", "alpha": 0.25, "gamma": 2.0})
