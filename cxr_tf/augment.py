@@ -21,7 +21,7 @@ Two layers, each a single pass over the pixels:
 - ``RandomIntensity``: brightness (add ± fraction of 255) then contrast (scale
   about the film's mean), clipped to 0–255 — the arithmetic of Keras'
   ``RandomBrightness`` + ``RandomContrast`` with ``value_range=(0, 255)`` in one
-  pass (those two layers cost as much as the whole warp here).
+  pass, without the clip between the two.
 
 Horizontal flip is off by default: the heart sits on the left, and a flipped film
 is a different anatomy (dextrocardia); switch it on with ``flip: true``.

@@ -7,12 +7,17 @@ temporary folder (or uses ``--records``), then prints, on the same films and bat
 size (each dataset is repeated to get enough steps; the best of ``--repeats`` runs):
 
 1. images/s of ``cxr_tf.data.make_dataset`` in training mode (augmentation on; with
-   and without the in-memory cache of decoded films) and in evaluation mode;
+   and without the in-memory cache of decoded films), in training mode without
+   augmentation (the host's share when ``augment_on: model`` moves it into the train
+   step), and in evaluation mode; and images/s of the augmentation block alone,
+   jit-compiled, on this machine's accelerator (its CPU when there is none);
 2. images/s of the baseline the published projects use: ``tf.data`` from the
    original PNG paths, ``decode_png`` + resize at every step, parallel map, prefetch;
-3. the starvation ratio: training images/s of a small model fed by the training
+3. the starvation ratio: training images/s of a small model (``--model``, default
+   simple_cnn; ``--mixed-precision`` for float16 on a GPU) fed by the training
    pipeline divided by the same model fed by the same batches already in memory
-   (1.0 = the model never waits for data).
+   (1.0 = the model never waits for data). On a GPU host:
+   ``--model densenet121 --mixed-precision`` gives DenseNet121's images/s at 224 px.
 
 The last line reads ``pipeline_vs_png=<r> starvation=<r>``; pipeline_vs_png is the
 training pipeline WITH augmentation and without cache (the slowest configuration we
@@ -62,21 +67,23 @@ def png_folder_dataset(paths, labels, batch_size, image_size):
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def small_model(image_size):
-    """``simple_cnn`` from the model zoo when it is there, else a comparable small CNN."""
-    try:
-        from cxr_tf.models import build_model
+def augmenter_images_per_s(batch_size, stored, image_size, batches, repeats):
+    """images/s of the augmentation block alone, jit-compiled as in the train step, on
+    the default device, on batches already there."""
+    from cxr_tf.augment import build_augmenter
 
-        return build_model("simple_cnn", image_size=image_size, weights=None), "simple_cnn"
-    except (ImportError, ValueError, KeyError):
-        import keras
-
-        layers = [keras.Input((image_size, image_size, 1), name="image"), keras.layers.Rescaling(1 / 255)]
-        for filters in (32, 64, 128):
-            layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
-                       keras.layers.MaxPooling2D()]
-        layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(14, activation="sigmoid")]
-        return keras.Sequential(layers), "small CNN (3 conv blocks)"
+    augmenter = build_augmenter(None, image_size, seed=0)
+    step = tf.function(lambda x: augmenter(x, training=True), jit_compile=True)
+    x = tf.random.uniform((batch_size, stored, stored, 1), 0, 255)
+    float(tf.reduce_sum(step(x)))  # compile
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            y = step(x)
+        float(tf.reduce_sum(y))  # wait for the device
+        best = max(best, batches * batch_size / (time.perf_counter() - start))
+    return best
 
 
 def train_images_per_s(step, iterator, steps, batch_size):
@@ -88,12 +95,18 @@ def train_images_per_s(step, iterator, steps, batch_size):
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def starvation(records, batch_size, image_size, steps, repeats):
-    """(ratio, fed images/s, in-memory images/s, model name): the same compiled train
-    step pulling from the training pipeline vs from batches already in memory; the two
-    are measured alternately (best of ``repeats`` each) so that load from other
+def starvation(records, batch_size, image_size, steps, repeats, arch="simple_cnn", mixed_precision=False):
+    """(ratio, fed images/s, in-memory images/s): the same compiled train step of
+    ``arch`` pulling from the training pipeline vs from batches already in memory; the
+    two are measured alternately (best of ``repeats`` each) so that load from other
     processes hits both alike."""
-    model, name = small_model(image_size)
+    import keras
+
+    from cxr_tf.models import build_model
+
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16")
+    model = build_model(arch, image_size=image_size, weights=None)
     model.compile(optimizer="adam", loss="binary_crossentropy")
     fed = data.make_dataset(records, "train", batch_size, image_size, seed=0).repeat()
     batches = list(fed.take(8))  # the same pipeline's batches, materialised
@@ -108,7 +121,7 @@ def starvation(records, batch_size, image_size, steps, repeats):
     for _ in range(repeats):
         mem = max(mem, train_images_per_s(step, mem_it, steps, batch_size))
         fed_rate = max(fed_rate, train_images_per_s(step, fed_it, steps, batch_size))
-    return fed_rate / mem, fed_rate, mem, name
+    return fed_rate / mem, fed_rate, mem
 
 
 def main(argv=None):
@@ -122,6 +135,8 @@ def main(argv=None):
     parser.add_argument("--fit-steps", type=int, default=10, help="timed training steps per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best is kept")
     parser.add_argument("--records", type=Path, help="use these records instead of building")
+    parser.add_argument("--model", default="simple_cnn", help="architecture for the starvation ratio")
+    parser.add_argument("--mixed-precision", action="store_true", help="starvation model in mixed precision")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_input_") as tmp:
@@ -144,9 +159,15 @@ def main(argv=None):
         train = images_per_s(data.make_dataset(records, "train", bs, size, seed=0).repeat(), **timed)
         train_cached = images_per_s(data.make_dataset(records, "train", bs, size, seed=0, cache="memory")
                                     .repeat(), **timed)
+        host_share = images_per_s(data.make_dataset(records, "train", bs, stored, seed=0, augment=False)
+                                  .repeat(), **timed)
         evaluation = images_per_s(data.make_dataset(records, "train", bs, size, training=False).repeat(), **timed)
+        device = tf.config.list_logical_devices()[-1].device_type
+        on_device = augmenter_images_per_s(bs, stored, size, args.batches, args.repeats)
         print(f"pipeline training (augment, no cache): {train:8.1f} images/s")
         print(f"pipeline training (augment, cache):    {train_cached:8.1f} images/s")
+        print(f"pipeline training (augment in model):  {host_share:8.1f} images/s  (host share, no cache)")
+        print(f"augmentation block alone on {device}:    {on_device:8.1f} images/s  (jit-compiled)")
         print(f"pipeline evaluation:                   {evaluation:8.1f} images/s")
 
         paths = sorted(str(p) for p in args.data_dir.rglob("*.png"))
@@ -159,10 +180,13 @@ def main(argv=None):
         png = images_per_s(png_folder_dataset(paths, labels, bs, size), **timed)
         print(f"PNG-folder baseline ({len(paths)} files): {png:8.1f} images/s")
 
-        ratio, fed, mem, name = starvation(records, bs, size, args.fit_steps, args.repeats)
-        print(f"{name} training fed by the pipeline: {fed:.1f} images/s; "
+        ratio, fed, mem = starvation(records, bs, size, args.fit_steps, args.repeats, args.model,
+                                     args.mixed_precision)
+        precision = " (mixed precision)" if args.mixed_precision else ""
+        print(f"{args.model}{precision} training fed by the pipeline: {fed:.1f} images/s; "
               f"on in-memory batches: {mem:.1f} images/s")
-        print(f"evaluation_vs_png={evaluation / png:.2f} cached_training_vs_png={train_cached / png:.2f}")
+        print(f"evaluation_vs_png={evaluation / png:.2f} cached_training_vs_png={train_cached / png:.2f} "
+              f"augment_in_model_host_vs_png={host_share / png:.2f}")
         print(f"pipeline_vs_png={train / png:.2f} starvation={ratio:.2f}")
 
 
