@@ -4,7 +4,8 @@
 
 Builds records from the films in DIR (``cxr_tf.build.build_records``) into a
 temporary folder (or uses ``--records``), then prints, on the same films and batch
-size (each dataset is repeated to get enough steps; the best of ``--repeats`` runs):
+size (each dataset is repeated to get enough steps; every figure is taken once per
+round, the best of ``--repeats`` rounds):
 
 1. images/s of ``cxr_tf.data.make_dataset`` in training mode (augmentation on; with
    and without the in-memory cache of decoded films), in training mode without
@@ -27,6 +28,7 @@ contention as much as waiting.
 """
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -39,20 +41,32 @@ from cxr_tf import data
 from cxr_tf.build import build_records
 
 
-def images_per_s(ds, batches, repeats=2, warmup=3):
-    """Best images/s over ``repeats`` timed runs of ``batches`` batches of ``ds``
-    (a repeated dataset of (x, y) batches), after ``warmup`` batches."""
-    best = 0.0
+def images_per_s(ds, batches, warmup=3):
+    """images/s of ``batches`` batches of ``ds`` (a repeated dataset of (x, y)
+    batches) from a fresh iterator, after ``warmup`` batches. The iterator is gone
+    when this returns, so its prefetching cannot steal cores from the next figure."""
     it = iter(ds)
     for _ in range(warmup):
         next(it)
+    count = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        x, _ = next(it)
+        count += int((x["image"] if isinstance(x, dict) else x).shape[0])
+    rate = count / (time.perf_counter() - start)
+    del it
+    gc.collect()
+    return rate
+
+
+def best_of_rounds(measures, repeats):
+    """{name: best images/s}: every measurement (a callable) once per round,
+    ``repeats`` rounds, so that a change of machine speed (other tenants) hits all
+    of them alike instead of the ones that happen to run last."""
+    best = dict.fromkeys(measures, 0.0)
     for _ in range(repeats):
-        count = 0
-        start = time.perf_counter()
-        for _ in range(batches):
-            x, _ = next(it)
-            count += int((x["image"] if isinstance(x, dict) else x).shape[0])
-        best = max(best, count / (time.perf_counter() - start))
+        for name, measure in measures.items():
+            best[name] = max(best[name], measure())
     return best
 
 
@@ -67,23 +81,23 @@ def png_folder_dataset(paths, labels, batch_size, image_size):
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def augmenter_images_per_s(batch_size, stored, image_size, batches, repeats):
-    """images/s of the augmentation block alone, jit-compiled as in the train step, on
-    the default device, on batches already there."""
+def augmenter_measure(batch_size, stored, image_size, batches):
+    """A callable giving images/s of the augmentation block alone, jit-compiled as in
+    the train step, on the default device, on a batch already there."""
     from cxr_tf.augment import build_augmenter
 
     augmenter = build_augmenter(None, image_size, seed=0)
     step = tf.function(lambda x: augmenter(x, training=True), jit_compile=True)
     x = tf.random.uniform((batch_size, stored, stored, 1), 0, 255)
     float(tf.reduce_sum(step(x)))  # compile
-    best = 0.0
-    for _ in range(repeats):
+
+    def measure():
         start = time.perf_counter()
         for _ in range(batches):
             y = step(x)
         float(tf.reduce_sum(y))  # wait for the device
-        best = max(best, batches * batch_size / (time.perf_counter() - start))
-    return best
+        return batches * batch_size / (time.perf_counter() - start)
+    return measure
 
 
 def train_images_per_s(step, iterator, steps, batch_size):
@@ -154,22 +168,6 @@ def main(argv=None):
         print(f"films: {sum(s['num_examples'] for s in manifest['splits'].values())}, stored {stored} px, "
               f"training size {size} px, batch {bs}, {tf.config.list_logical_devices()[-1].device_type}, "
               f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)")
-        timed = dict(batches=args.batches, repeats=args.repeats)
-
-        train = images_per_s(data.make_dataset(records, "train", bs, size, seed=0).repeat(), **timed)
-        train_cached = images_per_s(data.make_dataset(records, "train", bs, size, seed=0, cache="memory")
-                                    .repeat(), **timed)
-        host_share = images_per_s(data.make_dataset(records, "train", bs, stored, seed=0, augment=False)
-                                  .repeat(), **timed)
-        evaluation = images_per_s(data.make_dataset(records, "train", bs, size, training=False).repeat(), **timed)
-        device = tf.config.list_logical_devices()[-1].device_type
-        on_device = augmenter_images_per_s(bs, stored, size, args.batches, args.repeats)
-        print(f"pipeline training (augment, no cache): {train:8.1f} images/s")
-        print(f"pipeline training (augment, cache):    {train_cached:8.1f} images/s")
-        print(f"pipeline training (augment in model):  {host_share:8.1f} images/s  (host share, no cache)")
-        print(f"augmentation block alone on {device}:    {on_device:8.1f} images/s  (jit-compiled)")
-        print(f"pipeline evaluation:                   {evaluation:8.1f} images/s")
-
         paths = sorted(str(p) for p in args.data_dir.rglob("*.png"))
         if args.labels:  # only the films of the table, as the builder does
             from cxr_tf.nih import read_label_table
@@ -177,7 +175,24 @@ def main(argv=None):
             known = set(read_label_table(args.labels)["image_index"])
             paths = [p for p in paths if Path(p).name in known]
         labels = np.zeros((len(paths), 14), np.float32)  # label values do not change the cost
-        png = images_per_s(png_folder_dataset(paths, labels, bs, size), **timed)
+
+        datasets = {
+            "train": data.make_dataset(records, "train", bs, size, seed=0),
+            "train_cached": data.make_dataset(records, "train", bs, size, seed=0, cache="memory"),
+            "host_share": data.make_dataset(records, "train", bs, stored, seed=0, augment=False),
+            "evaluation": data.make_dataset(records, "train", bs, size, training=False),
+            "png": png_folder_dataset(paths, labels, bs, size),
+        }
+        measures = {name: (lambda ds=ds.repeat(): images_per_s(ds, args.batches)) for name, ds in datasets.items()}
+        measures["on_device"] = augmenter_measure(bs, stored, size, args.batches)
+        r = best_of_rounds(measures, args.repeats)
+        device = tf.config.list_logical_devices()[-1].device_type
+        print(f"pipeline training (augment, no cache): {r['train']:8.1f} images/s")
+        print(f"pipeline training (augment, cache):    {r['train_cached']:8.1f} images/s")
+        print(f"pipeline training (augment in model):  {r['host_share']:8.1f} images/s  (host share, no cache)")
+        print(f"augmentation block alone on {device}:    {r['on_device']:8.1f} images/s  (jit-compiled)")
+        print(f"pipeline evaluation:                   {r['evaluation']:8.1f} images/s")
+        png = r["png"]
         print(f"PNG-folder baseline ({len(paths)} files): {png:8.1f} images/s")
 
         ratio, fed, mem = starvation(records, bs, size, args.fit_steps, args.repeats, args.model,
@@ -185,9 +200,9 @@ def main(argv=None):
         precision = " (mixed precision)" if args.mixed_precision else ""
         print(f"{args.model}{precision} training fed by the pipeline: {fed:.1f} images/s; "
               f"on in-memory batches: {mem:.1f} images/s")
-        print(f"evaluation_vs_png={evaluation / png:.2f} cached_training_vs_png={train_cached / png:.2f} "
-              f"augment_in_model_host_vs_png={host_share / png:.2f}")
-        print(f"pipeline_vs_png={train / png:.2f} starvation={ratio:.2f}")
+        print(f"evaluation_vs_png={r['evaluation'] / png:.2f} cached_training_vs_png={r['train_cached'] / png:.2f} "
+              f"augment_in_model_host_vs_png={r['host_share'] / png:.2f}")
+        print(f"pipeline_vs_png={r['train'] / png:.2f} starvation={ratio:.2f}")
 
 
 if __name__ == "__main__":
