@@ -16,7 +16,11 @@ Training chain (``training=True``, the default for split ``train``)::
       -> parse -> check PNG header (names the shard) -> decode PNG to uint8 (N, N, 1)
       -> [cache: memory or file, decoded uint8, before any random op]
       -> shuffle (``shuffle_buffer`` records) -> batch(drop_remainder=True)
-      -> augmentation on the batch (per sample; ``cxr_tf.augment``) -> prefetch
+      -> augmentation on the batch (per sample, XLA-compiled; ``cxr_tf.augment``) -> prefetch
+
+With ``augment=False`` and S = N the chain stops before augmentation: that is how
+``cxr_tf.fit`` feeds ``augment.AugmentedModel``, which augments inside the train
+step on the accelerator (``augment_on`` in ``pipelines/*.yaml``).
 
 Evaluation chain: shards in manifest order, records in file order (deterministic,
 parallel decode keeps the order), every example exactly once (no repeat, no dropped
