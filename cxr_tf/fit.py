@@ -243,7 +243,7 @@ def _multimodal(spec):
     return bool(spec.get("multimodal") if isinstance(spec, dict) else getattr(spec, "multimodal", False))
 
 
-def _precision_policy(setting):
+def precision_policy(setting):
     """The Keras dtype policy name for the ``mixed_precision`` config value."""
     if setting is False:
         return "float32"
@@ -322,15 +322,14 @@ def augment_in_model(config):
     return config["augment_on"] == "model"
 
 
-def _datasets(config, records, manifest, multimodal, strategy):
+def _datasets(config, records, manifest, multimodal, strategy, in_model):
     """(train, val, steps_per_epoch, validation_steps). Multi-worker: repeated datasets
     with fixed step counts, so every worker runs the same number of steps. With the
     augmentation in the model, the training films come un-augmented at the stored size
-    (the model's random resized crop takes them to ``image_size``)."""
+    (``in_model``: the model's random resized crop takes them to ``image_size``)."""
     from cxr_tf.data import make_dataset
 
     cache = config["cache"] or None
-    in_model = augment_in_model(config)
     train_ds = make_dataset(records, "train", batch_size=config["batch_size"],
                             image_size=int(manifest["image_size"]) if in_model else config["image_size"],
                             training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
@@ -421,17 +420,18 @@ def train(config, run_name=None, resume=True):
 
     keras.utils.set_random_seed(config["seed"])
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(_precision_policy(config["mixed_precision"]))
+    keras.config.set_dtype_policy(precision_policy(config["mixed_precision"]))
     try:
         prevalence = data.label_prevalence(manifest, "train") if config["loss"]["name"] == "weighted_bce" else None
         loss = make_loss(config["loss"], prevalence)
-        train_ds, val_ds, steps, val_steps = _datasets(config, records, manifest, multimodal, strategy)
+        in_model = augment_in_model(config)
+        train_ds, val_ds, steps, val_steps = _datasets(config, records, manifest, multimodal, strategy, in_model)
         with strategy.scope():
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=NUM_LABELS,
                                 weights=config["weights"], dropout=config["dropout"],
                                 mc_dropout=config["mc_dropout"])
             trainer = model
-            if augment_in_model(config):
+            if in_model:
                 from cxr_tf.augment import AugmentedModel, build_augmenter
 
                 augmenter = build_augmenter(config["augment"], config["image_size"], seed=config["seed"])

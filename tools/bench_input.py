@@ -116,10 +116,10 @@ def starvation(records, batch_size, image_size, steps, repeats, arch="simple_cnn
     processes hits both alike."""
     import keras
 
+    from cxr_tf.fit import precision_policy
     from cxr_tf.models import build_model
 
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16")
+    keras.config.set_dtype_policy(precision_policy(mixed_precision))
     model = build_model(arch, image_size=image_size, weights=None)
     model.compile(optimizer="adam", loss="binary_crossentropy")
     fed = data.make_dataset(records, "train", batch_size, image_size, seed=0).repeat()
