@@ -424,7 +424,10 @@ def train(config, run_name=None, resume=True):
     try:
         prevalence = data.label_prevalence(manifest, "train") if config["loss"]["name"] == "weighted_bce" else None
         loss = make_loss(config["loss"], prevalence)
-        in_model = augment_in_model(config)
+        # Decided once per run and recorded: a run started on a GPU host ("auto" -> in the
+        # model) and resumed on a CPU host keeps its placement, so its backup still fits.
+        in_model = state.setdefault("augment_in_model", augment_in_model(config))
+        write_json(work_dir / STATE, {**state, "status": "running"})
         train_ds, val_ds, steps, val_steps = _datasets(config, records, manifest, multimodal, strategy, in_model)
         with strategy.scope():
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=NUM_LABELS,

@@ -151,6 +151,25 @@ def test_augmentation_in_the_train_step_saves_the_plain_model(sample_records, tm
     assert json.loads((run / "metrics.json").read_text())["test"]["macro_auc"] is not None
 
 
+def test_a_resumed_run_keeps_where_its_augmentation_ran(sample_records, tmp_path, capsys):
+    # augment_on: auto means in the train step on a GPU host, in the pipeline on this
+    # CPU host. A run started on a GPU host and resumed here must keep the augmentation
+    # in the step: its backup holds the augmented model's state.
+    config = config_lib.load_config("simple_cnn", overrides={
+        "records": str(sample_records), "out": str(tmp_path), "image_size": 48, "batch_size": 16,
+        "verbose": 0, "augment_on": "auto", "phases.0.epochs": 1})
+    run = fit.train(config, run_name="moved")
+    assert "fit: augmentation in the tf.data pipeline" in capsys.readouterr().out
+    # as the GPU host left it: started with the augmentation in the step, first phase unfinished
+    (run / "state.json").write_text(json.dumps({"status": "running", "phases_done": [],
+                                                "augment_in_model": True}))
+    assert fit.train(config, run_name="moved") == run
+    out = capsys.readouterr().out
+    assert f"resuming {run}" in out and "fit: augmentation in the train step" in out
+    assert keras.models.load_model(run / "model.keras").input_shape == (None, 48, 48, 1)
+    assert json.loads((run / "state.json").read_text())["status"] == "complete"
+
+
 # --------------------------------------------------------------------------- losses
 def test_focal_loss_is_keras_class_balanced_focal():
     loss = make_loss({"name": "focal", "alpha": 0.25, "gamma": 2.0})

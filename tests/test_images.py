@@ -1,10 +1,12 @@
 """cxr_tf.images: the 150 real films (6 RGBA), 16-bit, RGB, non-square, broken files."""
 
 import io
+import zlib
 
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from conftest import SHARED_DATA
@@ -34,6 +36,23 @@ def test_to_square_area_resize_of_real_film():
     assert small.shape == (64, 64) and small.dtype == np.uint8
     expected = film.reshape(64, 16, 64, 16).mean(axis=(1, 3))  # area = mean of each 16x16 block
     assert np.abs(small.astype(float) - expected).max() <= 1
+
+
+@needs_films
+def test_stored_png_is_lossless_and_up_filtered():
+    # the records' PNG: exact pixels back through TensorFlow's decoder, and every row
+    # "Up"-filtered (filter byte 2), the filter that decodes fastest for its size
+    film = to_square(read_image(FILMS[0]), 224)
+    png = film_to_png(FILMS[0], 224)[0]
+    assert png == encode_png(film)
+    np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], film)
+    idat, at = b"", 8
+    while at < len(png):  # chunks: length, type, data, CRC
+        length, kind = int.from_bytes(png[at:at + 4], "big"), png[at + 4:at + 8]
+        idat += png[at + 8:at + 8 + length] if kind == b"IDAT" else b""
+        at += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(224, 1 + 224)
+    assert set(rows[:, 0]) == {2}
 
 
 def test_non_square_is_centre_padded_with_black():
