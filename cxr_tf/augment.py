@@ -237,7 +237,7 @@ class RandomIntensity(keras.layers.Layer):
 
 def build_augmenter(params=None, image_size=224, seed=None):
     """The augmentation block as a ``keras.Sequential`` (build it once, outside any
-    ``map`` function). Input (B, N, N, 1) float 0–255 at any stored size N ≥ 1;
+    ``map`` function). Input (B, N, N, 1) uint8 or float 0–255 at any stored size N ≥ 1;
     output (B, image_size, image_size, 1) float32 0–255. ``params``: see the module
     docstring (merged over ``DEFAULT_AUGMENT``). ``seed`` makes the draws repeatable."""
     p = resolve_params(params)

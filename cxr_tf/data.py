@@ -16,7 +16,8 @@ Training chain (``training=True``, the default for split ``train``)::
       -> parse -> check PNG header (names the shard) -> decode PNG to uint8 (N, N, 1)
       -> [cache: memory or file, decoded uint8, before any random op]
       -> shuffle (``shuffle_buffer`` records) -> batch(drop_remainder=True)
-      -> augmentation on the batch (per sample, XLA-compiled; ``cxr_tf.augment``) -> prefetch
+      -> augmentation on the uint8 batch (per sample, one XLA program that also casts to
+         float32; ``cxr_tf.augment``) -> prefetch
 
 With ``augment=False`` and S = N the chain stops before augmentation: that is how
 ``cxr_tf.fit`` feeds ``augment.AugmentedModel``, which augments inside the train
@@ -319,11 +320,13 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
                   deterministic=deterministic)
 
     def finish(batch):
-        images = tf.cast(batch["image"], tf.float32)  # (B, N, N, 1) 0..255
+        images = batch["image"]  # (B, N, N, 1) uint8
         if augment_batch is not None:
-            images = augment_batch(images)  # (B, S, S, 1), per-sample draws
-        elif image_size != stored:
-            images = tf.image.resize(images, (image_size, image_size), method="area")
+            images = augment_batch(images)  # (B, S, S, 1) float32 0..255, per-sample draws
+        else:
+            images = tf.cast(images, tf.float32)
+            if image_size != stored:
+                images = tf.image.resize(images, (image_size, image_size), method="area")
         images = tf.ensure_shape(images, (None, image_size, image_size, 1))
         x = {"image": images, "meta": batch["meta"]} if multimodal else images
         if with_ids:

@@ -152,9 +152,9 @@ def to_square(image, size):
 def encode_png(image):
     """PNG bytes of a uint8 (H, W) greyscale or (H, W, 3) BGR image, written for fast decoding: every row
     "Up"-filtered (difference to the row above) and Huffman-only deflate. On 224 px chest films this
-    decodes 1.4x faster than libpng's adaptive filters (mostly Paeth) for 11 % more bytes, and Huffman-only
-    is 8 % smaller than zlib's default strategy with the same filter. Decoding the shards is what bounds
-    training input on a CPU host (tools/bench_input.py)."""
+    decodes ~1.45x faster than libpng's adaptive filters (mostly Paeth) for 12 % more bytes, and
+    Huffman-only is 8 % smaller than zlib's default strategy with the same filter (tools/bench_png.py).
+    Decoding the shards is what bounds training input on a CPU host (tools/bench_input.py)."""
     ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1,
                                               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
                                               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
