@@ -15,7 +15,8 @@ of the sample. Then it prints, on the same films and
 batch size (every figure taken once per round, the best of ``--repeats`` rounds):
 
 1. images/s of ``cxr_tf.data.make_dataset`` in training mode (augmentation on; with
-   and without the in-memory cache of decoded films), in training mode without
+   and without the in-memory cache of decoded films; and, no cache, on tf.data's
+   default shared thread pool instead of the pipeline's own), in training mode without
    augmentation (the host's share when ``augment_on: model`` moves it into the train
    step), and in evaluation mode; and images/s of the augmentation block alone,
    jit-compiled, on this machine's accelerator (its CPU when there is none);
@@ -213,9 +214,12 @@ def main(argv=None):
             paths = [p for p in paths if Path(p).name in known]
         labels = np.zeros((len(paths), 14), np.float32)  # label values do not change the cost
 
+        shared_pool = tf.data.Options()  # tf.data's default: TensorFlow's inter-op pool, one thread per core
+        shared_pool.threading.private_threadpool_size = 0
         datasets = {
             "train": data.make_dataset(records, "train", bs, size, seed=0),
             "train_cached": data.make_dataset(records, "train", bs, size, seed=0, cache="memory"),
+            "train_shared_pool": data.make_dataset(records, "train", bs, size, seed=0).with_options(shared_pool),
             "host_share": data.make_dataset(records, "train", bs, stored, seed=0, augment=False),
             "evaluation": data.make_dataset(records, "train", bs, size, training=False),
             "png": png_folder_dataset(paths, labels, bs, size),
@@ -227,6 +231,8 @@ def main(argv=None):
         r = best_of_rounds(measures, args.repeats)
         device = tf.config.list_logical_devices()[-1].device_type
         print(f"pipeline training (augment, no cache): {r['train']:8.1f} images/s")
+        print(f"  same, tf.data's shared thread pool:  {r['train_shared_pool']:8.1f} images/s  "
+              f"(own pool of {data.input_threads()}: x{r['train'] / r['train_shared_pool']:.2f})")
         print(f"pipeline training (augment, cache):    {r['train_cached']:8.1f} images/s")
         print(f"pipeline training (augment in model):  {r['host_share']:8.1f} images/s  (host share, no cache)")
         print(f"augmentation block alone on {device}:    {r['on_device']:8.1f} images/s  (jit-compiled)")
