@@ -414,6 +414,9 @@ def train(config, run_name=None, resume=True):
         write_json(run_dir / "config.json", _resolved_config(config, records, manifest, strategy, run_dir))
         write_json(run_dir / "labels.json", list(LABELS))
     state = read_json(work_dir / STATE, {"status": "running", "phases_done": []})
+    # Where augmentation runs is decided once per run and recorded: a run started on a GPU
+    # host ("auto" -> in the model) and resumed on a CPU host keeps it, so its backup fits.
+    in_model = state.setdefault("augment_in_model", augment_in_model(config))
     write_json(work_dir / STATE, {**state, "status": "running"})
     if resumed:
         print(f"fit: resuming {run_dir} (phases done: {', '.join(state['phases_done']) or 'none'})", flush=True)
@@ -424,10 +427,6 @@ def train(config, run_name=None, resume=True):
     try:
         prevalence = data.label_prevalence(manifest, "train") if config["loss"]["name"] == "weighted_bce" else None
         loss = make_loss(config["loss"], prevalence)
-        # Decided once per run and recorded: a run started on a GPU host ("auto" -> in the
-        # model) and resumed on a CPU host keeps its placement, so its backup still fits.
-        in_model = state.setdefault("augment_in_model", augment_in_model(config))
-        write_json(work_dir / STATE, {**state, "status": "running"})
         train_ds, val_ds, steps, val_steps = _datasets(config, records, manifest, multimodal, strategy, in_model)
         with strategy.scope():
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=NUM_LABELS,

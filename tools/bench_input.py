@@ -197,14 +197,14 @@ def main(argv=None):
                           image_size=args.stored_size or args.image_size, seed=0, progress=False,
                           log=lambda *a, **k: None)
             print(f"built records in {time.perf_counter() - start:.1f} s -> {records}")
-        films = data.read_manifest(records)["splits"]["train"]["num_examples"]
         records, times = tile_train_split(records, Path(tmp) / "tiled", args.epoch_films)
-        print(f"training split: {films} films, tiled x{times} -> {films * times} films per epoch")
         manifest = data.read_manifest(records)
+        films = manifest["splits"]["train"]["num_examples"]
+        print(f"training split: {films // times} films, tiled x{times} -> {films} films per epoch")
         stored = manifest["image_size"]
         bs, size = args.batch_size, args.image_size
-        print(f"stored {stored} px, "
-              f"training size {size} px, batch {bs}, {tf.config.list_logical_devices()[-1].device_type}, "
+        print(f"stored {stored} px, training size {size} px, batch {bs}, "
+              f"{tf.config.list_logical_devices()[-1].device_type}, "
               f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)")
         paths = sorted(str(p) for p in args.data_dir.rglob("*.png"))
         if args.labels:  # only the films of the table, as the builder does

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from bench_input import best_of_rounds  # tools/ is on sys.path when this runs as a script
 from cxr_tf.images import encode_png, read_image, to_square
 
 HUFFMAN = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
@@ -35,7 +36,7 @@ def variants():
            "zlib level 1, adaptive filters": cv2_png([cv2.IMWRITE_PNG_COMPRESSION, 1,
                                                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_DEFAULT]),
            "stored (level 0)": cv2_png([cv2.IMWRITE_PNG_COMPRESSION, 0])}
-    for name in ("NONE", "SUB", "UP", "AVG", "PAETH"):
+    for name in ("NONE", "SUB", "AVG", "PAETH"):  # UP + Huffman is encode_png
         out[f"huffman, {name.lower()} filter"] = cv2_png(
             HUFFMAN + [cv2.IMWRITE_PNG_FILTER, getattr(cv2, f"IMWRITE_PNG_FILTER_{name}")])
     return out
@@ -78,17 +79,14 @@ def main(argv=None):
             if not np.array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], film):
                 raise SystemExit(f"{name}: {path.name} does not decode to its pixels")
         encoded[name] = pngs
-    best = dict.fromkeys(encoded, 0.0)
-    for _ in range(args.repeats):
-        for name, pngs in encoded.items():
-            best[name] = max(best[name], decode_rate(pngs, args.decodes))
+    best = best_of_rounds({name: (lambda pngs=pngs: decode_rate(pngs, args.decodes))
+                           for name, pngs in encoded.items()}, args.repeats)
     print(f"{len(films)} films at {args.image_size} px, decode_png in tf.data, best of {args.repeats}")
-    ours = encoded["encode_png (records)"]
-    for name, pngs in encoded.items():
-        kib = np.mean([len(p) for p in pngs]) / 1024
-        print(f"{name:32s} {kib:6.1f} KiB/film  {best[name]:8.0f} images/s  "
-              f"size x{kib * 1024 / np.mean([len(p) for p in ours]):.2f}  "
-              f"decode x{best[name] / best['encode_png (records)']:.2f}")
+    size = {name: np.mean([len(p) for p in pngs]) for name, pngs in encoded.items()}
+    ours = "encode_png (records)"
+    for name in encoded:
+        print(f"{name:32s} {size[name] / 1024:6.1f} KiB/film  {best[name]:8.0f} images/s  "
+              f"size x{size[name] / size[ours]:.2f}  decode x{best[name] / best[ours]:.2f}")
 
 
 if __name__ == "__main__":
