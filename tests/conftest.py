@@ -10,11 +10,11 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def sample_records(tmp_path_factory):
-    """Records built by ``cxr_tf.build.build_records`` from the 150 real NIH films
+    """Records built by ``cxr_tf.data.builder.build_records`` from the 150 real NIH films
     (../shared/data/nih-sample; the embedded sample when that folder is absent) at
     64 px, stratified split, seed 0. Returns the records folder (Path) holding
     ``{split}-*.tfrecord`` and ``manifest.json``. Read-only: do not write into it."""
-    from cxr_tf.build import build_records
+    from cxr_tf.data.builder import build_records
 
     out = tmp_path_factory.mktemp("sample_records")
     sample = SHARED_DATA / "nih-sample"
@@ -27,12 +27,12 @@ def sample_records(tmp_path_factory):
 
 
 def write_run_dir(run_dir, model, arch, image_size, thresholds=None, **config):
-    """Write a run folder in the ``cxr_tf.fit`` layout that ``cxr_tf.predict`` reads:
+    """Write a run folder in the ``cxr_tf.training.trainer`` layout that ``cxr_tf.inference.predictor`` reads:
     model.keras, config.json ({"arch", "image_size", ...config}), labels.json and,
     unless ``thresholds`` is False, thresholds.json (default 0.5 per finding)."""
     import json
 
-    from cxr_tf.labels import LABELS
+    from cxr_tf.data.labels import LABELS
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def write_run_dir(run_dir, model, arch, image_size, thresholds=None, **config):
 def tiny_run(tmp_path_factory):
     """A run folder (Path) with an untrained ``simple_cnn`` at 64 px (dropout 0.5,
     weights=None), thresholds 0.5, split_method "synthetic": the fit layout that
-    ``cxr_tf.predict.Predictor`` loads. Read-only: copy it to change files."""
+    ``cxr_tf.inference.predictor.Predictor`` loads. Read-only: copy it to change files."""
     from cxr_tf.models import build_model
 
     model = build_model("simple_cnn", image_size=64, weights=None, dropout=0.5)

@@ -1,4 +1,4 @@
-"""cxr_tf.build / tools/build_tfrecords.py on real films: round trip, broken inputs,
+"""cxr_tf.data.builder / tools/build_tfrecords.py on real films: round trip, broken inputs,
 resume after kill -9, the command line with and without flags."""
 
 import csv
@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_DATA
-from cxr_tf import build, images, nih
-from cxr_tf.labels import LABELS
-from cxr_tf.records import parse_example, parse_shard_name
+from cxr_tf.data import builder as build, images, nih
+from cxr_tf.data.labels import LABELS
+from cxr_tf.data.records import parse_example, parse_shard_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = SHARED_DATA / "nih-sample"
@@ -153,7 +153,7 @@ def test_resume_after_kill_9(tmp_path):
     """Many one-film shards make the build slow enough to kill mid-way."""
     out = tmp_path / "records"
     args = dict(data_dir=str(SAMPLE), out=str(out), image_size=32, shard_size_mb=0.0005, workers=1)
-    code = f"from cxr_tf.build import build_records; build_records(progress=False, **{args!r})"
+    code = f"from cxr_tf.data.builder import build_records; build_records(progress=False, **{args!r})"
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
@@ -181,12 +181,9 @@ def test_resume_after_kill_9(tmp_path):
 
 
 def _cli():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import build_tfrecords  # noqa: PLC0415
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-    return build_tfrecords
+    from cxr_tf import build as build_cli  # noqa: PLC0415
+
+    return build_cli
 
 
 @pytest.mark.filterwarnings("ignore:split")

@@ -1,4 +1,4 @@
-"""cxr_tf.data / cxr_tf.augment on real shards built from the 150 real NIH films (64 px)."""
+"""cxr_tf.data.pipeline / cxr_tf.data.augment on real shards built from the 150 real NIH films (64 px)."""
 
 import json
 import os
@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_DATA
-from cxr_tf import data
-from cxr_tf.augment import DEFAULT_AUGMENT, AugmentedModel, RandomGeometry, build_augmenter, warp_bilinear
-from cxr_tf.labels import LABELS, NUM_LABELS
-from cxr_tf.records import parse_example, serialize_example, shard_name
+from cxr_tf.data import pipeline as data
+from cxr_tf.data.augment import DEFAULT_AUGMENT, AugmentedModel, RandomGeometry, build_augmenter, warp_bilinear
+from cxr_tf.data.labels import LABELS, META_DIM, NUM_LABELS
+from cxr_tf.data.records import parse_example, serialize_example, shard_name
 
 TABLE = SHARED_DATA / "nih-sample" / "Data_Entry_sample.csv"
 NO_AUG = {"crop_scale": (1, 1), "crop_ratio": (1, 1), "rotation_degrees": 0, "zoom": 0, "translation": 0,
@@ -158,14 +158,14 @@ def test_multimodal_meta_and_prevalence(sample_records, table):
     manifest = data.read_manifest(sample_records)
     ds = data.make_dataset(sample_records, "val", 8, 64, multimodal=True, with_ids=True)
     for x, labels, extra in ds:
-        assert set(x) == {"image", "meta"} and x["meta"].shape[1:] == (data.META_DIM,)
+        assert set(x) == {"image", "meta"} and x["meta"].shape[1:] == (META_DIM,)
         for meta, name in zip(x["meta"].numpy(), extra["image_index"].numpy()):
             row = table.loc[name.decode()]
             expected = data.meta_vector(row["Patient Age"], row["Patient Gender"], row["View Position"], manifest)
             np.testing.assert_allclose(meta, expected, rtol=1e-6)
     mean, std = manifest["metadata"]["age_mean"], manifest["metadata"]["age_std"]
     v = data.meta_vector(60, "F", b"AP", manifest)
-    assert v.dtype == np.float32 and v.shape == (data.META_DIM,)
+    assert v.dtype == np.float32 and v.shape == (META_DIM,)
     np.testing.assert_allclose(v, [(60 - mean) / std, 0, 1, 0, 1], rtol=1e-6)
     np.testing.assert_allclose(data.meta_vector(None, "?", "LL", manifest), [0, 0, 0, 0, 0], atol=1e-6)
     train = table.loc[[i for i in _stored(sample_records, "train")]]
@@ -239,7 +239,7 @@ def test_augmented_model_augments_in_the_train_step_only(sample_records):
     assert a.shape == (4, 48, 48, 1) and float(tf.reduce_mean(tf.abs(a - b))) > 1.0  # fresh draws per step
     # multimodal models: only the image input is augmented
     multimodal = AugmentedModel(build_model("multimodal", image_size=48), build_augmenter(None, 48, seed=0))
-    meta = np.zeros((4, data.META_DIM), "float32")
+    meta = np.zeros((4, META_DIM), "float32")
     assert multimodal({"image": x, "meta": meta}, training=True).shape == (4, NUM_LABELS)
 
 
@@ -303,7 +303,7 @@ _DISTRIBUTED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from cxr_tf import data
+    from cxr_tf.data import pipeline as data
     records = sys.argv[1]
     policy = tf.data.experimental.AutoShardPolicy
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_tf import distribute
+from cxr_tf.training import distribute
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _env(**extra):
 
 @pytest.fixture(scope="module")
 def tiny_records(tmp_path_factory):
-    from cxr_tf.synthetic import write_synthetic_records
+    from cxr_tf.data.synthetic import write_synthetic_records
 
     out = tmp_path_factory.mktemp("distribute_records")
     write_synthetic_records(out, n_train=64, n_val=32, n_test=32, image_size=32, seed=1)
@@ -79,7 +79,7 @@ def test_mirrored_over_two_logical_cpus(tiny_records, tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from cxr_tf import config, fit
+        from cxr_tf.training import config, trainer as fit
         cfg = config.load_config("simple_cnn", overrides={{
             "records": {str(tiny_records)!r}, "out": {str(tmp_path / "out")!r}, "image_size": 32,
             "batch_size": 16, "strategy": "mirrored", "verbose": 2, "phases.0.epochs": 1}})

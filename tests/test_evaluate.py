@@ -9,8 +9,9 @@ import pytest
 from sklearn.metrics import (average_precision_score, brier_score_loss, confusion_matrix, f1_score,
                              roc_auc_score)
 
-from cxr_tf import evaluate, literature, metrics, plots, report
-from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf import evaluate as evaluate_cli
+from cxr_tf.evaluation import evaluate, literature, metrics, plots, report
+from cxr_tf.data.labels import LABELS, NUM_LABELS
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_training_curves_plot(tmp_path):
 def tiny_run(tmp_path_factory):
     """A real simple_cnn (32 px, untrained) saved as a run folder, and synthetic records."""
     from cxr_tf.models import build_model
-    from cxr_tf.synthetic import write_synthetic_records
+    from cxr_tf.data.synthetic import write_synthetic_records
 
     root = tmp_path_factory.mktemp("eval_run")
     records = root / "records"
@@ -241,7 +242,7 @@ def test_report_links_resolve_and_html_is_self_contained(evaluated):
 def test_cli_reuses_saved_thresholds(evaluated, tmp_path, capsys):
     run, records, _, _ = evaluated
     before = (run / "thresholds.json").read_text()
-    assert evaluate.main(["--model", str(run), "--records", str(records), "--split", "test",
+    assert evaluate_cli.main(["--model", str(run), "--records", str(records), "--split", "test",
                           "--out", str(tmp_path), "--bootstrap", "20", "--batch-size", "16"]) == 0
     printed = capsys.readouterr().out
     assert "macro ROC-AUC" in printed and "CheXNet" in printed and "synthetic" in printed

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, settle_batch_norm
-from cxr_tf import explain
-from cxr_tf.explain import (GradCAM, box_iou, cam_to_film, gradcam_layer_name, localisation_summary, localise,
+from cxr_tf import explain as explain_cli
+from cxr_tf.inference.gradcam import (GradCAM, box_iou, cam_to_film, gradcam_layer_name, localisation_summary, localise,
                             overlay, overlay_png, pointing_hit, read_boxes, scale_box)
-from cxr_tf.labels import LABELS, NUM_LABELS
+from cxr_tf.data.labels import LABELS, NUM_LABELS
 from cxr_tf.models import ARCHITECTURES, build_model
-from cxr_tf.synthetic import make_films
+from cxr_tf.data.synthetic import make_films
 
 BOXES = SHARED_DATA / "nih" / "BBox_List_2017.csv.gz"
 SAMPLE_IMAGES = SHARED_DATA / "nih-sample" / "images_001" / "images"
@@ -147,7 +147,7 @@ def test_explain_command_scores_nih_boxes(tiny_run, tmp_path, capsys):
     assert boxed, "the NIH sample has films with radiologist boxes"
     plain = next(p for p in sorted(SAMPLE_IMAGES.glob("*.png")) if p not in boxed)
     out = tmp_path / "cams"
-    code = explain.main(["--model", str(tiny_run), "--out", str(out), "--boxes", str(BOXES),
+    code = explain_cli.main(["--model", str(tiny_run), "--out", str(out), "--boxes", str(BOXES),
                          *map(str, boxed), str(plain), str(tmp_path / "missing.png"), "--findings", "Mass"])
     assert code == 1  # the missing film
     report = json.loads((out / "explain.json").read_text())

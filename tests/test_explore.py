@@ -6,8 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from cxr_tf import explore
-from cxr_tf.labels import LABELS, NO_FINDING
+from cxr_tf import explore as explore_cli
+from cxr_tf.evaluation import explore
+from cxr_tf.data.labels import LABELS, NO_FINDING
 
 from conftest import SHARED_DATA
 
@@ -44,14 +45,14 @@ def test_full_nih_table_in_seconds(tmp_path):
 
 @pytest.mark.skipif(not SAMPLE_2017.is_file(), reason="../shared/data/nih-sample not present")
 def test_2017_layout_sample_table(tmp_path):
-    assert explore.main(["--labels", str(SAMPLE_2017), "--out", str(tmp_path)]) == 0
+    assert explore_cli.main(["--labels", str(SAMPLE_2017), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["films"] == 150 and summary[NO_FINDING] == 22
     assert min(summary["label_counts"].values()) >= 6
 
 
 def test_records_folder_per_split(tmp_path):
-    from cxr_tf.synthetic import write_synthetic_records
+    from cxr_tf.data.synthetic import write_synthetic_records
 
     records = tmp_path / "records"
     manifest = write_synthetic_records(records, n_train=20, n_val=8, n_test=10, image_size=16, seed=1)

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import cxr_tf.models  # noqa: F401  (registers the custom layers model.keras files use)
-from cxr_tf import config as config_lib
-from cxr_tf import fit
-from cxr_tf.labels import LABELS, NUM_LABELS
-from cxr_tf.losses import WeightedBinaryCrossentropy, make_loss, prevalence_weights
+from cxr_tf.training import config as config_lib
+from cxr_tf import fit as fit_cli
+from cxr_tf.training import trainer as fit
+from cxr_tf.data.labels import LABELS, NUM_LABELS
+from cxr_tf.training.losses import WeightedBinaryCrossentropy, make_loss, prevalence_weights
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("model.keras", "savedmodel/saved_model.pb", "config.json", "labels.json", "thresholds.json",
@@ -41,8 +42,8 @@ def fit_command(*args):
 
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory):
-    """Synthetic films (cxr_tf.synthetic) at 32 px: 384 train, 96 val, 96 test."""
-    from cxr_tf.synthetic import write_synthetic_records
+    """Synthetic films (cxr_tf.data.synthetic) at 32 px: 384 train, 96 val, 96 test."""
+    from cxr_tf.data.synthetic import write_synthetic_records
 
     out = tmp_path_factory.mktemp("synthetic_records")
     write_synthetic_records(out, n_train=384, n_val=96, n_test=96, image_size=32, seed=0)
@@ -239,28 +240,28 @@ def test_overrides_and_epochs():
     ([], "no architecture: pass --arch NAME"),
 ])
 def test_bad_configs_fail_with_a_clear_message(argv, message, capsys):
-    assert fit.main(argv) == 2
+    assert fit_cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_bad_config_file_names_the_file(tmp_path, capsys):
     bad = tmp_path / "mine.yaml"
     bad.write_text("arch: simple_cnn\nloss: {name: focal, gama: 2}\n")
-    assert fit.main(["--config", str(bad)]) == 2
+    assert fit_cli.main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "unknown key(s) loss.gama; allowed keys of loss: name, alpha, gamma" in err
 
 
 def test_missing_records_folder_fails_with_a_clear_message(tmp_path, capsys):
     missing = tmp_path / "no_records"
-    assert fit.main(["--arch", "simple_cnn", "--records", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert fit_cli.main(["--arch", "simple_cnn", "--records", str(missing), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"records folder {missing} does not exist" in err and "build_tfrecords.py" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_records_too_small_for_the_image_size(sample_records, tmp_path, capsys):
-    assert fit.main(["--arch", "simple_cnn", "--records", str(sample_records), "--image-size", "96",
+    assert fit_cli.main(["--arch", "simple_cnn", "--records", str(sample_records), "--image-size", "96",
                      "--out", str(tmp_path)]) == 2
     assert "image_size=96 is larger than the 64 px stored" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""cxr_tf.images: the 150 real films (6 RGBA), 16-bit, RGB, non-square, broken files."""
+"""cxr_tf.data.images: the 150 real films (6 RGBA), 16-bit, RGB, non-square, broken files."""
 
 import io
 import zlib
@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import SHARED_DATA
-from cxr_tf.images import ImageError, encode_png, film_to_png, read_image, to_square
+from cxr_tf.data.images import ImageError, encode_png, film_to_png, read_image, to_square
 
 FILMS = sorted((SHARED_DATA / "nih-sample").rglob("*.png"))
 needs_films = pytest.mark.skipif(not FILMS, reason=f"real NIH films missing under {SHARED_DATA}")

@@ -9,10 +9,10 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from conftest import settle_batch_norm
-from cxr_tf.labels import NUM_LABELS
-from cxr_tf.layers import BackbonePreprocess, MCDropout
+from cxr_tf.data.labels import NUM_LABELS
+from cxr_tf.models.layers import BackbonePreprocess, MCDropout
 from cxr_tf.models import ARCHITECTURES, build_model, is_backbone_layer, set_backbone_trainable
-from cxr_tf.synthetic import make_films
+from cxr_tf.data.synthetic import make_films
 
 SIZE = 32  # smallest size every backbone builds at (fusion: a 2×2 token grid)
 ARCHS = sorted(ARCHITECTURES)

@@ -1,4 +1,4 @@
-"""cxr_tf.nih on the real NIH tables and films in ../shared/data."""
+"""cxr_tf.data.nih on the real NIH tables and films in ../shared/data."""
 
 import gzip
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA
-from cxr_tf import nih
-from cxr_tf.labels import LABELS
+from cxr_tf.data import nih
+from cxr_tf.data.labels import LABELS
 
 SAMPLE = SHARED_DATA / "nih-sample"
 FULL = SHARED_DATA / "nih"

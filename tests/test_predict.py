@@ -14,10 +14,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from conftest import SHARED_DATA, write_run_dir
 from cxr_tf import predict as predict_cli
-from cxr_tf.labels import LABELS
-from cxr_tf.predict import Predictor
-from cxr_tf.readers import FilmError, Limits, read_film, sniff_format
-from cxr_tf.triage import NO_FINDING_MESSAGE, UNSURE_MESSAGE, triage, worklist
+from cxr_tf.data.labels import LABELS
+from cxr_tf.inference.predictor import Predictor
+from cxr_tf.inference.readers import FilmError, Limits, read_film, sniff_format
+from cxr_tf.inference.triage import NO_FINDING_MESSAGE, UNSURE_MESSAGE, triage, worklist
 
 FILMS = sorted((SHARED_DATA / "nih-sample" / "images_001" / "images").glob("*.png"))
 RESULT_KEYS = {"file", "probabilities", "uncertainty", "findings", "triage", "message"}
@@ -267,7 +267,7 @@ def test_command_json_worklist_gradcam_and_exit_code(tiny_run, films, tmp_path, 
 
 def test_multimodal_meta_from_dicom_tags(tmp_path):
     from cxr_tf.models import build_model
-    from cxr_tf.synthetic import write_synthetic_records
+    from cxr_tf.data.synthetic import write_synthetic_records
 
     records = tmp_path / "records"
     write_synthetic_records(records, 4, 2, 0, 64, seed=0)

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_DATA
-from cxr_tf.labels import LABELS
-from cxr_tf.predict import Predictor
-from cxr_tf.serve import create_app
+from cxr_tf.data.labels import LABELS
+from cxr_tf.inference.predictor import Predictor
+from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer
 
 FILMS = sorted((SHARED_DATA / "nih-sample" / "images_001" / "images").glob("*.png"))

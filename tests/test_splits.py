@@ -1,4 +1,4 @@
-"""cxr_tf.splits on the full NIH table (112,120 films) and the 150-film sample."""
+"""cxr_tf.data.splits on the full NIH table (112,120 films) and the 150-film sample."""
 
 import time
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import SHARED_DATA
-from cxr_tf import nih, splits
-from cxr_tf.labels import LABELS
+from cxr_tf.data import nih, splits
+from cxr_tf.data.labels import LABELS
 
 FULL = SHARED_DATA / "nih"
 SAMPLE = SHARED_DATA / "nih-sample"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf.labels import NUM_LABELS
-from cxr_tf.uncertainty import MCSampler, high_uncertainty, mc_predict, split_model
+from cxr_tf.data.labels import NUM_LABELS
+from cxr_tf.inference.uncertainty import MCSampler, high_uncertainty, mc_predict, split_model
 
 
 class CountFilms(keras.layers.Layer):

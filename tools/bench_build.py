@@ -7,7 +7,7 @@ Three measurements on the same films (page cache warmed first):
   builder is ``cores x`` that rate;
 - naive baseline: one process, PIL open, convert to grey, resize, PNG-encode,
   serialize and write each example in turn;
-- the builder: ``cxr_tf.build.build_records`` with all cores, into a temporary folder,
+- the builder: ``cxr_tf.data.builder.build_records`` with all cores, into a temporary folder,
   end to end (table, split, plan, encode, write, manifest). ``--repeat N`` feeds it
   each film N times (symlinks under new names and patient ids) so that its fixed
   start-up costs weigh as little as on a real 112,120-film build; the two other
@@ -34,7 +34,7 @@ def decode_limit(paths, image_size):
     """Films/s of read + decode + resize on one core (OpenCV, one thread)."""
     import cv2  # noqa: PLC0415
 
-    from cxr_tf.images import read_image, to_square  # noqa: PLC0415
+    from cxr_tf.data.images import read_image, to_square  # noqa: PLC0415
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
@@ -52,8 +52,8 @@ def naive_baseline(paths, table, image_size, out):
     import tensorflow as tf  # noqa: PLC0415
     from PIL import Image  # noqa: PLC0415
 
-    from cxr_tf.labels import LABELS  # noqa: PLC0415
-    from cxr_tf.records import serialize_example  # noqa: PLC0415
+    from cxr_tf.data.labels import LABELS  # noqa: PLC0415
+    from cxr_tf.data.records import serialize_example  # noqa: PLC0415
 
     rows = table.set_index("image_index")
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def repeated_data_dir(table, repeat, folder):
     (NIH patient ids stay below 10^7). Returns the path of its label table."""
     import csv  # noqa: PLC0415
 
-    from cxr_tf.labels import LABELS  # noqa: PLC0415
+    from cxr_tf.data.labels import LABELS  # noqa: PLC0415
 
     if not 1 <= repeat <= 9:
         raise ValueError(f"--repeat must be 1..9, got {repeat}")
@@ -118,8 +118,8 @@ def main(argv=None):
 
     import tensorflow as tf  # noqa: F401, PLC0415 (imported before any timing: both writers need it)
 
-    from cxr_tf import nih  # noqa: PLC0415
-    from cxr_tf.build import build_records, default_workers  # noqa: PLC0415
+    from cxr_tf.data import nih  # noqa: PLC0415
+    from cxr_tf.data.builder import build_records, default_workers  # noqa: PLC0415
 
     labels = args.labels or nih.find_label_table(args.data_dir)
     table = nih.read_label_table(labels)

@@ -2,7 +2,7 @@
 
     python tools/bench_input.py --data-dir DIR [--labels CSV] [--batch-size 32] [--image-size 224]
 
-Builds records from the films in DIR (``cxr_tf.build.build_records``) into a
+Builds records from the films in DIR (``cxr_tf.data.builder.build_records``) into a
 temporary folder (or uses ``--records``). A training epoch on NIH holds ~78,000
 films; one on a sample of 150 holds 3 batches, and restarting the pipeline every 3
 batches (threads, autotuning, shuffle buffer) would be most of what gets measured.
@@ -14,7 +14,7 @@ decoding and would flatter the figure). The pixels and the per-film work are tho
 of the sample. Then it prints, on the same films and
 batch size (every figure taken once per round, the best of ``--repeats`` rounds):
 
-1. images/s of ``cxr_tf.data.make_dataset`` in training mode (augmentation on; with
+1. images/s of ``cxr_tf.data.pipeline.make_dataset`` in training mode (augmentation on; with
    and without the in-memory cache of decoded films; and, no cache, on tf.data's
    default shared thread pool instead of the pipeline's own), in training mode without
    augmentation (the host's share when ``augment_on: model`` moves it into the train
@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import data
-from cxr_tf.build import build_records
+from cxr_tf.data import pipeline as data
+from cxr_tf.data.builder import build_records
 
 
 def images_per_s(ds, batches, warmup=3):
@@ -74,7 +74,7 @@ def tile_train_split(records, out, epoch_films):
     import json
     import math
 
-    from cxr_tf.records import shard_name
+    from cxr_tf.data.records import shard_name
 
     manifest = data.read_manifest(records)
     train = manifest["splits"]["train"]
@@ -117,7 +117,7 @@ def png_folder_dataset(paths, labels, batch_size, image_size):
 def augmenter_measure(batch_size, stored, image_size, batches):
     """A callable giving images/s of the augmentation block alone, jit-compiled as in
     the pipeline, on the default device, on a uint8 batch already there."""
-    from cxr_tf.augment import build_augmenter
+    from cxr_tf.data.augment import build_augmenter
 
     augmenter = build_augmenter(None, image_size, seed=0)
     step = tf.function(lambda x: augmenter(x, training=True), jit_compile=True)
@@ -149,7 +149,7 @@ def starvation(records, batch_size, image_size, steps, repeats, arch="simple_cnn
     processes hits both alike."""
     import keras
 
-    from cxr_tf.fit import precision_policy
+    from cxr_tf.training.trainer import precision_policy
     from cxr_tf.models import build_model
 
     keras.config.set_dtype_policy(precision_policy(mixed_precision))
@@ -208,7 +208,7 @@ def main(argv=None):
               f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)")
         paths = sorted(str(p) for p in args.data_dir.rglob("*.png"))
         if args.labels:  # only the films of the table, as the builder does
-            from cxr_tf.nih import read_label_table
+            from cxr_tf.data.nih import read_label_table
 
             known = set(read_label_table(args.labels)["image_index"])
             paths = [p for p in paths if Path(p).name in known]

@@ -7,7 +7,7 @@ times on one batch of random films, each the median of ``--repeats`` runs after 
 warm-up (graph tracing excluded):
 
 - single: one deterministic prediction (the compiled model, dropout off);
-- mc: ``cxr_tf.uncertainty`` MC dropout with T samples, backbone once, head T times;
+- mc: ``cxr_tf.inference.uncertainty`` MC dropout with T samples, backbone once, head T times;
 - naive: the usual approach, T full forward passes with dropout on.
 
 Last line: ``mc25_vs_single=<ratio> naive_vs_single=<ratio>`` (with T=25).
@@ -35,7 +35,7 @@ def _median_seconds(fn, repeats):
 def bench(arch="fusion", image_size=224, batch_size=8, samples=25, repeats=5, seed=0):
     """Seconds per batch {"single", "mc", "naive"} for ``arch`` at ``image_size``."""
     from cxr_tf.models import ARCHITECTURES, build_model
-    from cxr_tf.uncertainty import MCSampler, model_inputs
+    from cxr_tf.inference.uncertainty import MCSampler, model_inputs
 
     model = build_model(arch, image_size=image_size, weights=None, dropout=0.5, mc_dropout=False)
     rng = np.random.default_rng(seed)

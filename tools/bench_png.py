@@ -3,10 +3,10 @@
     python tools/bench_png.py --data-dir DIR [--image-size 224] [--films 110] [--repeats 3]
 
 Takes up to ``--films`` films from DIR, squares and resizes them as the builder does
-(``cxr_tf.images.to_square``), encodes each with every variant below, checks that
+(``cxr_tf.data.images.to_square``), encodes each with every variant below, checks that
 every variant decodes to the same pixels, and prints per variant the mean KiB per
 film and the images/s of ``tf.io.decode_png`` in a parallel ``tf.data`` map (as in
-``cxr_tf.data``), best of ``--repeats`` rounds, each round measuring every variant.
+``cxr_tf.data.pipeline``), best of ``--repeats`` rounds, each round measuring every variant.
 ``encode_png`` is what ``tools/build_tfrecords.py`` writes; decoding the shards is
 what bounds the training pipeline on a CPU host (``tools/bench_input.py``).
 """
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench_input import best_of_rounds  # tools/ is on sys.path when this runs as a script
-from cxr_tf.images import encode_png, read_image, to_square
+from cxr_tf.data.images import encode_png, read_image, to_square
 
 HUFFMAN = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 

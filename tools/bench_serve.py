@@ -52,8 +52,8 @@ def main(argv=None):
     server = None
     url = args.url
     if args.model:
-        from cxr_tf.predict import Predictor
-        from cxr_tf.serve import create_app
+        from cxr_tf.inference.predictor import Predictor
+        from cxr_tf.inference.service import create_app
         from cxr_tf.testing import LiveServer
 
         server = LiveServer(create_app(Predictor(args.model, samples=args.samples))).start()

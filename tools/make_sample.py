@@ -1,6 +1,6 @@
 """Regenerate the embedded sample ``cxr_tf/sample/`` from the 150 real NIH films in
 ../shared/data/nih-sample: each film downsampled to 128 px 8-bit greyscale PNG
-(``cxr_tf.images``: RGBA -> grey, area interpolation), their 150 table rows
+(``cxr_tf.data.images``: RGBA -> grey, area interpolation), their 150 table rows
 (2020 layout) as ``Data_Entry_sample.csv``, and the official NIH list files cut
 down to these films (``train_val_list.txt``, ``test_list.txt``).
 
@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr_tf import nih  # noqa: E402
-from cxr_tf.images import encode_png, read_image, to_square  # noqa: E402
+from cxr_tf.data import nih  # noqa: E402
+from cxr_tf.data.images import encode_png, read_image, to_square  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 from keras import layers
 
-from cxr_tf.labels import NUM_LABELS
+from cxr_tf.data.labels import NUM_LABELS
 from cxr_tf.models.applications import build_densenet121, build_efficientnetb0, build_resnet50
 from cxr_tf.models.cnn import build_multimodal, build_simple_cnn
 from cxr_tf.models.fusion import build_fusion
@@ -65,7 +65,7 @@ def build_model(arch, image_size=224, num_labels=NUM_LABELS, weights=None, dropo
     (random init), "imagenet" (keras.applications weights; downloaded, or read
     from ``$KERAS_HOME/models`` offline) or a path to a weights file saved from
     the same architecture; dropout: head dropout rate; mc_dropout: always-on
-    head dropout (``cxr_tf.layers.MCDropout``).
+    head dropout (``cxr_tf.models.layers.MCDropout``).
     """
     spec = get_spec(arch)
     if int(image_size) < spec.min_size:

@@ -8,7 +8,7 @@ the returned model under their Keras names (Grad-CAM layers are found by name).
 import keras
 from keras import layers
 
-from cxr_tf.layers import BackbonePreprocess
+from cxr_tf.models.layers import BackbonePreprocess
 from cxr_tf.models.heads import application_weights, classification_head, image_input, load_weights_file
 
 BACKBONES = {

@@ -4,7 +4,7 @@
 import keras
 from keras import layers
 
-from cxr_tf.layers import BackbonePreprocess
+from cxr_tf.models.layers import BackbonePreprocess
 from cxr_tf.models.heads import (
     check_from_scratch, classification_head, image_input, load_weights_file, meta_input,
 )

@@ -22,7 +22,7 @@ Grad-CAM layer), pooled ("features"), then dropout 0.5 and Dense sigmoid.
 import keras
 from keras import layers
 
-from cxr_tf.layers import BackbonePreprocess, cross_attention
+from cxr_tf.models.layers import BackbonePreprocess, cross_attention
 from cxr_tf.models.heads import application_weights, classification_head, image_input, load_weights_file
 
 DENSENET_TAP = "pool4_conv"

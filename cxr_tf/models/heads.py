@@ -6,8 +6,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from cxr_tf.labels import META_DIM
-from cxr_tf.layers import MCDropout
+from cxr_tf.data.labels import META_DIM
+from cxr_tf.models.layers import MCDropout
 
 
 

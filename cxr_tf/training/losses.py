@@ -21,14 +21,14 @@ models end in float32 sigmoids) and return the batch mean. The two built-in loss
 serialize natively; ``WeightedBinaryCrossentropy`` is registered as
 ``cxr_tf>WeightedBinaryCrossentropy`` with its weights in its config, so a
 ``model.keras`` compiled with it reloads with ``keras.models.load_model`` once
-``cxr_tf.losses`` has been imported (as custom layers need ``cxr_tf.layers``).
+``cxr_tf.training.losses`` has been imported (as custom layers need ``cxr_tf.models.layers``).
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from cxr_tf.labels import NUM_LABELS
+from cxr_tf.data.labels import NUM_LABELS
 
 
 def prevalence_weights(prevalence, min_prevalence=1e-3):
@@ -84,7 +84,7 @@ def make_loss(loss_config, prevalence=None):
     """The Keras loss for a ``loss`` block (``{"name", "alpha", "gamma",
     "label_smoothing", "min_prevalence"}``; missing parameters take the values of
     ``pipelines/*.yaml``' focal loss). ``prevalence`` (K,) is required for
-    ``weighted_bce`` (``cxr_tf.data.label_prevalence(manifest)``)."""
+    ``weighted_bce`` (``cxr_tf.data.pipeline.label_prevalence(manifest)``)."""
     name = loss_config["name"]
     smoothing = float(loss_config.get("label_smoothing", 0.0))
     if name == "focal":
@@ -96,7 +96,7 @@ def make_loss(loss_config, prevalence=None):
     if name == "weighted_bce":
         if prevalence is None:
             raise ValueError("loss weighted_bce needs the training-split label prevalence "
-                             "(cxr_tf.data.label_prevalence(manifest))")
+                             "(cxr_tf.data.pipeline.label_prevalence(manifest))")
         if len(prevalence) != NUM_LABELS:
             raise ValueError(f"prevalence has {len(prevalence)} values, expected {NUM_LABELS}")
         pos, neg = prevalence_weights(prevalence, float(loss_config.get("min_prevalence", 1e-3)))

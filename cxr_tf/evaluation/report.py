@@ -2,7 +2,7 @@
 files beside it) and as self-contained HTML (figures embedded as base64 PNG).
 
 A report is a list of blocks (``Document``), so the two renderings cannot drift.
-``evaluation_report`` turns the output of ``cxr_tf.metrics.summarize`` plus the
+``evaluation_report`` turns the output of ``cxr_tf.evaluation.metrics.summarize`` plus the
 run's config into such a document; ``write_report`` writes ``report.md`` and
 ``report.html``.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.labels import LABELS
-from cxr_tf.literature import COMPARABILITY_NOTE, describe_split
+from cxr_tf.data.labels import LABELS
+from cxr_tf.evaluation.literature import COMPARABILITY_NOTE, describe_split
 
 NA = "–"
 
@@ -178,12 +178,12 @@ def _auc_cell(row):
 def evaluation_report(metrics, figures, config=None, comparison=None, title=None):
     """The evaluation ``Document``.
 
-    metrics: the dict written to metrics.json (``cxr_tf.metrics.summarize`` output
+    metrics: the dict written to metrics.json (``cxr_tf.evaluation.metrics.summarize`` output
     plus ``split``, ``split_method``, ``records``, ``run_dir``, ``thresholds``);
     figures: {key: png path} with keys among roc, pr, auc_bars, reliability,
     training_curves, label_distribution (missing keys are skipped);
     config: the run's config.json dict; comparison: DataFrame from
-    ``cxr_tf.literature.comparison_table``."""
+    ``cxr_tf.evaluation.literature.comparison_table``."""
     config = config or {}
     arch = config.get("arch", "model")
     split, split_method = metrics.get("split", "test"), metrics.get("split_method")

@@ -7,7 +7,7 @@ One example is one film:
 feature    type     meaning
 ========== ======== ==========================================================
 image      bytes    PNG, 8-bit greyscale, square, the manifest's ``image_size``
-labels     int64×14 multi-hot in ``cxr_tf.labels.LABELS`` order
+labels     int64×14 multi-hot in ``cxr_tf.data.labels.LABELS`` order
 image_index bytes   NIH file name, e.g. ``00000001_000.png``
 patient_id int64    NIH patient id
 age        int64    years
@@ -24,7 +24,7 @@ import re
 
 import tensorflow as tf
 
-from cxr_tf.labels import NUM_LABELS
+from cxr_tf.data.labels import NUM_LABELS
 
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),

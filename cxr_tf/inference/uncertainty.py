@@ -7,7 +7,7 @@ once per film; the head runs T times on the features tiled T times (one batched
 call, (T·N, D)), with dropout always on and every other layer in inference mode.
 
 The head used for sampling is a clone of the model's head whose ``Dropout`` layers
-are replaced by ``cxr_tf.layers.MCDropout`` of the same rate; all other layers are
+are replaced by ``cxr_tf.models.layers.MCDropout`` of the same rate; all other layers are
 the model's own objects (shared weights, nothing copied). It therefore works the
 same for models built with ``mc_dropout=False`` and ``mc_dropout=True``, and
 BatchNormalization layers, wherever they are, always run with their moving
@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.labels import NUM_LABELS
-from cxr_tf.layers import MCDropout
-from cxr_tf.triage import DEFAULT_UNCERTAINTY_THRESHOLD
+from cxr_tf.data.labels import NUM_LABELS
+from cxr_tf.models.layers import MCDropout
+from cxr_tf.inference.triage import DEFAULT_UNCERTAINTY_THRESHOLD
 
 DEFAULT_SAMPLES = 25
 FEATURES_LAYER = "features"
@@ -45,13 +45,13 @@ def model_inputs(model, images, meta=None):
     expected = tuple(model.inputs[names.index("image") if "image" in names else 0].shape[1:3])
     if None not in expected and images.shape[1:3] != expected:
         raise ValueError(f"images are {images.shape[1]}x{images.shape[2]} px, the model expects "
-                         f"{expected[0]}x{expected[1]}: resize with cxr_tf.images.to_square")
+                         f"{expected[0]}x{expected[1]}: resize with cxr_tf.data.images.to_square")
     if len(model.inputs) == 1:
         if meta is not None:
             raise ValueError("meta given, but the model has only an image input")
         return images
     if meta is None:
-        raise ValueError(f"the model has inputs {names}: pass meta (N, 5), e.g. from cxr_tf.data.meta_vector")
+        raise ValueError(f"the model has inputs {names}: pass meta (N, 5), e.g. from cxr_tf.data.pipeline.meta_vector")
     meta = np.asarray(meta, dtype=np.float32).reshape(len(images), -1)
     return {"image": images, "meta": meta}
 

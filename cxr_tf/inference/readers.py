@@ -17,7 +17,7 @@ end up as 8-bit like the training PNGs. Multi-frame files use frame 0.
 
 Limits: ``max_bytes`` (file size, checked before reading a path) and
 ``max_pixels`` (width × height, checked from the PNG/JPEG header by
-``cxr_tf.images.read_image`` and from Rows/Columns for DICOM, before any pixel is
+``cxr_tf.data.images.read_image`` and from Rows/Columns for DICOM, before any pixel is
 decoded, so a small "decompression bomb" claiming 60,000 × 60,000 pixels is
 refused cheaply); then ``min_side`` / ``max_side`` (implausibly small or huge
 films) and ``max_aspect`` (a strip is not a chest film). PNG/JPEG decoding is the
@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxr_tf.images import ImageError, read_image
+from cxr_tf.data.images import ImageError, read_image
 
 MAX_BYTES = 100 * 2**20
 """Largest file accepted (bytes): a 4,300 × 4,300 16-bit DICOM is ~37 MB uncompressed."""

@@ -28,7 +28,7 @@ but it sorts first among the reviews and its message names the possible critical
 finding, so it is read next.
 """
 
-from cxr_tf.labels import LABELS
+from cxr_tf.data.labels import LABELS
 
 DEFAULT_CRITICAL = ("Pneumothorax",)
 DEFAULT_UNCERTAINTY_THRESHOLD = 0.1

@@ -1,7 +1,7 @@
 """Evaluation metrics for multi-label predictions: pure numpy and scikit-learn.
 
 Every function takes ``y_true`` (N, K) in {0, 1} and ``y_prob`` (N, K) in [0, 1],
-columns in ``cxr_tf.labels.LABELS`` order unless ``labels`` says otherwise.
+columns in ``cxr_tf.data.labels.LABELS`` order unless ``labels`` says otherwise.
 
 Policy for findings that a split cannot score
     A finding whose column has no positives (or no negatives) has no ROC-AUC and
@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_tf.labels import LABELS
+from cxr_tf.data.labels import LABELS
 
 NO_POSITIVES = "no positive films in this split"
 NO_NEGATIVES = "no negative films in this split"

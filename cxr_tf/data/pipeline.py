@@ -1,7 +1,7 @@
 """The tf.data input pipeline: TFRecord shards -> batches of films and labels.
 
 ``make_dataset(records_dir, split, batch_size, image_size)`` reads the shards that
-``tools/build_tfrecords.py`` wrote (schema: ``cxr_tf.records``) and yields
+``tools/build_tfrecords.py`` wrote (schema: ``cxr_tf.data.records``) and yields
 
     images  float32 (B, S, S, 1), raw 0–255        labels  float32 (B, 14), LABELS order
 
@@ -17,10 +17,10 @@ Training chain (``training=True``, the default for split ``train``)::
       -> [cache: memory or file, decoded uint8, before any random op]
       -> shuffle (``shuffle_buffer`` records) -> batch(drop_remainder=True)
       -> augmentation on the uint8 batch (per sample, one XLA program that also casts to
-         float32; ``cxr_tf.augment``) -> prefetch
+         float32; ``cxr_tf.data.augment``) -> prefetch
 
 With ``augment=False`` and S = N the chain stops before augmentation: that is how
-``cxr_tf.fit`` feeds ``augment.AugmentedModel``, which augments inside the train
+``cxr_tf.training.trainer`` feeds ``augment.AugmentedModel``, which augments inside the train
 step on the accelerator (``augment_on`` in ``pipelines/*.yaml``).
 
 Evaluation chain: shards in manifest order, records in file order (deterministic,
@@ -58,40 +58,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.augment import build_augmenter
-from cxr_tf.labels import LABELS, META_DIM, NUM_LABELS
-from cxr_tf.records import parse_example, parse_shard_name
+from cxr_tf.data.augment import build_augmenter
+from cxr_tf.data.labels import LABELS, NUM_LABELS
+from cxr_tf.data.manifest import MANIFEST, read_manifest
+from cxr_tf.data.records import parse_example, parse_shard_name
 
-MANIFEST = "manifest.json"
 AGE_RANGE = (0.0, 120.0)  # ages outside are table errors (the 2017 table has 414): clipped
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_BUILD_HINT = "build them with `python tools/build_tfrecords.py --out DIR`"
-
-
-# ---------------------------------------------------------------- manifest
-
-
-def read_manifest(records_dir):
-    """The ``manifest.json`` of a records folder as a dict.
-
-    FileNotFoundError when the folder or its manifest is missing; ValueError when
-    the manifest is not JSON or lacks the keys ``labels``, ``image_size``, ``splits``.
-    """
-    records_dir = Path(records_dir)
-    path = records_dir / MANIFEST
-    if not records_dir.is_dir():
-        raise FileNotFoundError(f"records folder {records_dir} does not exist; {_BUILD_HINT}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {records_dir} is not a records folder "
-                                f"(no manifest.json beside the shards); {_BUILD_HINT}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); rebuild the records") from err
-    missing = [key for key in ("labels", "image_size", "splits") if key not in manifest]
-    if missing:
-        raise ValueError(f"{path} lacks the key(s) {missing}; rebuild the records")
-    return manifest
 
 
 def _manifest_of(manifest_or_dir):
@@ -136,7 +109,7 @@ def _check_request(manifest, records_dir, split, image_size):
     """Validate a request against the manifest; returns (shard paths, stored size)."""
     if tuple(manifest["labels"]) != LABELS:
         raise ValueError(f"{Path(records_dir) / MANIFEST}: labels {manifest['labels']} differ from "
-                         f"cxr_tf.labels.LABELS {list(LABELS)}; rebuild the records with this version")
+                         f"cxr_tf.data.labels.LABELS {list(LABELS)}; rebuild the records with this version")
     stored = int(manifest["image_size"])
     if int(image_size) > stored:
         raise ValueError(f"image_size={image_size} is larger than the {stored} px stored in {records_dir}: "
@@ -267,7 +240,7 @@ def input_threads():
     core) with the model; its own, larger pool keeps the cores busy while the
     XLA-compiled augmentation of one batch runs: +10-20 % training input on 2 cores
     (tools/bench_input.py)."""
-    from cxr_tf.build import default_workers
+    from cxr_tf.data.builder import default_workers
 
     return max(4, 2 * default_workers())
 
@@ -286,7 +259,7 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     or a file prefix / existing folder for an on-disk cache of the decoded uint8
     films (placed before any random op, so every epoch gets fresh augmentation;
     a file cache is written on the first complete pass and must not be shared by
-    two pipelines running at once). augment: None = ``cxr_tf.augment.DEFAULT_AUGMENT``
+    two pipelines running at once). augment: None = ``cxr_tf.data.augment.DEFAULT_AUGMENT``
     when training, False = none, or a dict of parameters (pipelines yaml ``augment:``)
     merged over the defaults; ignored at evaluation. shuffle_buffer: records held for
     shuffling (memory: N² bytes each, 64 KiB at 256 px). seed: shard order, shuffle
@@ -309,7 +282,7 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     augment_batch = None
     if training and augment is not False:
         augmenter = build_augmenter(augment if augment is not True else None, image_size, seed=seed)
-        # XLA: one fused program per batch shape, ~3x the plain ops on CPU (cxr_tf.augment)
+        # XLA: one fused program per batch shape, ~3x the plain ops on CPU (cxr_tf.data.augment)
         augment_batch = tf.function(lambda images: augmenter(images, training=True), jit_compile=True)
 
     def to_element(record, shard):

@@ -21,5 +21,5 @@ NUM_LABELS = len(LABELS)
 NO_FINDING = "No Finding"
 
 META_NAMES = ("age_standardised", "sex_M", "sex_F", "view_PA", "view_AP")
-"""The multimodal model's ``meta`` input, in this order (built by ``cxr_tf.data.meta_vector``)."""
+"""The multimodal model's ``meta`` input, in this order (built by ``cxr_tf.data.pipeline.meta_vector``)."""
 META_DIM = len(META_NAMES)

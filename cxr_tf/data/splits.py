@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
-from cxr_tf.labels import LABELS
+from cxr_tf.data.labels import LABELS
 
 SPLITS = ("train", "val", "test")
 METHODS = ("stratified", "official")
@@ -36,7 +36,7 @@ class LeakageError(ValueError):
 def make_split(table, method="stratified", val_fraction=0.1, test_fraction=0.2, seed=0,
                official_lists=None):
     """Split name (``train``/``val``/``test``) for every row of ``table`` (a table of
-    ``cxr_tf.nih.read_label_table``), as a str Series aligned with ``table.index``.
+    ``cxr_tf.data.nih.read_label_table``), as a str Series aligned with ``table.index``.
 
     ``official_lists``: folder holding the two NIH list files (method ``official``;
     ``test_fraction`` is then ignored: the NIH list fixes the test set).

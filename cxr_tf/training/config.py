@@ -11,7 +11,7 @@ A config is built in three layers, later ones winning:
 ``validate`` checks the merged result against ``SCHEMA`` and returns a normalised
 copy; unknown keys and bad values raise ``ConfigError`` (a ``ValueError``) naming
 the key, the value and what is allowed. This module imports no TensorFlow, except
-``cxr_tf.augment`` to validate the ``augment`` block.
+``cxr_tf.data.augment`` to validate the ``augment`` block.
 """
 
 import copy
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 """The repository's ``pipelines/`` folder (next to the ``cxr_tf`` package)."""
 
 LOSSES = ("focal", "bce", "weighted_bce")
@@ -133,7 +133,7 @@ def _augment(value, key, source):
         return False  # no augmentation at all
     if not isinstance(value, dict):
         raise ConfigError(f"{_where(key, source)}={value!r}: expected false or a mapping of augmentation parameters")
-    from cxr_tf.augment import resolve_params  # the augment module owns its keys and ranges
+    from cxr_tf.data.augment import resolve_params  # the augment module owns its keys and ranges
 
     try:
         resolved = resolve_params(value)

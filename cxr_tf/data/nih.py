@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import LABELS, NO_FINDING
+from cxr_tf.data.labels import LABELS, NO_FINDING
 
 # raw column name -> our name; all seven are required
 TABLE_COLUMNS = {

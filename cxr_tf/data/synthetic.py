@@ -6,21 +6,21 @@ cell ``k``; the last two cells stay empty), so a model that learns can be
 checked (macro AUC) and a Grad-CAM map can be checked against the known box.
 
 ``write_synthetic_records`` writes real shards and a ``manifest.json`` in the
-builder's format (``cxr_tf.records``), so data, fit and explain tests run on the
+builder's format (``cxr_tf.data.records``), so data, fit and explain tests run on the
 same files a real build would give.
 """
 
 import hashlib
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.images import encode_png
-from cxr_tf.labels import LABELS, NUM_LABELS
-from cxr_tf.records import serialize_example, shard_name
+from cxr_tf.data.images import encode_png
+from cxr_tf.data.labels import LABELS, NUM_LABELS
+from cxr_tf.data.manifest import FORMAT_VERSION, write_manifest
+from cxr_tf.data.records import serialize_example, shard_name
 
 GRID = 4
 SHAPES = (
@@ -178,5 +178,5 @@ def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shard
         "skipped": [],
         "metadata": {"age_mean": float(np.mean(train_ages)), "age_std": float(max(np.std(train_ages), 1.0))},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    write_manifest(out, manifest)
+    return {"format_version": FORMAT_VERSION, **manifest}

@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from cxr_tf.labels import LABELS
-from cxr_tf.metrics import reliability_curve, undefined_reason
+from cxr_tf.data.labels import LABELS
+from cxr_tf.evaluation.metrics import reliability_curve, undefined_reason
 
 DPI = 110
 HIGHLIGHT_MODELS = (
@@ -112,7 +112,7 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
     models as a grey line.
 
     per_finding: {finding: {"auc": float|None, "auc_ci": [low, high]|None}};
-    literature: DataFrame from ``cxr_tf.literature.load_literature()`` or None.
+    literature: DataFrame from ``cxr_tf.evaluation.literature.load_literature()`` or None.
     Undefined findings get no bar and an "undefined" note."""
     n = len(labels)
     fig = _figure(9.0, 0.45 * n + 1.8)
@@ -191,7 +191,7 @@ def training_curves(history_csv, out_png):
 
     history_csv = Path(history_csv)
     if not history_csv.is_file():
-        raise FileNotFoundError(f"training history {history_csv} not found; it is written by cxr_tf.fit")
+        raise FileNotFoundError(f"training history {history_csv} not found; it is written by cxr_tf.training.trainer")
     frame = pd.read_csv(history_csv)
     if frame.empty:
         raise ValueError(f"{history_csv}: no epochs recorded")

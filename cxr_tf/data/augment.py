@@ -26,8 +26,8 @@ Two layers, each a single pass over the pixels:
 Horizontal flip is off by default: the heart sits on the left, and a flipped film
 is a different anatomy (dextrocardia); switch it on with ``flip: true``.
 
-Where it runs (``augment_on`` in ``pipelines/*.yaml``, chosen by ``cxr_tf.fit``):
-``"pipeline"`` — ``cxr_tf.data.make_dataset`` applies the block, jit-compiled, in a
+Where it runs (``augment_on`` in ``pipelines/*.yaml``, chosen by ``cxr_tf.training.trainer``):
+``"pipeline"`` — ``cxr_tf.data.pipeline.make_dataset`` applies the block, jit-compiled, in a
 ``dataset.map`` after ``batch``, on the host CPU in parallel with the model step;
 ``"model"`` — the dataset yields un-augmented films at the stored size and
 ``AugmentedModel`` applies the block at the start of every train step, on the

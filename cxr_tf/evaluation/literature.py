@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import LABELS
+from cxr_tf.data.labels import LABELS
 
 RESOURCE = "literature_auc.csv"
 SPLIT_NAMES = {

@@ -1,0 +1,354 @@
+"""The TFRecord builder: NIH table + image folders -> ``{split}-{i:05d}-of-{n:05d}.tfrecord``
+shards + ``manifest.json``. ``tools/build_tfrecords.py`` is its command line.
+
+How a build runs:
+
+1. Read the label table (``cxr_tf.data.nih``), find the image files, match them; rows
+   without a file and files without a row are counted and listed.
+2. Split by patient (``cxr_tf.data.splits``); a patient in two splits stops the build.
+3. Plan every shard up front: each split's rows, shuffled with the seed, cut into
+   ``ceil(bytes / shard_size_mb)`` contiguous shards (bytes estimated from
+   ``image_size``). The plan (every shard's films) is written to
+   ``<out>/.build/plan.json`` and followed as stored when the build resumes.
+4. Decode, resize and PNG-encode the films in worker processes that import only
+   OpenCV and NumPy (spawned, never forked from a process holding TensorFlow);
+   the main process serializes the examples (``cxr_tf.data.records``) in plan order and
+   writes each shard to ``<name>.tmp``, renaming it when complete.
+5. Resume: re-running with the same inputs and settings skips every shard whose
+   final file (and its ``.build/<name>.json`` record of what went in) exists; a
+   killed build never leaves a partial shard under a final name. Different
+   settings or inputs replace the previous build's shards.
+6. ``manifest.json``: labels, image size, per split examples / patients / label
+   counts / shards, seed, split method, the label table's SHA-256, every skipped
+   input with its reason, and train-split age mean/std for metadata models.
+
+An unreadable film (empty, truncated, not an image, too large) is skipped with its
+reason; it never stops the build.
+"""
+
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import types
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.data import nih, splits as splitting
+from cxr_tf.data.images import encode_films, worker_init
+from cxr_tf.data.jsonfile import write_json
+from cxr_tf.data.labels import LABELS
+from cxr_tf.data.manifest import MANIFEST, write_manifest
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample"
+SAMPLE_LABELS = SAMPLE_DIR / "Data_Entry_sample.csv"
+PLAN_DIR = ".build"
+PLAN_VERSION = 1
+_CHUNK = 8  # films per worker task
+
+
+def default_workers():
+    """Cores available to this process."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _estimated_example_bytes(image_size):
+    # PNG (images.encode_png) of a downsized chest film: 0.42 (512 px) to 0.68 (64 px) bytes/pixel,
+    # 0.48 at 224-256 px; plus the other features.
+    return 0.48 * image_size * image_size + 400
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Hide ``__main__`` while worker processes start: a spawned child re-imports
+    the parent's main script (which may import TensorFlow, or lack a
+    ``if __name__ == "__main__"`` guard); the workers need only ``cxr_tf.data.images``."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _worker_pool(workers):
+    """``workers`` spawned processes (fork after TensorFlow started its threads can
+    deadlock), all started now so that their start-up overlaps with reading the
+    table. They import OpenCV and NumPy, never TensorFlow. A worker that dies
+    (out of memory) breaks the pool with an error instead of hanging the build."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=worker_init)
+    with _main_module_hidden():
+        for _ in range(workers):  # each submit starts one process while none is idle
+            pool.submit(int)
+    return pool
+
+
+def resolve_inputs(data_dir=None, labels=None, official_lists=None):
+    """(data_dir, labels, official_lists) as Paths: the embedded sample when
+    data_dir is None; the table and the lists found in data_dir when not given."""
+    if data_dir is None:
+        data_dir = SAMPLE_DIR
+        labels = labels if labels is not None else SAMPLE_LABELS
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the NIH images")
+    labels = Path(labels) if labels is not None else nih.find_label_table(data_dir)
+    official_lists = Path(official_lists) if official_lists is not None else data_dir
+    return data_dir, labels, official_lists
+
+
+def plan_shards(table, splits, image_size, shard_size_mb, seed):
+    """[{"name", "split", "images": [image_index, ...]}, ...] in writing order.
+
+    Each split's rows are shuffled with ``seed`` (so shards mix patients and
+    findings) and cut into near-equal contiguous shards of about shard_size_mb."""
+    if shard_size_mb <= 0:
+        raise ValueError(f"shard_size_mb must be positive, got {shard_size_mb}")
+    from cxr_tf.data.records import shard_name  # noqa: PLC0415 (importing cxr_tf.data.builder stays TensorFlow-free)
+
+    rng = np.random.default_rng(seed)
+    shards = []
+    for split in splitting.SPLITS:
+        names = table["image_index"][(splits == split).to_numpy()].to_numpy()
+        if not len(names):
+            continue
+        names = names[rng.permutation(len(names))]
+        total = len(names) * _estimated_example_bytes(image_size)
+        count = max(1, min(len(names), math.ceil(total / (shard_size_mb * 2**20))))
+        for i, part in enumerate(np.array_split(names, count)):
+            shards.append({"name": shard_name(split, i, count), "split": split, "images": part.tolist()})
+    return shards
+
+
+def _plan_key(labels_sha, files, image_size, split, val_fraction, test_fraction, seed, shard_size_mb,
+              lists_sha):
+    files_sha = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
+    return {"version": PLAN_VERSION, "label_table_sha256": labels_sha, "files_sha256": files_sha,
+            "image_size": int(image_size), "split_method": split, "val_fraction": float(val_fraction),
+            "test_fraction": float(test_fraction), "seed": int(seed), "shard_size_mb": float(shard_size_mb),
+            "official_lists_sha256": lists_sha}
+
+
+def _planned_splits(shards, table):
+    """Split name per row of ``table`` as the plan assigns it (rows outside it: None)."""
+    split_of = {name: shard["split"] for shard in shards for name in shard["images"]}
+    return table["image_index"].map(split_of).astype(object)
+
+
+def _prepare_out(out, key, shards, log):
+    """(shards, done): the plan to follow and the names of its shards already
+    complete. A plan stored by an earlier run with the same key is followed as
+    stored; one with another key has its shards removed and is replaced."""
+    state = out / PLAN_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    plan_path = state / "plan.json"
+    old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    if old is not None and old.get("key") != key:
+        log(f"{out}: inputs or settings changed since the last build there; replacing its shards")
+        for shard in old.get("shards", []):
+            for stale in (out / shard["name"], state / f"{shard['name']}.json"):
+                stale.unlink(missing_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        old = None
+    if old is not None:
+        shards = old["shards"]
+    planned = {s["name"] for s in shards}
+    strangers = sorted(p.name for p in out.glob("*.tfrecord") if p.name not in planned)
+    if strangers:
+        raise FileExistsError(f"{out} holds shards this build did not plan ({strangers[:3]}...); "
+                              f"remove them or choose another --out")
+    if old is None:
+        write_json(plan_path, {"key": key, "shards": shards})
+    for leftover in out.glob("*.tmp"):
+        leftover.unlink()  # partial shard of a killed build
+    done = {s["name"] for s in shards if (out / s["name"]).is_file() and (state / f"{s['name']}.json").is_file()}
+    return shards, done
+
+
+def _encoded(jobs, image_size, workers, pool):
+    """(png or None, reason or None) for each path of ``jobs``, in order; at most a
+    few chunks per worker in flight, so memory stays bounded on 112k films."""
+    if pool is None:
+        for start in range(0, len(jobs), _CHUNK):
+            yield from encode_films(jobs[start:start + _CHUNK], image_size)
+        return
+    pending = deque()
+    chunks = (jobs[start:start + _CHUNK] for start in range(0, len(jobs), _CHUNK))
+    for chunk in chunks:
+        pending.append(pool.submit(encode_films, chunk, image_size))
+        if len(pending) >= 4 * workers:
+            yield from _result(pending.popleft())
+    while pending:
+        yield from _result(pending.popleft())
+
+
+def _result(future):
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise RuntimeError("a decoding worker process died (out of memory?); the shards completed so far "
+                           "are kept: run the same build again to resume") from None
+
+
+def _write_shards(out, todo, table, image_size, workers, pool, progress):
+    """Encode and write the shards in ``todo``; returns the number of films encoded."""
+    import tensorflow as tf  # noqa: PLC0415 (only the writing process needs it)
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from cxr_tf.data.records import serialize_example  # noqa: PLC0415
+
+    fields = zip(table["path"].astype(str), table[list(LABELS)].to_numpy(np.int64), table["patient_id"],
+                 table["age"], table["sex"], table["view"], table["follow_up"])
+    rows = dict(zip(table["image_index"], fields))
+    jobs = [rows[name][0] for shard in todo for name in shard["images"]]
+    results = _encoded(jobs, image_size, workers, pool)
+    bar = tqdm(total=len(jobs), unit="img", desc="encoding", disable=not progress, dynamic_ncols=True)
+    try:
+        for shard in todo:
+            final = out / shard["name"]
+            tmp = final.with_name(final.name + ".tmp")
+            written, skipped = [], []
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for name in shard["images"]:
+                    png, reason = next(results)
+                    bar.update(1)
+                    path, labels, patient, age, sex, view, follow_up = rows[name]
+                    if png is None:
+                        skipped.append({"file": path, "reason": reason})
+                        continue
+                    writer.write(serialize_example(png, labels, name, int(patient), int(age), str(sex),
+                                                   str(view), int(follow_up)))
+                    written.append(name)
+            write_json(out / PLAN_DIR / f"{shard['name']}.json",
+                        {"shard": shard["name"], "split": shard["split"], "images": written, "skipped": skipped})
+            os.replace(tmp, final)
+    finally:
+        bar.close()
+    return len(jobs)
+
+
+def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warnings_):
+    records = {s["name"]: json.loads((out / PLAN_DIR / f"{s['name']}.json").read_text()) for s in shards}
+    rows = table.set_index("image_index")
+    summary = {}
+    for split in splitting.SPLITS:
+        names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
+        summary[split] = {**splitting.summarise(rows.loc[names]),
+                          "shards": [s["name"] for s in shards if s["split"] == split]}
+    train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
+    skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
+    skipped += [{"file": str(path), "reason": "no row in the label table"} for path in inventory.files_without_rows]
+    skipped += [{"file": str(ignored), "reason": f"duplicate file name; used {used}"}
+                for ignored, used in inventory.duplicates]
+    return {
+        "labels": list(LABELS), "image_size": key["image_size"], "splits": summary,
+        "seed": key["seed"], "split_method": key["split_method"],
+        "val_fraction": key["val_fraction"], "test_fraction": key["test_fraction"],
+        "label_table": str(labels_path), "label_table_sha256": key["label_table_sha256"],
+        "data_dir": str(data_dir),
+        "skipped": skipped,
+        "rows_without_files": {"count": len(inventory.rows_without_files),
+                               "list": "rows_without_files.txt" if inventory.rows_without_files else None,
+                               "first": inventory.rows_without_files[:10]},
+        # standardising constants for metadata models; std 1 when undefined or zero
+        "metadata": {"age_mean": float(train_ages.mean()) if len(train_ages) else 0.0,
+                     "age_std": float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0},
+        "warnings": warnings_,
+    }
+
+
+def build_records(data_dir=None, labels=None, out="records", image_size=256, split="stratified",
+                  val_fraction=0.1, test_fraction=0.2, seed=0, workers=None, shard_size_mb=128,
+                  official_lists=None, progress=True, log=print):
+    """Build TFRecord shards and ``manifest.json`` into ``out``; returns the manifest (dict).
+
+    data_dir: folder searched recursively for the PNG films (None: the embedded
+    sample of 150 real films, 128 px); labels: the NIH label table (default: the
+    ``Data_Entry_2017*.csv*`` found in data_dir); official_lists: folder with
+    ``train_val_list.txt`` / ``test_list.txt`` (default: data_dir); image_size:
+    side of the square 8-bit greyscale PNGs written (pixels); split: ``stratified``
+    or ``official``; val_fraction / test_fraction: of patients (official: val of
+    all films, test from the NIH list); workers: decoding processes (default: all
+    cores; 0 or 1 decodes in this process); shard_size_mb: target shard size.
+    Re-running with the same arguments resumes an interrupted build.
+    """
+    started = time.perf_counter()
+    image_size = int(image_size)
+    if not 8 <= image_size <= 4096:
+        raise ValueError(f"image_size must be 8..4096 pixels, got {image_size}")
+    if split not in splitting.METHODS:
+        raise ValueError(f"unknown split method {split!r}; choose one of {', '.join(splitting.METHODS)}")
+    workers = default_workers() if workers is None else int(workers)
+    data_dir, labels_path, lists_dir = resolve_inputs(data_dir, labels, official_lists)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = _worker_pool(workers) if workers > 1 else None
+    try:
+        table = nih.read_label_table(labels_path)
+        inventory = nih.match_files(table, data_dir)
+        if inventory.table.empty:
+            raise FileNotFoundError(
+                f"none of the {len(table)} images of {labels_path} was found under {data_dir}; "
+                f"put the NIH images_*/images/*.png folders there (or pass --data-dir)")
+        matched = inventory.table
+        assignment = splitting.make_split(matched, split, val_fraction, test_fraction, seed, lists_dir)
+        lists_sha = None
+        if split == "official":
+            found = splitting.find_official_lists(lists_dir)
+            lists_sha = {k: nih.file_sha256(p) for k, p in found.items()}
+        key = _plan_key(nih.file_sha256(labels_path), matched["image_index"], image_size, split,
+                        val_fraction, test_fraction if split == "stratified" else 0.0, seed, shard_size_mb,
+                        lists_sha)
+        shards, done = _prepare_out(out, key, plan_shards(matched, assignment, image_size, shard_size_mb, seed),
+                                    log)
+        planned = _planned_splits(shards, matched)  # what will be written: checked once more
+        splitting.check_no_patient_overlap(matched["patient_id"], planned)
+        warnings_ = splitting.missing_label_warnings(matched, planned)
+        todo = [s for s in shards if s["name"] not in done]
+        if done:
+            log(f"resuming: {len(done)} of {len(shards)} shards already complete in {out}")
+        encode_start = time.perf_counter()
+        encoded = _write_shards(out, todo, matched, image_size, workers, pool, progress) if todo else 0
+        encode_seconds = time.perf_counter() - encode_start
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    manifest = _manifest(out, shards, matched, inventory, key, labels_path, data_dir, warnings_)
+    (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in inventory.rows_without_files))
+    seconds = time.perf_counter() - started
+    manifest["build"] = {"seconds": round(seconds, 3), "encoded": encoded, "resumed_shards": len(done),
+                         "images_per_s": round(encoded / encode_seconds, 2) if encoded else None,
+                         "workers": workers}
+    write_manifest(out, manifest)
+    log(format_summary(manifest, out))
+    return manifest
+
+
+def format_summary(manifest, out):
+    """The closing summary of a build, as text."""
+    lines = [f"records in {out} ({manifest['image_size']} px, split {manifest['split_method']}, "
+             f"seed {manifest['seed']}):"]
+    for name, split in manifest["splits"].items():
+        lines.append(f"  {name:5s} {split['num_examples']:7d} films  {split['num_patients']:6d} patients  "
+                     f"{len(split['shards']):4d} shards")
+    build = manifest.get("build", {})
+    rate = f"{build['images_per_s']:.1f} images/s" if build.get("images_per_s") else "nothing to encode"
+    lines.append(f"  skipped {len(manifest['skipped'])} input file(s); "
+                 f"{manifest['rows_without_files']['count']} table row(s) without a file")
+    lines.append(f"  {build.get('encoded', 0)} films encoded in {build.get('seconds', 0):.1f} s ({rate}, "
+                 f"{build.get('workers')} workers); {build.get('resumed_shards', 0)} shards kept from before")
+    for warning in manifest.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    return "\n".join(lines)

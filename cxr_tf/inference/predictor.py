@@ -1,0 +1,301 @@
+"""Triage of incoming films: ``python -m cxr_tf.predict --model RUN_DIR film.png other.dcm ...``
+
+For each film (PNG, JPEG or DICOM, recognised by content; ``cxr_tf.inference.readers``):
+the 14 probabilities (Monte-Carlo dropout mean, ``cxr_tf.inference.uncertainty``), their
+uncertainty (MC standard deviation), the findings at or above the run's
+validation-chosen thresholds, and a triage level with a recommended action
+(``cxr_tf.inference.triage``). Films are listed most urgent first (a worklist). ``--json``
+prints, in that order, one object per film::
+
+    {"file", "probabilities": {finding: p}, "uncertainty": {finding: std},
+     "findings": [...], "triage": {"level", "action"}, "message"}
+
+or ``{"file", "error"}`` for a film that could not be read; the exit code is 1
+when any film failed, 2 for a usage error (bad run folder, unknown finding).
+``--gradcam DIR`` writes a Grad-CAM overlay per positive finding,
+``DIR/<film stem>_<finding>.png``.
+
+The run folder is a ``cxr_tf.training.trainer`` run: ``model.keras``, ``config.json``
+(``arch``, ``image_size``), ``labels.json``, ``thresholds.json`` (when absent,
+0.5 for every finding, and the output says so). Without ``--model`` the run
+named in ``saved_models/latest`` is used.
+
+Multimodal models get their metadata input from the DICOM tags PatientAge,
+PatientSex and ViewPosition; PNG/JPEG films and missing tags use the defaults of
+``cxr_tf.data.pipeline.meta_vector``: the training-split mean age, and zeros in the sex and
+view one-hots (no information), standardised with the run's records manifest.
+"""
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.data.labels import LABELS
+from cxr_tf.inference.readers import FilmError, Limits, read_film
+from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD, triage, validate_critical, worklist
+from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+"""Decision threshold of every finding when the run has no thresholds.json."""
+DISPLAY_SIDE = 512
+"""Longest side (px) of the film and overlay images ``predict_bytes(images=True)`` returns."""
+LATEST = Path("saved_models") / "latest"
+
+
+def resolve_run_dir(model=None):
+    """The run folder: ``model`` when given, else the path ``saved_models/latest`` names
+    (looked up in the current folder, then beside the package). Checks it holds
+    ``model.keras``; FileNotFoundError with the fix otherwise."""
+    if model is None:
+        candidates = [Path.cwd() / LATEST, Path(__file__).resolve().parents[2] / LATEST]
+        latest = next((c for c in candidates if c.is_file()), None)
+        if latest is None:
+            raise FileNotFoundError("no --model RUN_DIR given and no saved_models/latest found: train one with "
+                                    "`python -m cxr_tf.fit` or pass --model saved_models/<run>")
+        named = Path(latest.read_text().strip())
+        options = [named] if named.is_absolute() else [Path.cwd() / named, latest.parents[1] / named,
+                                                        latest.parent / named]
+        run_dir = next((o for o in options if (o / "model.keras").is_file()), options[0])
+    else:
+        run_dir = Path(model)
+    if not (run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_dir}/model.keras not found: RUN_DIR must be a folder written by "
+                                "`python -m cxr_tf.fit` (model.keras, config.json, thresholds.json)")
+    return run_dir
+
+
+def _data_uri(png):
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+class Predictor:
+    """A trained run, loaded once, that triages films.
+
+    run_dir: a ``cxr_tf.training.trainer`` run folder. samples: MC dropout passes (1 = one
+    dropout draw; the std is then 0). uncertainty_threshold: MC std at which a
+    finding is uncertain. critical: findings that make a film urgent. limits:
+    ``cxr_tf.inference.readers.Limits`` for incoming files.
+    """
+
+    def __init__(self, run_dir, samples=DEFAULT_SAMPLES, uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD,
+                 critical=DEFAULT_CRITICAL, limits=None, batch_size=16):
+        import keras
+
+        from cxr_tf.inference.uncertainty import MCSampler
+
+        self.run_dir = resolve_run_dir(run_dir)
+        if samples < 1:
+            raise ValueError(f"samples={samples}: need at least 1 Monte-Carlo pass")
+        self.samples = int(samples)
+        self.uncertainty_threshold = float(uncertainty_threshold)
+        self.critical = validate_critical(critical)
+        self.limits = limits or Limits()
+        self.notes = []
+        self.config = self._read_json("config.json", required=True)
+        labels = self._read_json("labels.json")
+        if labels is not None and tuple(labels) != LABELS:
+            raise ValueError(f"{self.run_dir}/labels.json {labels} differs from cxr_tf.data.labels.LABELS: "
+                             "this run was trained with another label order")
+        self.thresholds, self.thresholds_source = self._thresholds()
+        self.model = keras.models.load_model(self.run_dir / "model.keras", compile=False)
+        self.arch = self.config.get("arch")
+        self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
+        self.multimodal = len(self.model.inputs) > 1
+        self._manifest = self._find_manifest() if self.multimodal else None
+        self.sampler = MCSampler(self.model, batch_size=batch_size)
+        self._gradcam = None
+        self.overlay_paths = {}  # {film: {finding: path}} of the last predict_files(gradcam_dir=...)
+
+    # ------------------------------------------------------------------ run folder
+
+    def _read_json(self, name, required=False):
+        path = self.run_dir / name
+        if not path.is_file():
+            if required:
+                raise FileNotFoundError(f"{path} not found: the run folder is incomplete")
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+    def _thresholds(self):
+        from cxr_tf.evaluation.evaluate import read_thresholds
+
+        path = self.run_dir / "thresholds.json"
+        if not path.is_file():
+            note = (f"{path} not found: using {DEFAULT_THRESHOLD} for every finding "
+                    "(not validation-chosen; run `python -m cxr_tf.evaluate` on this run)")
+            self.notes.append(note)
+            log.warning(note)
+            return {f: DEFAULT_THRESHOLD for f in LABELS}, "default"
+        try:
+            return read_thresholds(path), "thresholds.json"
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+    def _find_manifest(self):
+        """The records manifest (training age statistics for the meta input), or a note and None."""
+        from cxr_tf.data.pipeline import read_manifest
+
+        places = [self.run_dir]
+        records = self.config.get("records")
+        if records:
+            records = Path(records)
+            places += [records] if records.is_absolute() else [Path.cwd() / records, self.run_dir / records,
+                                                               self.run_dir.parents[1] / records]
+        for place in places:
+            if (place / "manifest.json").is_file():
+                return read_manifest(place)
+        note = ("no records manifest.json found for this multimodal run: the age input is set to the "
+                "training mean (0 after standardisation) for every film")
+        self.notes.append(note)
+        log.warning(note)
+        return None
+
+    def describe(self):
+        """What a client needs to know about the loaded run (JSON-serialisable)."""
+        metrics = self._read_json("metrics.json") or {}
+        return {
+            "run_dir": str(self.run_dir),
+            "arch": self.arch,
+            "image_size": self.image_size,
+            "labels": list(LABELS),
+            "thresholds": self.thresholds,
+            "thresholds_source": self.thresholds_source,
+            "critical": list(self.critical),
+            "samples": self.samples,
+            "uncertainty_threshold": self.uncertainty_threshold,
+            "split_method": self.config.get("split_method"),
+            "test_metrics": metrics.get("test"),
+            "notes": list(self.notes),
+        }
+
+    # ------------------------------------------------------------------ inputs
+
+    def _meta(self, film):
+        if not self.multimodal:
+            return None
+        from cxr_tf.data.pipeline import meta_vector
+
+        if self._manifest is None:
+            return meta_vector(None, film.sex, film.view, {"metadata": {"age_mean": 0.0, "age_std": 1.0}})
+        return meta_vector(film.age, film.sex, film.view, self._manifest)
+
+    def load(self, source, name=None):
+        """Read one film: (Film, model pixels float32 (1, S, S, 1), meta (1, 5) or None).
+        Raises FilmError (a ValueError) for an unusable file."""
+        from cxr_tf.data.images import to_square
+
+        film = read_film(source, name=name, limits=self.limits)
+        x = to_square(film.pixels, self.image_size).astype(np.float32)[None, :, :, None]
+        meta = self._meta(film)
+        return film, x, (None if meta is None else meta[None, :])
+
+    def probabilities(self, x, meta=None):
+        """Deterministic probabilities (14,) of one prepared film (see ``load``)."""
+        return self.sampler.deterministic(x, meta)[0]
+
+    @property
+    def gradcam(self):
+        """The run's ``cxr_tf.inference.gradcam.GradCAM`` (built on first use)."""
+        if self._gradcam is None:
+            from cxr_tf.inference.gradcam import GradCAM
+
+            self._gradcam = GradCAM(self.model, arch=self.arch)
+        return self._gradcam
+
+    # ------------------------------------------------------------------ prediction
+
+    def _results(self, loaded):
+        """Results for successfully loaded films [(name, film, x, meta)], one MC run over all."""
+        if not loaded:
+            return []
+        x = np.concatenate([item[2] for item in loaded])
+        meta = np.concatenate([item[3] for item in loaded]) if self.multimodal else None
+        mean, std = self.sampler(x, samples=self.samples, meta=meta)
+        results = []
+        for (name, _, _, _), p, s in zip(loaded, mean, std):
+            probs = {f: round(float(v), 4) for f, v in zip(LABELS, p)}
+            unc = {f: round(float(v), 4) for f, v in zip(LABELS, s)}
+            verdict = triage(probs, unc, self.thresholds, self.critical, self.uncertainty_threshold)
+            results.append({"file": name, "probabilities": probs, "uncertainty": unc, **verdict})
+        return results
+
+    def overlays(self, film, x, meta, findings, max_side=None):
+        """{finding: overlay PNG bytes} of Grad-CAM maps on the original film."""
+        from cxr_tf.inference.gradcam import cam_to_film, overlay_png
+
+        if not findings:
+            return {}
+        maps, probs = self.gradcam.cams(x, findings, meta)
+        out = {}
+        for finding, cam in zip(findings, maps[0]):
+            text = f"{finding} p={probs[0][LABELS.index(finding)]:.2f}"
+            out[finding] = overlay_png(film.pixels, cam_to_film(cam, film.pixels.shape), text, max_side)
+        return out
+
+    def predict_files(self, paths, gradcam_dir=None):
+        """Triage films given as paths, in input order (``worklist`` sorts them).
+
+        Returns one dict per path: the result object, or {"file", "error"}.
+        gradcam_dir: write ``<stem>_<finding>.png`` overlays of positive findings there.
+        """
+        loaded, errors = [], {}
+        for i, path in enumerate(paths):
+            name = str(path)
+            try:
+                film, x, meta = self.load(path, name=name)
+            except FilmError as err:
+                errors[i] = {"file": name, "error": str(err)}
+                continue
+            loaded.append((name, film, x, meta, i))
+        results = self._results([item[:4] for item in loaded])
+        if gradcam_dir is not None:
+            self._write_overlays(loaded, results, Path(gradcam_dir))
+        by_index = {item[4]: r for item, r in zip(loaded, results)}
+        by_index.update(errors)
+        return [by_index[i] for i in range(len(paths))]
+
+    def _write_overlays(self, loaded, results, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        used = set()
+        self.overlay_paths = {}
+        for (name, film, x, meta, _), result in zip(loaded, results):
+            stem = Path(name).stem
+            while stem in used:  # two films with one name in different folders
+                stem += "_"
+            used.add(stem)
+            for finding, png in self.overlays(film, x, meta, result["findings"]).items():
+                target = folder / f"{stem}_{finding}.png"
+                target.write_bytes(png)
+                self.overlay_paths.setdefault(name, {})[finding] = str(target)
+
+    def predict_bytes(self, name, data, images=False):
+        """Triage one film given as bytes (an upload); ``name`` is its file name.
+
+        images=True adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI}}``
+        (PNG, longest side ``DISPLAY_SIDE``; overlays of the positive findings).
+        """
+        try:
+            film, x, meta = self.load(data, name=name)
+        except FilmError as err:
+            return {"file": name, "error": str(err)}
+        [result] = self._results([(name, film, x, meta)])
+        if images:
+            from cxr_tf.inference.gradcam import overlay_png
+
+            blank = np.zeros(film.pixels.shape, np.float32)
+            pngs = self.overlays(film, x, meta, result["findings"], max_side=DISPLAY_SIDE)
+            result["images"] = {"film": _data_uri(overlay_png(film.pixels, blank, max_side=DISPLAY_SIDE)),
+                                "gradcam": {f: _data_uri(png) for f, png in pngs.items()}}
+        return result
+
+    def worklist(self, results):
+        """``results`` most urgent first (``cxr_tf.inference.triage.worklist`` with this run's critical findings)."""
+        return worklist(results, self.critical)
