@@ -36,6 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: all cores; 1 decodes in the main process)")
     parser.add_argument("--shard-size-mb", type=float, default=128, help="target shard size in MB (default 128)")
+    parser.add_argument("--findings", nargs="+", metavar="FINDING",
+                        help="label set of the records: these NIH findings, in this order (default: all 14)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -48,7 +50,7 @@ def main(argv=None):
         build_records(data_dir=args.data_dir, labels=args.labels, out=args.out, image_size=args.image_size,
                       split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                       seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
-                      official_lists=args.official_lists, progress=not args.no_progress)
+                      official_lists=args.official_lists, findings=args.findings, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

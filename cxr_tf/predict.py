@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from cxr_tf.inference.predictor import Predictor, resolve_run_dir
+from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 
@@ -45,7 +45,7 @@ def main(argv=None):
                              "give it after the films")
     args = parser.parse_args(argv)
     try:
-        predictor = Predictor(resolve_run_dir(args.model), samples=args.samples,
+        predictor = Predictor(args.model, samples=args.samples,
                               uncertainty_threshold=args.uncertainty_threshold, critical=args.critical)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")

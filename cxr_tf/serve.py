@@ -18,10 +18,10 @@ def main(argv=None):
 
     import uvicorn
 
-    from cxr_tf.inference.predictor import Predictor, resolve_run_dir
+    from cxr_tf.inference.predictor import Predictor
     from cxr_tf.inference.service import create_app
 
-    predictor = Predictor(resolve_run_dir(args.model), samples=args.samples)
+    predictor = Predictor(args.model, samples=args.samples)
     app = create_app(predictor, args.max_upload_mb, args.max_files)
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True)
 

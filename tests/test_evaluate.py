@@ -206,8 +206,15 @@ def test_evaluate_run_writes_every_output(evaluated):
     names, pids, p, y = evaluate.read_predictions(out / "predictions.csv")
     assert len(names) == 48 == result["num_examples"] and len(set(names)) == 48
     assert p.shape == y.shape == (48, NUM_LABELS) and ((p >= 0) & (p <= 1)).all()
-    saved = json.loads((out / "metrics.json").read_text())
+    saved_file = json.loads((out / "metrics.json").read_text())
+    # one metrics.json schema: the eval folder's file and the run's share the split block
+    assert saved_file["format_version"] == 2 and saved_file["labels"] == list(LABELS)
+    saved = saved_file["test"]
     assert saved["split"] == "test" and saved["bootstrap"]["unit"] == "patient"
+    assert saved["macro_auc"] == pytest.approx(saved["macro"]["auc"]) and saved["source"] == "evaluate"
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    assert run_metrics["test"]["macro_auc"] == pytest.approx(saved["macro_auc"])
+    assert run_metrics["test"]["auc"] == saved["auc"] and run_metrics["test"]["auc_ci"] == saved["auc_ci"]
     assert saved["per_finding"]["Atelectasis"]["auc"] == pytest.approx(roc_auc_score(y[:, 0], p[:, 0]))
     # thresholds were chosen on validation and saved with the model for predict
     assert json.loads((run / "thresholds.json").read_text()) == saved["thresholds"]["values"]
@@ -246,6 +253,6 @@ def test_cli_reuses_saved_thresholds(evaluated, tmp_path, capsys):
                           "--out", str(tmp_path), "--bootstrap", "20", "--batch-size", "16"]) == 0
     printed = capsys.readouterr().out
     assert "macro ROC-AUC" in printed and "CheXNet" in printed and "synthetic" in printed
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "metrics.json").read_text())["test"]
     assert saved["thresholds"]["method"] == "saved"
     assert (run / "thresholds.json").read_text() == before

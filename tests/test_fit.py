@@ -21,6 +21,10 @@ import cxr_tf.models  # noqa: F401  (registers the custom layers model.keras fil
 from cxr_tf.training import config as config_lib
 from cxr_tf import fit as fit_cli
 from cxr_tf.training import trainer as fit
+from cxr_tf.data.jsonfile import write_json
+from cxr_tf.evaluation.metrics import auc_summary
+from cxr_tf.training.callbacks import best_epoch, read_history
+from cxr_tf.training.resume import choose_run_dir
 from cxr_tf.data.labels import LABELS, NUM_LABELS
 from cxr_tf.training.losses import WeightedBinaryCrossentropy, make_loss, prevalence_weights
 
@@ -81,7 +85,7 @@ def test_command_runs_from_a_clean_folder_and_writes_every_output(sample_records
     test = fit.eval_dataset(sample_records, json.loads((Path(sample_records) / "manifest.json").read_text()),
                             "test", config, multimodal=False)
     y_true, y_prob = fit._arrays(model, test)
-    assert fit.auc_summary(y_true, y_prob)["macro_auc"] == pytest.approx(metrics["test"]["macro_auc"], abs=1e-6)
+    assert auc_summary(y_true, y_prob)["macro_auc"] == pytest.approx(metrics["test"]["macro_auc"], abs=1e-6)
     images = next(iter(test))[0]
     served = keras.layers.TFSMLayer(str(run / "savedmodel"), call_endpoint="serve")(images)
     np.testing.assert_allclose(np.asarray(served), model.predict(images, verbose=0), atol=1e-5)
@@ -118,7 +122,7 @@ def test_killed_run_resumes_where_it_stopped(synthetic_records, tmp_path):
     assert f"resuming {run}" in second.stdout
     assert _epoch_lines(second.stdout)[0] >= 2, second.stdout  # did not start again from epoch 1
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()] == [run.name]
-    assert [int(r["epoch"]) for r in fit.read_history(run / "history.csv")] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [0, 1, 2]
     assert json.loads((run / "state.json").read_text())["status"] == "complete"
 
 
@@ -133,7 +137,7 @@ def test_learns_synthetic_films(synthetic_records, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["macro_auc"] >= 0.9, metrics["val"]
     assert metrics["test"]["macro_auc"] >= 0.85, metrics["test"]
-    best = fit.best_epoch(fit.read_history(run / "history.csv"))
+    best = best_epoch(read_history(run / "history.csv"))
     assert metrics["best_epoch"] == best["epoch"] + 1
 
 
@@ -148,7 +152,7 @@ def test_augmentation_in_the_train_step_saves_the_plain_model(sample_records, tm
     model = keras.models.load_model(run / "model.keras")
     assert model.input_shape == (None, 48, 48, 1)
     assert not any("augment" in layer.name for layer in model.layers)
-    assert [int(r["epoch"]) for r in fit.read_history(run / "history.csv")] == [0, 1]
+    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [0, 1]
     assert json.loads((run / "metrics.json").read_text())["test"]["macro_auc"] is not None
 
 
@@ -271,18 +275,18 @@ def test_run_folder_choice(tmp_path):
     same = config_lib.resume_signature(config)
     other = config_lib.resume_signature({**config, "seed": 1})
     new_year = datetime(2026, 1, 1)
-    run, resumed = fit.choose_run_dir(tmp_path, "simple_cnn", same, now=new_year)
+    run, resumed = choose_run_dir(tmp_path, "simple_cnn", same, now=new_year)
     assert (run.name, resumed) == ("simple_cnn-20260101-000000", False)
     run.mkdir()
-    fit.write_json(run / "config.json", config)
-    fit.write_json(run / "state.json", {"status": "running", "phases_done": []})
-    assert fit.choose_run_dir(tmp_path, "simple_cnn", same) == (run, True)  # same command: continue it
-    assert fit.choose_run_dir(tmp_path, "simple_cnn", other)[1] is False  # other settings: a new run
-    assert fit.choose_run_dir(tmp_path, "simple_cnn", same, resume=False, now=new_year)[0].name == \
+    write_json(run / "config.json", config)
+    write_json(run / "state.json", {"status": "running", "phases_done": []})
+    assert choose_run_dir(tmp_path, "simple_cnn", same) == (run, True)  # same command: continue it
+    assert choose_run_dir(tmp_path, "simple_cnn", other)[1] is False  # other settings: a new run
+    assert choose_run_dir(tmp_path, "simple_cnn", same, resume=False, now=new_year)[0].name == \
         "simple_cnn-20260101-000001"
     with pytest.raises(ValueError, match="different config"):
-        fit.choose_run_dir(tmp_path, "simple_cnn", other, run_name=run.name)
-    fit.write_json(run / "state.json", {"status": "complete", "phases_done": ["train"]})
-    assert fit.choose_run_dir(tmp_path, "simple_cnn", same)[1] is False
+        choose_run_dir(tmp_path, "simple_cnn", other, run_name=run.name)
+    write_json(run / "state.json", {"status": "complete", "phases_done": ["train"]})
+    assert choose_run_dir(tmp_path, "simple_cnn", same)[1] is False
     with pytest.raises(ValueError, match="already complete"):
-        fit.choose_run_dir(tmp_path, "simple_cnn", same, run_name=run.name)
+        choose_run_dir(tmp_path, "simple_cnn", same, run_name=run.name)

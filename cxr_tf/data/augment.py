@@ -55,6 +55,9 @@ import math
 import keras
 import tensorflow as tf
 
+AUGMENT_ON = ("auto", "pipeline", "model")
+"""Where augmentation runs (config key ``augment_on``; see the module docstring)."""
+
 DEFAULT_AUGMENT = {
     "crop_scale": (0.8, 1.0),
     "crop_ratio": (0.9, 1.0 / 0.9),

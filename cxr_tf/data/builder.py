@@ -95,6 +95,19 @@ def _worker_pool(workers):
     return pool
 
 
+def check_findings(findings):
+    """The label set to build (tuple): NIH's 14 when None, else the given names, each one of
+    NIH's findings, no repeats. ValueError naming the bad ones."""
+    if findings is None:
+        return LABELS
+    findings = tuple(findings)
+    unknown = [f for f in findings if f not in LABELS]
+    if unknown or not findings or len(set(findings)) != len(findings):
+        raise ValueError(f"findings {list(findings)}: give distinct names from {', '.join(LABELS)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return findings
+
+
 def resolve_inputs(data_dir=None, labels=None, official_lists=None):
     """(data_dir, labels, official_lists) as Paths: the embedded sample when
     data_dir is None; the table and the lists found in data_dir when not given."""
@@ -133,12 +146,15 @@ def plan_shards(table, splits, image_size, shard_size_mb, seed):
 
 
 def _plan_key(labels_sha, files, image_size, split, val_fraction, test_fraction, seed, shard_size_mb,
-              lists_sha):
+              lists_sha, findings):
     files_sha = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
-    return {"version": PLAN_VERSION, "label_table_sha256": labels_sha, "files_sha256": files_sha,
-            "image_size": int(image_size), "split_method": split, "val_fraction": float(val_fraction),
-            "test_fraction": float(test_fraction), "seed": int(seed), "shard_size_mb": float(shard_size_mb),
-            "official_lists_sha256": lists_sha}
+    key = {"version": PLAN_VERSION, "label_table_sha256": labels_sha, "files_sha256": files_sha,
+           "image_size": int(image_size), "split_method": split, "val_fraction": float(val_fraction),
+           "test_fraction": float(test_fraction), "seed": int(seed), "shard_size_mb": float(shard_size_mb),
+           "official_lists_sha256": lists_sha}
+    if tuple(findings) != LABELS:  # NIH's 14 keep the key of builds made before label subsets existed
+        key["findings"] = list(findings)
+    return key
 
 
 def _planned_splits(shards, table):
@@ -202,14 +218,14 @@ def _result(future):
                            "are kept: run the same build again to resume") from None
 
 
-def _write_shards(out, todo, table, image_size, workers, pool, progress):
+def _write_shards(out, todo, table, findings, image_size, workers, pool, progress):
     """Encode and write the shards in ``todo``; returns the number of films encoded."""
     import tensorflow as tf  # noqa: PLC0415 (only the writing process needs it)
     from tqdm import tqdm  # noqa: PLC0415
 
     from cxr_tf.data.records import serialize_example  # noqa: PLC0415
 
-    fields = zip(table["path"].astype(str), table[list(LABELS)].to_numpy(np.int64), table["patient_id"],
+    fields = zip(table["path"].astype(str), table[list(findings)].to_numpy(np.int64), table["patient_id"],
                  table["age"], table["sex"], table["view"], table["follow_up"])
     rows = dict(zip(table["image_index"], fields))
     jobs = [rows[name][0] for shard in todo for name in shard["images"]]
@@ -241,11 +257,12 @@ def _write_shards(out, todo, table, image_size, workers, pool, progress):
 
 def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warnings_):
     records = {s["name"]: json.loads((out / PLAN_DIR / f"{s['name']}.json").read_text()) for s in shards}
+    labels = key.get("findings", LABELS)
     rows = table.set_index("image_index")
     summary = {}
     for split in splitting.SPLITS:
         names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
-        summary[split] = {**splitting.summarise(rows.loc[names]),
+        summary[split] = {**splitting.summarise(rows.loc[names], labels),
                           "shards": [s["name"] for s in shards if s["split"] == split]}
     train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
     skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
@@ -253,7 +270,7 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
     skipped += [{"file": str(ignored), "reason": f"duplicate file name; used {used}"}
                 for ignored, used in inventory.duplicates]
     return {
-        "labels": list(LABELS), "image_size": key["image_size"], "splits": summary,
+        "labels": list(labels), "image_size": key["image_size"], "splits": summary,
         "seed": key["seed"], "split_method": key["split_method"],
         "val_fraction": key["val_fraction"], "test_fraction": key["test_fraction"],
         "label_table": str(labels_path), "label_table_sha256": key["label_table_sha256"],
@@ -271,7 +288,7 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
 
 def build_records(data_dir=None, labels=None, out="records", image_size=256, split="stratified",
                   val_fraction=0.1, test_fraction=0.2, seed=0, workers=None, shard_size_mb=128,
-                  official_lists=None, progress=True, log=print):
+                  official_lists=None, findings=None, progress=True, log=print):
     """Build TFRecord shards and ``manifest.json`` into ``out``; returns the manifest (dict).
 
     data_dir: folder searched recursively for the PNG films (None: the embedded
@@ -281,7 +298,8 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
     side of the square 8-bit greyscale PNGs written (pixels); split: ``stratified``
     or ``official``; val_fraction / test_fraction: of patients (official: val of
     all films, test from the NIH list); workers: decoding processes (default: all
-    cores; 0 or 1 decodes in this process); shard_size_mb: target shard size.
+    cores; 0 or 1 decodes in this process); shard_size_mb: target shard size; findings: the
+    label set of the records (a subset of NIH's 14 in the order given; default all 14).
     Re-running with the same arguments resumes an interrupted build.
     """
     started = time.perf_counter()
@@ -290,6 +308,7 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
         raise ValueError(f"image_size must be 8..4096 pixels, got {image_size}")
     if split not in splitting.METHODS:
         raise ValueError(f"unknown split method {split!r}; choose one of {', '.join(splitting.METHODS)}")
+    findings = check_findings(findings)
     workers = default_workers() if workers is None else int(workers)
     data_dir, labels_path, lists_dir = resolve_inputs(data_dir, labels, official_lists)
     out = Path(out)
@@ -303,24 +322,24 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
                 f"none of the {len(table)} images of {labels_path} was found under {data_dir}; "
                 f"put the NIH images_*/images/*.png folders there (or pass --data-dir)")
         matched = inventory.table
-        assignment = splitting.make_split(matched, split, val_fraction, test_fraction, seed, lists_dir)
+        assignment = splitting.make_split(matched, split, val_fraction, test_fraction, seed, lists_dir, findings)
         lists_sha = None
         if split == "official":
             found = splitting.find_official_lists(lists_dir)
             lists_sha = {k: nih.file_sha256(p) for k, p in found.items()}
         key = _plan_key(nih.file_sha256(labels_path), matched["image_index"], image_size, split,
                         val_fraction, test_fraction if split == "stratified" else 0.0, seed, shard_size_mb,
-                        lists_sha)
+                        lists_sha, findings)
         shards, done = _prepare_out(out, key, plan_shards(matched, assignment, image_size, shard_size_mb, seed),
                                     log)
         planned = _planned_splits(shards, matched)  # what will be written: checked once more
         splitting.check_no_patient_overlap(matched["patient_id"], planned)
-        warnings_ = splitting.missing_label_warnings(matched, planned)
+        warnings_ = splitting.missing_label_warnings(matched, planned, labels=findings)
         todo = [s for s in shards if s["name"] not in done]
         if done:
             log(f"resuming: {len(done)} of {len(shards)} shards already complete in {out}")
         encode_start = time.perf_counter()
-        encoded = _write_shards(out, todo, matched, image_size, workers, pool, progress) if todo else 0
+        encoded = _write_shards(out, todo, matched, findings, image_size, workers, pool, progress) if todo else 0
         encode_seconds = time.perf_counter() - encode_start
     finally:
         if pool is not None:

@@ -42,6 +42,11 @@ def read_manifest(records_dir):
     return manifest
 
 
+def manifest_labels(manifest):
+    """The records' label set (tuple of finding names, the order of every label vector)."""
+    return tuple(manifest["labels"])
+
+
 def write_manifest(records_dir, manifest):
     """Write ``manifest`` (a dict) atomically as ``records_dir/manifest.json`` with the current
     ``format_version``; returns the path."""

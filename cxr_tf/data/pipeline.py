@@ -3,7 +3,7 @@
 ``make_dataset(records_dir, split, batch_size, image_size)`` reads the shards that
 ``tools/build_tfrecords.py`` wrote (schema: ``cxr_tf.data.records``) and yields
 
-    images  float32 (B, S, S, 1), raw 0–255        labels  float32 (B, 14), LABELS order
+    images  float32 (B, S, S, 1), raw 0–255        labels  float32 (B, K), the manifest's label order
 
 or, with ``multimodal=True``, ``({"image": images, "meta": (B, META_DIM)}, labels)``,
 and with ``with_ids=True`` a third element ``{"image_index": string (B,),
@@ -59,8 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf.data.augment import build_augmenter
-from cxr_tf.data.labels import LABELS, NUM_LABELS
-from cxr_tf.data.manifest import MANIFEST, read_manifest
+from cxr_tf.data.manifest import MANIFEST, manifest_labels, read_manifest
 from cxr_tf.data.records import parse_example, parse_shard_name
 
 AGE_RANGE = (0.0, 120.0)  # ages outside are table errors (the 2017 table has 414): clipped
@@ -81,19 +80,20 @@ def _split_info(manifest, split, where="manifest"):
 
 
 def label_prevalence(manifest, split="train"):
-    """Fraction of films with each finding in ``split``: float32 (14,), LABELS order,
+    """Fraction of films with each finding in ``split``: float32 (K,), the manifest's label order,
     from the manifest's ``label_counts`` (no pass over the data). ``manifest``: the
     dict of ``read_manifest`` or a records folder."""
     manifest = _manifest_of(manifest)
     info = _split_info(manifest, split)
     counts = info.get("label_counts", {})
-    missing = [label for label in LABELS if label not in counts]
+    labels = manifest_labels(manifest)
+    missing = [label for label in labels if label not in counts]
     if missing:
         raise ValueError(f"manifest split {split!r} has no label_counts for {missing}; rebuild the records")
     total = int(info["num_examples"])
     if total <= 0:
         raise ValueError(f"manifest split {split!r} has no examples")
-    return np.array([counts[label] for label in LABELS], dtype=np.float32) / total
+    return np.array([counts[label] for label in labels], dtype=np.float32) / total
 
 
 def _age_stats(manifest):
@@ -107,9 +107,6 @@ def _age_stats(manifest):
 
 def _check_request(manifest, records_dir, split, image_size):
     """Validate a request against the manifest; returns (shard paths, stored size)."""
-    if tuple(manifest["labels"]) != LABELS:
-        raise ValueError(f"{Path(records_dir) / MANIFEST}: labels {manifest['labels']} differ from "
-                         f"cxr_tf.data.labels.LABELS {list(LABELS)}; rebuild the records with this version")
     stored = int(manifest["image_size"])
     if int(image_size) > stored:
         raise ValueError(f"image_size={image_size} is larger than the {stored} px stored in {records_dir}: "
@@ -186,9 +183,9 @@ def num_workers_from_tf_config():
 # ---------------------------------------------------------------- records
 
 
-def _decode(record, shard, stored):
+def _decode(record, shard, stored, num_labels):
     """One serialized example (+ its shard path) -> dict with ``image`` uint8 (N, N, 1)."""
-    ex = parse_example(record)
+    ex = parse_example(record, num_labels)
     png = ex["image"]
     # The PNG header (signature, IHDR width/height) is checked here so that a bad
     # record names its shard: decode_png's own errors do not.
@@ -278,6 +275,7 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
         raise ValueError(f"split {split!r} has {num_examples} films, fewer than batch_size={batch_size}: "
                          "training drops the last partial batch and would yield nothing")
     image_size = int(image_size)
+    num_labels = len(manifest_labels(manifest))
     age_stats = _age_stats(manifest) if multimodal else None
     augment_batch = None
     if training and augment is not False:
@@ -286,7 +284,7 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
         augment_batch = tf.function(lambda images: augmenter(images, training=True), jit_compile=True)
 
     def to_element(record, shard):
-        ex = _decode(record, shard, stored)
+        ex = _decode(record, shard, stored, num_labels)
         out = {"image": ex["image"], "labels": tf.cast(ex["labels"], tf.float32)}
         if multimodal:
             out["meta"] = meta_tensor(ex["age"], ex["sex"], ex["view"], *age_stats)
@@ -352,12 +350,12 @@ def verify_records(records_dir, split=None, image_size=None):
             try:
                 for record in tf.data.TFRecordDataset(path):
                     image_index = "?"
-                    ex = parse_example(record)
+                    ex = parse_example(record, len(manifest_labels(manifest)))
                     image_index = ex["image_index"].numpy().decode(errors="replace")
                     image = tf.io.decode_png(ex["image"], channels=1)
                     if tuple(image.shape) != (stored, stored, 1):
                         raise ValueError(f"image is {tuple(image.shape)}, the manifest says {stored} px")
-                    if ex["labels"].shape != (NUM_LABELS,):
+                    if ex["labels"].shape != (len(manifest_labels(manifest)),):
                         raise ValueError(f"labels have shape {tuple(ex['labels'].shape)}")
                     total += 1
                     position += 1

@@ -7,7 +7,7 @@ One example is one film:
 feature    type     meaning
 ========== ======== ==========================================================
 image      bytes    PNG, 8-bit greyscale, square, the manifest's ``image_size``
-labels     int64×14 multi-hot in ``cxr_tf.data.labels.LABELS`` order
+labels     int64×K  multi-hot in the manifest's ``labels`` order (K = 14 for NIH)
 image_index bytes   NIH file name, e.g. ``00000001_000.png``
 patient_id int64    NIH patient id
 age        int64    years
@@ -25,6 +25,12 @@ import re
 import tensorflow as tf
 
 from cxr_tf.data.labels import NUM_LABELS
+
+
+def features(num_labels=NUM_LABELS):
+    """The feature spec of an example whose label vector has ``num_labels`` entries."""
+    return {**FEATURES, "labels": tf.io.FixedLenFeature([int(num_labels)], tf.int64)}
+
 
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -51,10 +57,11 @@ def _ints(values):
 def serialize_example(png, labels, image_index, patient_id, age, sex, view, follow_up):
     """One film as a serialized ``tf.train.Example`` (bytes).
 
-    png: PNG bytes of the square 8-bit greyscale film; labels: 14 ints in {0, 1}.
+    png: PNG bytes of the square 8-bit greyscale film; labels: K ints in {0, 1}, in the
+    records' label order.
     """
-    if len(labels) != NUM_LABELS:
-        raise ValueError(f"{image_index}: expected {NUM_LABELS} labels, got {len(labels)}")
+    if len(labels) == 0:
+        raise ValueError(f"{image_index}: no labels")
     feature = {
         "image": _bytes(png),
         "labels": _ints(labels),
@@ -68,10 +75,11 @@ def serialize_example(png, labels, image_index, patient_id, age, sex, view, foll
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def parse_example(serialized):
+def parse_example(serialized, num_labels=NUM_LABELS):
     """Parse one serialized example (a scalar string tensor) into a dict of tensors
-    with the ``FEATURES`` keys; the image stays PNG bytes (decode it where needed)."""
-    return tf.io.parse_single_example(serialized, FEATURES)
+    with the ``FEATURES`` keys; the image stays PNG bytes (decode it where needed).
+    num_labels: the length of the records' label set (``len(manifest["labels"])``)."""
+    return tf.io.parse_single_example(serialized, features(num_labels))
 
 
 def shard_name(split, index, count):

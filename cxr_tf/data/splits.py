@@ -34,23 +34,24 @@ class LeakageError(ValueError):
 
 
 def make_split(table, method="stratified", val_fraction=0.1, test_fraction=0.2, seed=0,
-               official_lists=None):
+               official_lists=None, labels=LABELS):
     """Split name (``train``/``val``/``test``) for every row of ``table`` (a table of
     ``cxr_tf.data.nih.read_label_table``), as a str Series aligned with ``table.index``.
 
     ``official_lists``: folder holding the two NIH list files (method ``official``;
-    ``test_fraction`` is then ignored: the NIH list fixes the test set).
+    ``test_fraction`` is then ignored: the NIH list fixes the test set). ``labels``: the
+    finding columns stratified on (the records' label set).
     """
     if method not in METHODS:
         raise ValueError(f"unknown split method {method!r}; choose one of {', '.join(METHODS)}")
     _check_fractions(val_fraction, test_fraction if method == "stratified" else 0.0)
     if method == "stratified":
-        splits = stratified_split(table, val_fraction, test_fraction, seed)
+        splits = stratified_split(table, val_fraction, test_fraction, seed, labels)
     else:
         if official_lists is None:
             raise ValueError("split 'official' needs the folder of train_val_list.txt and test_list.txt "
                              "(--official-lists)")
-        splits = official_split(table, official_lists, val_fraction, seed)
+        splits = official_split(table, official_lists, val_fraction, seed, labels)
     check_no_patient_overlap(table["patient_id"], splits)
     return splits
 
@@ -64,10 +65,10 @@ def _check_fractions(val_fraction, test_fraction):
                          f"nothing would be left to train on")
 
 
-def patient_label_matrix(table):
-    """(patient_ids (P,), uint8 (P, 15)): per patient, any-positive per finding in
-    ``LABELS`` order, plus a last column for patients with no finding at all."""
-    grouped = table.groupby("patient_id", sort=True)[list(LABELS)].max()
+def patient_label_matrix(table, labels=LABELS):
+    """(patient_ids (P,), uint8 (P, K + 1)): per patient, any-positive per finding of
+    ``labels``, plus a last column for patients with none of them."""
+    grouped = table.groupby("patient_id", sort=True)[list(labels)].max()
     matrix = grouped.to_numpy(np.uint8)
     healthy = (matrix.sum(axis=1) == 0).astype(np.uint8)[:, None]
     return grouped.index.to_numpy(), np.hstack([matrix, healthy])
@@ -89,9 +90,9 @@ def _draw_patients(labels, fraction, seed):
     return drawn
 
 
-def stratified_split(table, val_fraction=0.1, test_fraction=0.2, seed=0):
+def stratified_split(table, val_fraction=0.1, test_fraction=0.2, seed=0, labels=LABELS):
     """Patient-grouped iterative stratification; see the module docstring."""
-    patients, labels = patient_label_matrix(table)
+    patients, labels = patient_label_matrix(table, labels)
     test = _draw_patients(labels, test_fraction, seed)
     rest = np.flatnonzero(~test)
     val = np.zeros(len(patients), bool)
@@ -125,7 +126,7 @@ def _read_list(path):
     return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
 
 
-def official_split(table, lists_dir, val_fraction=0.1, seed=0):
+def official_split(table, lists_dir, val_fraction=0.1, seed=0, labels=LABELS):
     """The NIH official split, with ``val_fraction`` of all films carved out of
     train_val by patient (stratified). Rows in neither list, or in both, raise."""
     lists = find_official_lists(lists_dir)
@@ -144,7 +145,7 @@ def official_split(table, lists_dir, val_fraction=0.1, seed=0):
         share = val_fraction * len(table) / max(len(pool), 1)
         if share >= 1.0:
             raise ValueError(f"val_fraction {val_fraction} asks for more films than train_val holds")
-        patients, labels = patient_label_matrix(pool)
+        patients, labels = patient_label_matrix(pool, labels)
         chosen = set(patients[_draw_patients(labels, share, seed)].tolist())
         splits[~in_test & table["patient_id"].isin(chosen).to_numpy()] = "val"
     return splits
@@ -160,13 +161,13 @@ def check_no_patient_overlap(patient_ids, splits):
                            f"{leaking.index[:5].tolist()}; refusing to write a leaking split")
 
 
-def summarise(rows):
+def summarise(rows, labels=LABELS):
     """{"num_examples", "num_patients", "label_counts"} of the table rows of one split."""
     return {"num_examples": int(len(rows)), "num_patients": int(rows["patient_id"].nunique()),
-            "label_counts": {label: int(rows[label].sum()) for label in LABELS}}
+            "label_counts": {label: int(rows[label].sum()) for label in labels}}
 
 
-def missing_label_warnings(table, splits, names=("val", "test")):
+def missing_label_warnings(table, splits, names=("val", "test"), labels=LABELS):
     """Messages (and ``UserWarning``s) for each finding with no positive film in
     a validation or test split: its AUC is undefined there."""
     messages = []
@@ -175,7 +176,7 @@ def missing_label_warnings(table, splits, names=("val", "test")):
         if not len(rows):
             messages.append(f"split {name!r} is empty")
             continue
-        absent = [label for label in LABELS if not rows[label].any()]
+        absent = [label for label in labels if not rows[label].any()]
         if absent:
             messages.append(f"split {name!r} has no positive film for: {', '.join(absent)}")
     for message in messages:

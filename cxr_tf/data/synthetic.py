@@ -122,14 +122,16 @@ def make_films(n, image_size, seed):
     return images, labels, boxes
 
 
-def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shards_per_split=1):
+def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shards_per_split=1, labels=LABELS):
     """Write synthetic films as real TFRecord shards + ``manifest.json`` into ``out``.
 
     Splits with a count of 0 are left out. Each film is its own patient
     (``patient_id`` unique across splits), with random age 20..89, sex M/F and view
     PA/AP. The manifest has the builder's keys (``split_method`` is ``"synthetic"``).
-    Returns the manifest dict.
+    ``labels``: the records' label set, a subset of NIH's findings (films still show every
+    shape; only these labels are stored). Returns the manifest dict.
     """
+    columns = [LABELS.index(name) for name in labels]  # ValueError for a name NIH does not have
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -140,7 +142,8 @@ def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shard
     for offset, (split, n) in enumerate(counts.items()):
         if n <= 0:
             continue
-        images, labels, _ = make_films(n, image_size, [seed, offset])
+        images, planted, _ = make_films(n, image_size, [seed, offset])
+        y = planted[:, columns]
         ages = rng.integers(20, 90, n)
         sexes = rng.choice(["M", "F"], n)
         views = rng.choice(["PA", "AP"], n)
@@ -153,7 +156,7 @@ def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shard
             for i in range(n):
                 patient = next_patient + i
                 example = serialize_example(
-                    encode_png(images[i]), labels[i].tolist(), f"{patient:08d}_000.png",
+                    encode_png(images[i]), y[i].tolist(), f"{patient:08d}_000.png",
                     patient, int(ages[i]), str(sexes[i]), str(views[i]), 0)
                 writers[i % n_shards].write(example)
         finally:
@@ -163,13 +166,13 @@ def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shard
         manifest_splits[split] = {
             "num_examples": int(n),
             "num_patients": int(n),
-            "label_counts": {label: int(c) for label, c in zip(LABELS, labels.sum(axis=0))},
+            "label_counts": {label: int(c) for label, c in zip(labels, y.sum(axis=0))},
             "shards": names,
         }
     if len(train_ages) == 0:
         train_ages = np.array([50.0])
     manifest = {
-        "labels": list(LABELS),
+        "labels": list(labels),
         "image_size": int(image_size),
         "splits": manifest_splits,
         "seed": seed,

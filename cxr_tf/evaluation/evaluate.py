@@ -11,15 +11,16 @@ Thresholds: ``cxr_tf.evaluation.thresholds``.
 """
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cxr_tf.evaluation import literature, metrics, plots, report
+from cxr_tf import runs
 from cxr_tf.data.labels import LABELS
+from cxr_tf.data.manifest import manifest_labels, read_manifest
 from cxr_tf.evaluation.thresholds import (DEFAULT_THRESHOLD_METHOD, FALLBACK_THRESHOLD, choose_thresholds,
-                                          read_thresholds, threshold_fallbacks, write_thresholds)
+                                          threshold_fallbacks)
 
 # --------------------------------------------------------------------------- arrays -> outputs
 def write_predictions(path, image_index, patient_id, y_prob, y_true, labels=LABELS):
@@ -44,17 +45,9 @@ def read_predictions(path, labels=LABELS):
             frame[[f"y_{n}" for n in labels]].to_numpy(np.int64))
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value)}")
-
-
 def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, thresholds, threshold_info=None,
                          config=None, split="test", split_method=None, records="", run_dir="",
-                         history_csv=None, n_boot=1000, seed=0, n_bins=10, model_name=None):
+                         history_csv=None, n_boot=1000, seed=0, n_bins=10, model_name=None, labels=LABELS):
     """Everything after prediction, from arrays: metrics, predictions.csv, metrics.json,
     thresholds.json, figures, report.md/html in ``out``. Returns the metrics dict
     (with ``"outputs"``: {name: path}).
@@ -62,8 +55,9 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     thresholds must come from other films (validation) than those evaluated here."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    y_true, y_prob = metrics.check_arrays(y_true, y_prob)
-    summary = metrics.summarize(y_true, y_prob, patient_id, thresholds, n_boot=n_boot, seed=seed, n_bins=n_bins)
+    y_true, y_prob = metrics.check_arrays(y_true, y_prob, labels)
+    summary = metrics.summarize(y_true, y_prob, patient_id, thresholds, n_boot=n_boot, seed=seed, n_bins=n_bins,
+                                labels=labels)
     summary.update({
         "split": split,
         "split_method": split_method,
@@ -74,23 +68,23 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
         "thresholds": {**(threshold_info or {}), "values": thresholds},
     })
     outputs = {
-        "predictions": write_predictions(out / "predictions.csv", image_index, patient_id, y_prob, y_true),
-        "thresholds": write_thresholds(thresholds, out / "thresholds.json"),
+        "predictions": write_predictions(out / "predictions.csv", image_index, patient_id, y_prob, y_true, labels),
+        "thresholds": runs.write_thresholds(thresholds, out / runs.THRESHOLDS),
     }
     per = summary["per_finding"]
     name = model_name or (config or {}).get("arch", "this model")
     lit = literature.load_literature()
-    comparison = literature.comparison_table({n: per[n]["auc"] for n in LABELS}, summary["macro"]["auc"],
+    comparison = literature.comparison_table({n: per[n]["auc"] for n in labels}, summary["macro"]["auc"],
                                              f"{name} (ours)", split_method, lit)
     figures = {
-        "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", aucs={n: per[n]["auc"] for n in LABELS}),
-        "pr": plots.pr_curves(y_true, y_prob, out / "pr_curves.png",
-                              aps={n: per[n]["average_precision"] for n in LABELS}),
+        "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", labels, aucs={n: per[n]["auc"] for n in labels}),
+        "pr": plots.pr_curves(y_true, y_prob, out / "pr_curves.png", labels,
+                              aps={n: per[n]["average_precision"] for n in labels}),
         "auc_bars": plots.auc_bars(per, out / "auc_vs_published.png", lit, f"{name} (ours)",
-                                   literature.describe_split(split_method)),
-        "reliability": plots.reliability_diagram(y_true, y_prob, out / "reliability.png", n_bins=n_bins),
+                                   literature.describe_split(split_method), labels=labels),
+        "reliability": plots.reliability_diagram(y_true, y_prob, out / "reliability.png", labels, n_bins=n_bins),
         "label_distribution": plots.label_distribution(
-            {n: per[n]["n_positive"] for n in LABELS}, out / "label_distribution.png",
+            {n: per[n]["n_positive"] for n in labels}, out / "label_distribution.png",
             totals={"": len(y_true)}, title=f"Findings in the {split} split ({len(y_true):,} films)"),
     }
     if history_csv and Path(history_csv).is_file():
@@ -100,40 +94,15 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     outputs["report_md"], outputs["report_html"] = report.write_report(doc, out)
     summary["outputs"] = {k: Path(v).name for k, v in outputs.items()}
     summary["comparison_text"] = literature.format_comparison(comparison)
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps({k: v for k, v in summary.items() if k != "comparison_text"},
-                                       indent=2, default=_json_default) + "\n", encoding="utf-8")
+    # The same schema as the run's metrics.json (cxr_tf.runs), this split's block with every detail.
+    detail = {k: v for k, v in summary.items() if k != "comparison_text"}
+    metrics_path = runs.write_metrics(out / runs.METRICS, labels, {split: {**runs.split_block(summary, "evaluate"),
+                                                                          **detail}})
     summary["outputs"]["metrics"] = metrics_path.name
     return summary
 
 
 # --------------------------------------------------------------------------- model -> arrays
-def load_run(run_dir):
-    """(model, config dict, labels list) of a run folder written by ``cxr_tf.training.trainer``."""
-    import keras
-
-    import cxr_tf.models.layers  # noqa: F401  registers the custom layers that load_model needs
-
-    run_dir = Path(run_dir)
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path} not found; --model must be a run folder written by "
-                                f"cxr_tf.training.trainer (saved_models/<arch>-<timestamp>/)")
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    labels_path = run_dir / "labels.json"
-    labels = json.loads(labels_path.read_text()) if labels_path.is_file() else list(LABELS)
-    if list(labels) != list(LABELS):
-        raise ValueError(f"{labels_path}: the model's labels {labels} differ from cxr_tf.data.labels.LABELS")
-    return keras.models.load_model(model_path, compile=False), config, labels
-
-
-def _model_input(model):
-    """(image_size, multimodal) from the model's inputs (named "image", optional "meta")."""
-    names = [t.name.split(":")[0] for t in model.inputs]
-    image = model.inputs[names.index("image")] if "image" in names else model.inputs[0]
-    return int(image.shape[1]), "meta" in names
-
-
 def predict_split(model, records, split, batch_size=32, image_size=None, multimodal=None):
     """Predict every film of one split (in order, no augmentation, nothing dropped).
 
@@ -141,7 +110,7 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     y_prob float64 (N, 14))."""
     from cxr_tf.data.pipeline import make_dataset
 
-    size, is_multimodal = _model_input(model)
+    size, is_multimodal = runs.model_inputs(model)
     image_size = image_size or size
     multimodal = is_multimodal if multimodal is None else multimodal
     dataset = make_dataset(records, split, batch_size, image_size=image_size, training=False,
@@ -159,12 +128,7 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
 
 
 def _split_method(records, config):
-    manifest = Path(records) / "manifest.json"
-    if manifest.is_file():
-        method = json.loads(manifest.read_text()).get("split_method")
-        if method:
-            return method
-    return config.get("split_method")
+    return read_manifest(records).get("split_method") or config.get("split_method")
 
 
 def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n_boot=1000, seed=0,
@@ -172,40 +136,44 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
     """Evaluate ``run_dir/model.keras`` on ``split`` of ``records`` (default: the
     records folder in the run's config.json) and write every output to ``out``
     (default ``run_dir/eval-<split>``). Returns the metrics dict (see
-    ``evaluate_predictions``).
+    ``evaluate_predictions``); the run's metrics.json gets this split's block.
 
     Thresholds: run_dir/thresholds.json when present (and not ``rechoose_thresholds``),
     else chosen with ``threshold_method`` on the ``val`` split and saved to
-    run_dir/thresholds.json if that file does not exist yet."""
-    run_dir = Path(run_dir)
-    model, config, _ = load_run(run_dir)
-    records = records or config.get("records")
+    run_dir/thresholds.json if that file does not exist yet. The records must carry the
+    run's label set (their manifest's ``labels``)."""
+    run = runs.Run(run_dir)
+    records = records or run.config.get("records")
     if not records:
         raise ValueError("no records folder: pass --records (the run's config.json names none)")
     records = Path(records)
-    if not (records / "manifest.json").is_file():
-        raise FileNotFoundError(f"{records / 'manifest.json'} not found; --records must be a folder written "
-                                f"by tools/build_tfrecords.py")
-    out = Path(out) if out else run_dir / f"eval-{split}"
-    saved = run_dir / "thresholds.json"
+    record_labels = manifest_labels(read_manifest(records))  # FileNotFoundError naming the folder
+    if record_labels != run.labels:
+        raise ValueError(f"{records}: its findings {list(record_labels)} differ from the run's "
+                         f"{list(run.labels)} ({run.path / runs.LABELS_FILE}); evaluate on records built "
+                         "with the same label set")
+    out = Path(out) if out else run.path / f"eval-{split}"
+    saved = run.path / runs.THRESHOLDS
     if saved.is_file() and not rechoose_thresholds:
-        thresholds = read_thresholds(saved)
+        thresholds = run.thresholds
         info = {"method": "saved", "source": str(saved), "fallbacks": {},
                 "description": f"read from `{saved.name}` of the run (chosen on the validation split "
                                f"when the model was trained)"}
     else:
-        _, _, y_val, p_val = predict_split(model, records, "val", batch_size)
-        thresholds = choose_thresholds(y_val, p_val, threshold_method)
-        fallbacks = threshold_fallbacks(y_val)
+        _, _, y_val, p_val = predict_split(run.model, records, "val", batch_size)
+        thresholds = choose_thresholds(y_val, p_val, threshold_method, labels=run.labels)
+        fallbacks = threshold_fallbacks(y_val, labels=run.labels)
         label = "F1-maximising" if threshold_method == "f1" else "Youden's J"
         info = {"method": threshold_method, "source": "val", "fallbacks": fallbacks,
                 "description": f"{label}, chosen per finding on the validation split ({len(y_val):,} films)"
                                + (f"; {FALLBACK_THRESHOLD} for " + ", ".join(f"{k} ({v})" for k, v in
                                                                         fallbacks.items()) if fallbacks else "")}
         if not saved.is_file():
-            write_thresholds(thresholds, saved)
-    names, pids, y_true, y_prob = predict_split(model, records, split, batch_size)
-    return evaluate_predictions(out, names, pids, y_true, y_prob, thresholds, info, config=config,
-                                split=split, split_method=_split_method(records, config), records=records,
-                                run_dir=run_dir, history_csv=run_dir / "history.csv", n_boot=n_boot,
-                                seed=seed, n_bins=n_bins)
+            runs.write_thresholds(thresholds, saved)
+    names, pids, y_true, y_prob = predict_split(run.model, records, split, batch_size)
+    summary = evaluate_predictions(out, names, pids, y_true, y_prob, thresholds, info, config=run.config,
+                                   split=split, split_method=_split_method(records, run.config), records=records,
+                                   run_dir=run.path, history_csv=run.path / runs.HISTORY, n_boot=n_boot,
+                                   seed=seed, n_bins=n_bins, labels=run.labels)
+    runs.record_evaluation(run.path, split, runs.split_block(summary, "evaluate"))
+    return summary

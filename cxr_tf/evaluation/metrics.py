@@ -306,6 +306,17 @@ def expected_calibration_error(y_col, prob_col, n_bins=10):
     return float(np.sum(curve["count"][used] / n * gap))
 
 
+def auc_summary(y_true, y_prob, labels=LABELS):
+    """{"num_examples", "auc": {finding: float | None}, "macro_auc", "excluded": {finding: reason}}:
+    the headline of one split (``fit`` writes it for val and test). Findings without positives
+    (or negatives) have no AUC and are left out of the macro mean, as in ``summarize``."""
+    per_class = roc_auc(y_true, y_prob, labels)
+    y_true = np.asarray(y_true)
+    excluded = {name: undefined_reason(y_true[:, k]) for k, name in enumerate(labels) if per_class[name] is None}
+    return {"num_examples": int(len(y_true)), "auc": per_class,
+            "macro_auc": _mean_or_none(v for v in per_class.values() if v is not None), "excluded": excluded}
+
+
 # --------------------------------------------------------------------------- everything
 def summarize(y_true, y_prob, patient_ids, thresholds=None, n_boot=1000, seed=0, confidence=0.95,
               n_bins=10, labels=LABELS):

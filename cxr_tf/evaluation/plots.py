@@ -119,7 +119,7 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
     ax = fig.add_subplot(1, 1, 1)
     ypos = np.arange(n)[::-1]
     if literature is not None and len(literature):
-        values = literature[list(labels)].to_numpy(dtype=np.float64)
+        values = literature.reindex(columns=list(labels)).to_numpy(dtype=np.float64)  # NaN: not published
         low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
         ax.hlines(ypos, low, high, colors="dimgrey", lw=3, alpha=0.45, label="published range (all rows)", zorder=3)
         markers = "os^Dv<>p"

@@ -15,9 +15,6 @@ Default threshold rule: F1-maximising
     for screening settings where sensitivity and specificity are weighed equally.
 """
 
-import json
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -71,21 +68,3 @@ def threshold_fallbacks(y_true, labels=LABELS):
     y_true = np.asarray(y_true)
     return {name: metrics.undefined_reason(y_true[:, k]) for k, name in enumerate(labels)
             if metrics.undefined_reason(y_true[:, k])}
-
-
-def read_thresholds(path, labels=LABELS):
-    """{finding: float} from a thresholds.json; ValueError naming missing findings."""
-    path = Path(path)
-    values = json.loads(path.read_text(encoding="utf-8"))
-    missing = [name for name in labels if name not in values]
-    if missing:
-        raise ValueError(f"{path}: no threshold for {missing}; delete the file to choose them again "
-                         f"on the validation split")
-    return {name: float(values[name]) for name in labels}
-
-
-def write_thresholds(thresholds, path):
-    path = Path(path)
-    path.write_text(json.dumps({k: float(v) for k, v in thresholds.items()}, indent=2) + "\n",
-                    encoding="utf-8")
-    return path

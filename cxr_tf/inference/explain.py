@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.data.labels import LABELS
-from cxr_tf.inference.gradcam import (IOU_THRESHOLD, _label_index, cam_to_film, localisation_summary, localise,
+from cxr_tf.inference.gradcam import (IOU_THRESHOLD, label_index, cam_to_film, localisation_summary, localise,
                                       overlay_png, read_boxes, scale_box)
 
 def explain_films(run_dir, films, out, findings=None, boxes_path=None, threshold=IOU_THRESHOLD):
@@ -38,15 +37,15 @@ def explain_films(run_dir, films, out, findings=None, boxes_path=None, threshold
             for r in table[table["image_index"] == path.name].itertuples():
                 film_boxes.setdefault(r.label, []).append(scale_box((r.x, r.y, r.w, r.h), film.pixels.shape))
         probs = predictor.probabilities(x, meta)
-        chosen = _choose_findings(findings, probs, predictor.thresholds)
+        chosen = _choose_findings(findings, probs, predictor.thresholds, predictor.labels)
         chosen += [f for f in film_boxes if f not in chosen]
         maps, _ = predictor.gradcam.cams(x, chosen, meta)
-        entry = {"file": str(path), "probabilities": {f: round(float(p), 4) for f, p in zip(LABELS, probs)},
+        entry = {"file": str(path), "probabilities": {f: round(float(p), 4) for f, p in zip(predictor.labels, probs)},
                  "overlays": {}, "localisation": []}
         on_film = [cam_to_film(m, film.pixels.shape) for m in maps[0]]
         for finding, cam in zip(chosen, on_film):
             target = out / f"{path.stem}_{finding}.png"
-            p = probs[LABELS.index(finding)]
+            p = probs[predictor.labels.index(finding)]
             target.write_bytes(overlay_png(film.pixels, cam, text=f"{finding} p={p:.2f}",
                                            boxes=film_boxes.get(finding, ())))
             entry["overlays"][finding] = str(target)
@@ -58,12 +57,12 @@ def explain_films(run_dir, films, out, findings=None, boxes_path=None, threshold
     return {"films": report, "localisation": localisation_summary(rows)}
 
 
-def _choose_findings(findings, probs, thresholds):
+def _choose_findings(findings, probs, thresholds, labels):
     if findings in (None, [], ()):
-        positive = [f for f, p in zip(LABELS, probs) if p >= thresholds[f]]
-        return sorted(positive, key=lambda f: -probs[LABELS.index(f)]) or [LABELS[int(np.argmax(probs))]]
+        positive = [f for f, p in zip(labels, probs) if p >= thresholds[f]]
+        return sorted(positive, key=lambda f: -probs[labels.index(f)]) or [labels[int(np.argmax(probs))]]
     if findings == "all" or list(findings) == ["all"]:
-        return list(LABELS)
+        return list(labels)
     for f in findings:
-        _label_index(f)
+        label_index(f, labels)
     return list(findings)

@@ -68,11 +68,13 @@ class GradCAM:
 
     ``GradCAM(model, arch=None, layer=None)``; ``cams(images, findings, meta=None)``
     -> ``(maps, probabilities)``: maps float32 (N, F, h, w) in 0..1 on the Grad-CAM
-    layer's grid, probabilities float32 (N, 14). ``findings``: names or indices.
+    layer's grid, probabilities float32 (N, K). ``findings``: names (of ``labels``, the run's
+    label set) or indices.
     """
 
-    def __init__(self, model, arch=None, layer=None):
+    def __init__(self, model, arch=None, layer=None, labels=LABELS):
         self.model = model
+        self.labels = tuple(labels)
         self.layer_name = layer or gradcam_layer_name(model, arch)
         feature_map = model.get_layer(self.layer_name).output
         if len(feature_map.shape) != 4:
@@ -109,10 +111,11 @@ class GradCAM:
         cams = tf.math.divide_no_nan(cams, peak)
         return cams, tf.cast(probs, tf.float32)
 
-    def cams(self, images, findings=LABELS, meta=None, batch_size=16):
+    def cams(self, images, findings=None, meta=None, batch_size=16):
         from cxr_tf.inference.uncertainty import model_inputs
 
-        indices = tf.constant([_label_index(f) for f in findings], tf.int32)
+        findings = self.labels if findings is None else findings
+        indices = tf.constant([label_index(f, self.labels) for f in findings], tf.int32)
         x = model_inputs(self.model, images, meta)
         n = len(x["image"]) if isinstance(x, dict) else len(x)
         maps, probs = [], []
@@ -125,19 +128,20 @@ class GradCAM:
         return np.concatenate(maps), np.concatenate(probs)
 
 
-def gradcam(model, images, findings=LABELS, meta=None, arch=None, layer=None):
-    """Grad-CAM maps (N, F, h, w) in 0..1 and probabilities (N, 14); see ``GradCAM``."""
-    return GradCAM(model, arch=arch, layer=layer).cams(images, findings, meta)
+def gradcam(model, images, findings=None, meta=None, arch=None, layer=None, labels=LABELS):
+    """Grad-CAM maps (N, F, h, w) in 0..1 and probabilities (N, K); see ``GradCAM``."""
+    return GradCAM(model, arch=arch, layer=layer, labels=labels).cams(images, findings, meta)
 
 
-def _label_index(finding):
+def label_index(finding, labels=LABELS):
+    """The output index of ``finding`` (a name in ``labels`` or an index); ValueError otherwise."""
     if isinstance(finding, (int, np.integer)):
-        if not 0 <= finding < len(LABELS):
-            raise ValueError(f"finding index {finding} out of range 0..{len(LABELS) - 1}")
+        if not 0 <= finding < len(labels):
+            raise ValueError(f"finding index {finding} out of range 0..{len(labels) - 1}")
         return int(finding)
-    if finding not in LABELS:
-        raise ValueError(f"unknown finding {finding!r}; choose from {list(LABELS)}")
-    return LABELS.index(finding)
+    if finding not in labels:
+        raise ValueError(f"unknown finding {finding!r}; choose from {list(labels)}")
+    return list(labels).index(finding)
 
 
 def cam_to_film(cam, film_shape):
@@ -254,7 +258,7 @@ def localisation_summary(rows):
     groups = {}
     for row in rows:
         groups.setdefault(row["finding"], []).append(row)
-    groups = {f: groups[f] for f in LABELS if f in groups}
+    groups = {f: groups[f] for f in sorted(groups, key=lambda f: (f not in LABELS, LABELS.index(f) if f in LABELS else 0, f))}
     if rows:
         groups["all"] = list(rows)
     for name, items in groups.items():

@@ -27,46 +27,21 @@ view one-hots (no information), standardised with the run's records manifest.
 """
 
 import base64
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.data.labels import LABELS
+from cxr_tf import runs
+from cxr_tf.data.manifest import MANIFEST, read_manifest
 from cxr_tf.inference.readers import FilmError, Limits, read_film
 from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD, triage, validate_critical, worklist
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5
-"""Decision threshold of every finding when the run has no thresholds.json."""
 DISPLAY_SIDE = 512
 """Longest side (px) of the film and overlay images ``predict_bytes(images=True)`` returns."""
-LATEST = Path("saved_models") / "latest"
-
-
-def resolve_run_dir(model=None):
-    """The run folder: ``model`` when given, else the path ``saved_models/latest`` names
-    (looked up in the current folder, then beside the package). Checks it holds
-    ``model.keras``; FileNotFoundError with the fix otherwise."""
-    if model is None:
-        candidates = [Path.cwd() / LATEST, Path(__file__).resolve().parents[2] / LATEST]
-        latest = next((c for c in candidates if c.is_file()), None)
-        if latest is None:
-            raise FileNotFoundError("no --model RUN_DIR given and no saved_models/latest found: train one with "
-                                    "`python -m cxr_tf.fit` or pass --model saved_models/<run>")
-        named = Path(latest.read_text().strip())
-        options = [named] if named.is_absolute() else [Path.cwd() / named, latest.parents[1] / named,
-                                                        latest.parent / named]
-        run_dir = next((o for o in options if (o / "model.keras").is_file()), options[0])
-    else:
-        run_dir = Path(model)
-    if not (run_dir / "model.keras").is_file():
-        raise FileNotFoundError(f"{run_dir}/model.keras not found: RUN_DIR must be a folder written by "
-                                "`python -m cxr_tf.fit` (model.keras, config.json, thresholds.json)")
-    return run_dir
 
 
 def _data_uri(png):
@@ -84,65 +59,47 @@ class Predictor:
 
     def __init__(self, run_dir, samples=DEFAULT_SAMPLES, uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD,
                  critical=DEFAULT_CRITICAL, limits=None, batch_size=16):
-        import keras
-
         from cxr_tf.inference.uncertainty import MCSampler
 
-        self.run_dir = resolve_run_dir(run_dir)
         if samples < 1:
             raise ValueError(f"samples={samples}: need at least 1 Monte-Carlo pass")
+        self.run = runs.Run(run_dir)
+        self.run_dir = self.run.path
+        self.labels = self.run.labels
         self.samples = int(samples)
         self.uncertainty_threshold = float(uncertainty_threshold)
-        self.critical = validate_critical(critical)
+        self.notes = list(self.run.notes)
+        self.critical = self._critical(critical)
         self.limits = limits or Limits()
-        self.notes = []
-        self.config = self._read_json("config.json", required=True)
-        labels = self._read_json("labels.json")
-        if labels is not None and tuple(labels) != LABELS:
-            raise ValueError(f"{self.run_dir}/labels.json {labels} differs from cxr_tf.data.labels.LABELS: "
-                             "this run was trained with another label order")
-        self.thresholds, self.thresholds_source = self._thresholds()
-        self.model = keras.models.load_model(self.run_dir / "model.keras", compile=False)
-        self.arch = self.config.get("arch")
+        self.config = self.run.config
+        self.thresholds, self.thresholds_source = self.run.thresholds, self.run.thresholds_source
+        self.model = self.run.model
+        self.arch = self.run.arch
         self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
         self.multimodal = len(self.model.inputs) > 1
         self._manifest = self._find_manifest() if self.multimodal else None
         self.sampler = MCSampler(self.model, batch_size=batch_size)
         self._gradcam = None
         self.overlay_paths = {}  # {film: {finding: path}} of the last predict_files(gradcam_dir=...)
+        for note in self.notes:
+            log.warning(note)
 
     # ------------------------------------------------------------------ run folder
 
-    def _read_json(self, name, required=False):
-        path = self.run_dir / name
-        if not path.is_file():
-            if required:
-                raise FileNotFoundError(f"{path} not found: the run folder is incomplete")
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from None
-
-    def _thresholds(self):
-        from cxr_tf.evaluation.evaluate import read_thresholds
-
-        path = self.run_dir / "thresholds.json"
-        if not path.is_file():
-            note = (f"{path} not found: using {DEFAULT_THRESHOLD} for every finding "
-                    "(not validation-chosen; run `python -m cxr_tf.evaluate` on this run)")
-            self.notes.append(note)
-            log.warning(note)
-            return {f: DEFAULT_THRESHOLD for f in LABELS}, "default"
-        try:
-            return read_thresholds(path), "thresholds.json"
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from None
+    def _critical(self, critical):
+        """The critical findings this run can raise. The default ones the run does not predict
+        are dropped with a note; a finding the user named that the run lacks is an error."""
+        if tuple(critical) == DEFAULT_CRITICAL:
+            kept = tuple(c for c in critical if c in self.labels)
+            if kept != tuple(critical):
+                self.notes.append(f"this run does not predict {', '.join(c for c in critical if c not in kept)}: "
+                                  "no finding makes a film urgent unless --critical names one of "
+                                  f"{', '.join(self.labels)}")
+            return kept
+        return validate_critical(critical, self.labels)
 
     def _find_manifest(self):
         """The records manifest (training age statistics for the meta input), or a note and None."""
-        from cxr_tf.data.pipeline import read_manifest
-
         places = [self.run_dir]
         records = self.config.get("records")
         if records:
@@ -150,29 +107,26 @@ class Predictor:
             places += [records] if records.is_absolute() else [Path.cwd() / records, self.run_dir / records,
                                                                self.run_dir.parents[1] / records]
         for place in places:
-            if (place / "manifest.json").is_file():
+            if (place / MANIFEST).is_file():
                 return read_manifest(place)
-        note = ("no records manifest.json found for this multimodal run: the age input is set to the "
-                "training mean (0 after standardisation) for every film")
-        self.notes.append(note)
-        log.warning(note)
+        self.notes.append("no records manifest.json found for this multimodal run: the age input is set to the "
+                          "training mean (0 after standardisation) for every film")
         return None
 
     def describe(self):
         """What a client needs to know about the loaded run (JSON-serialisable)."""
-        metrics = self._read_json("metrics.json") or {}
         return {
             "run_dir": str(self.run_dir),
             "arch": self.arch,
             "image_size": self.image_size,
-            "labels": list(LABELS),
+            "labels": list(self.labels),
             "thresholds": self.thresholds,
             "thresholds_source": self.thresholds_source,
             "critical": list(self.critical),
             "samples": self.samples,
             "uncertainty_threshold": self.uncertainty_threshold,
             "split_method": self.config.get("split_method"),
-            "test_metrics": metrics.get("test"),
+            "test_metrics": self.run.metrics.get("test"),
             "notes": list(self.notes),
         }
 
@@ -207,7 +161,7 @@ class Predictor:
         if self._gradcam is None:
             from cxr_tf.inference.gradcam import GradCAM
 
-            self._gradcam = GradCAM(self.model, arch=self.arch)
+            self._gradcam = GradCAM(self.model, arch=self.arch, labels=self.labels)
         return self._gradcam
 
     # ------------------------------------------------------------------ prediction
@@ -221,8 +175,8 @@ class Predictor:
         mean, std = self.sampler(x, samples=self.samples, meta=meta)
         results = []
         for (name, _, _, _), p, s in zip(loaded, mean, std):
-            probs = {f: round(float(v), 4) for f, v in zip(LABELS, p)}
-            unc = {f: round(float(v), 4) for f, v in zip(LABELS, s)}
+            probs = {f: round(float(v), 4) for f, v in zip(self.labels, p)}
+            unc = {f: round(float(v), 4) for f, v in zip(self.labels, s)}
             verdict = triage(probs, unc, self.thresholds, self.critical, self.uncertainty_threshold)
             results.append({"file": name, "probabilities": probs, "uncertainty": unc, **verdict})
         return results
@@ -236,7 +190,7 @@ class Predictor:
         maps, probs = self.gradcam.cams(x, findings, meta)
         out = {}
         for finding, cam in zip(findings, maps[0]):
-            text = f"{finding} p={probs[0][LABELS.index(finding)]:.2f}"
+            text = f"{finding} p={probs[0][self.labels.index(finding)]:.2f}"
             out[finding] = overlay_png(film.pixels, cam_to_film(cam, film.pixels.shape), text, max_side)
         return out
 

@@ -50,12 +50,13 @@ UNSURE_MESSAGE = "findings present, unable to classify with confidence — needs
 NO_FINDING_MESSAGE = "no finding"
 
 
-def validate_critical(critical):
-    """The critical findings as a tuple; ValueError naming any unknown finding."""
+def validate_critical(critical, labels=LABELS):
+    """The critical findings as a tuple; ValueError naming any finding not in ``labels`` (the
+    run's label set)."""
     critical = tuple(critical)
-    unknown = [c for c in critical if c not in LABELS]
+    unknown = [c for c in critical if c not in labels]
     if unknown:
-        raise ValueError(f"unknown critical finding(s) {unknown}; choose from {list(LABELS)}")
+        raise ValueError(f"unknown critical finding(s) {unknown}; choose from {list(labels)}")
     return critical
 
 
@@ -63,15 +64,16 @@ def triage(probabilities, uncertainty, thresholds, critical=DEFAULT_CRITICAL,
            uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD):
     """Triage one film.
 
-    probabilities, uncertainty, thresholds: {finding: float} over ``LABELS``
+    probabilities, uncertainty, thresholds: {finding: float} over the run's label set
     (mean probability 0..1, MC std 0..0.5, decision threshold 0..1).
     Returns {"findings": [positive findings, most probable first],
     "triage": {"level", "action"}, "message": str}.
     """
-    critical = validate_critical(critical)
-    positive = sorted((f for f in LABELS if probabilities[f] >= thresholds[f]),
+    labels = tuple(probabilities)
+    critical = validate_critical(critical, labels)
+    positive = sorted((f for f in labels if probabilities[f] >= thresholds[f]),
                       key=lambda f: -probabilities[f])
-    uncertain = [f for f in LABELS if uncertainty[f] >= uncertainty_threshold]
+    uncertain = [f for f in labels if uncertainty[f] >= uncertainty_threshold]
     critical_pos = [f for f in positive if f in critical]
     sure_critical = [f for f in critical_pos if f not in uncertain]
     if sure_critical:

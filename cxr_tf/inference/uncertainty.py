@@ -21,7 +21,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.data.labels import NUM_LABELS
 from cxr_tf.models.layers import MCDropout
 from cxr_tf.inference.triage import DEFAULT_UNCERTAINTY_THRESHOLD
 
@@ -95,8 +94,8 @@ def always_on_dropout(head, seed=None):
 class MCSampler:
     """Compiled MC-dropout predictor for one model (see the module docstring).
 
-    ``sampler(images, samples=25, meta=None) -> (mean, std)``, both float32 (N, 14).
-    ``sampler.deterministic(images, meta=None)``: one ordinary inference pass (N, 14).
+    ``sampler(images, samples=25, meta=None) -> (mean, std)``, both float32 (N, K).
+    ``sampler.deterministic(images, meta=None)``: one ordinary inference pass (N, K).
     """
 
     def __init__(self, model, batch_size=32, seed=None):
@@ -109,13 +108,14 @@ class MCSampler:
         self._sample = tf.function(self._sample_head, reduce_retracing=True)
         self._single = tf.function(lambda x: head(self.backbone(x, training=False), training=False),
                                    reduce_retracing=True)
+        self.num_labels = int(model.outputs[0].shape[-1])
         self.backbone_calls = 0  # films through the backbone; tests check it equals N
 
     def _sample_head(self, features, samples):
         n = tf.shape(features)[0]
         tiled = tf.tile(features, [samples, 1])  # (T·N, D); row t·N + i is sample t of film i
-        probs = self.head(tiled, training=False)  # (T·N, 14)
-        probs = tf.reshape(tf.cast(probs, tf.float32), [samples, n, -1])  # (T, N, 14)
+        probs = self.head(tiled, training=False)  # (T·N, K)
+        probs = tf.reshape(tf.cast(probs, tf.float32), [samples, n, -1])  # (T, N, K)
         return tf.reduce_mean(probs, axis=0), tf.math.reduce_std(probs, axis=0)
 
     def features(self, images, meta=None):
@@ -137,7 +137,7 @@ class MCSampler:
             means.append(mean.numpy())
             stds.append(std.numpy())
         if not means:
-            empty = np.zeros((0, NUM_LABELS), np.float32)
+            empty = np.zeros((0, self.num_labels), np.float32)
             return empty, empty.copy()
         return np.concatenate(means), np.concatenate(stds)
 
@@ -145,7 +145,7 @@ class MCSampler:
         """Ordinary inference (dropout off unless the model's own layers are MCDropout): (N, 14)."""
         x = model_inputs(self.backbone, images, meta)
         out = [self._single(chunk).numpy() for chunk in _chunks(x, self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, NUM_LABELS), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.num_labels), np.float32)
 
 
 _SAMPLERS = weakref.WeakKeyDictionary()

@@ -10,8 +10,8 @@ A config is built in three layers, later ones winning:
 
 ``validate`` checks the merged result against ``SCHEMA`` and returns a normalised
 copy; unknown keys and bad values raise ``ConfigError`` (a ``ValueError``) naming
-the key, the value and what is allowed. This module imports no TensorFlow, except
-``cxr_tf.data.augment`` to validate the ``augment`` block.
+the key, the value and what is allowed. The allowed values of a key come from the module
+that implements it (losses, strategies, threshold methods, augmentation placement).
 """
 
 import copy
@@ -20,14 +20,15 @@ from pathlib import Path
 
 import yaml
 
+from cxr_tf.data.augment import AUGMENT_ON
+from cxr_tf.evaluation.thresholds import THRESHOLD_METHODS
+from cxr_tf.training.distribute import STRATEGIES
+from cxr_tf.training.losses import LOSSES
+
 PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 """The repository's ``pipelines/`` folder (next to the ``cxr_tf`` package)."""
 
-LOSSES = ("focal", "bce", "weighted_bce")
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-THRESHOLD_METHODS = ("f1", "youden")
 MIXED_PRECISION = (False, True, "mixed_float16", "mixed_bfloat16")
-AUGMENT_ON = ("auto", "pipeline", "model")
 
 RUN_KEYS = ("strategy", "tensorboard", "verbose", "out", "jit_compile", "backup_every")
 """Keys that may change between a killed run and its restart (how it runs, not what

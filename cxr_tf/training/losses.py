@@ -1,4 +1,4 @@
-"""Training losses for 14 independent sigmoids, chosen by the ``loss`` block of a pipeline.
+"""Training losses for K independent sigmoids (one per finding of the label set), chosen by the ``loss`` block of a pipeline.
 
 =============== ==================================================================
 ``loss.name``   loss
@@ -28,7 +28,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from cxr_tf.data.labels import NUM_LABELS
+LOSSES = ("focal", "bce", "weighted_bce")
+"""The ``loss.name`` values of a pipeline config."""
+
 
 
 def prevalence_weights(prevalence, min_prevalence=1e-3):
@@ -97,8 +99,8 @@ def make_loss(loss_config, prevalence=None):
         if prevalence is None:
             raise ValueError("loss weighted_bce needs the training-split label prevalence "
                              "(cxr_tf.data.pipeline.label_prevalence(manifest))")
-        if len(prevalence) != NUM_LABELS:
-            raise ValueError(f"prevalence has {len(prevalence)} values, expected {NUM_LABELS}")
+        if len(prevalence) == 0:
+            raise ValueError("prevalence is empty: one value per finding of the records' label set")
         pos, neg = prevalence_weights(prevalence, float(loss_config.get("min_prevalence", 1e-3)))
         return WeightedBinaryCrossentropy(pos, neg, label_smoothing=smoothing)
-    raise ValueError(f"loss name {name!r}: allowed values are focal, bce, weighted_bce")
+    raise ValueError(f"loss name {name!r}: allowed values are {', '.join(LOSSES)}")

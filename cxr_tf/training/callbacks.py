@@ -1,0 +1,85 @@
+"""Training callbacks that write the run folder as epochs finish: ``history.csv`` one row per
+epoch (restart-safe) and the best model saved atomically."""
+
+import csv
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+MONITOR = "val_auc"
+"""The metric that chooses the best epoch (macro AUC on the validation split)."""
+
+
+class EpochLog(keras.callbacks.Callback):
+    """history.csv with one row per epoch, keyed by the global epoch number: a
+    restarted epoch replaces its row (Keras' CSVLogger would append it twice).
+    Columns: phase, epoch, then the Keras logs (loss, auc, val_loss, val_auc,
+    learning_rate)."""
+
+    def __init__(self, path, phase):
+        super().__init__()
+        self.path = Path(path)
+        self.phase = phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = read_history(self.path)
+        row = {"phase": self.phase, "epoch": epoch}
+        for key, value in (logs or {}).items():
+            row[key] = float(np.asarray(value))
+        rows = [r for r in rows if int(r["epoch"]) < epoch] + [row]
+        columns = ["phase", "epoch"]
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.path)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes ``x.partial.keras`` and renames it to ``x.keras``,
+    so a run killed while saving keeps its previous best model intact. ``model``: the
+    model to save when ``fit`` runs a wrapper of it (``cxr_tf.data.augment.AugmentedModel``)."""
+
+    def __init__(self, filepath, model=None, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self._saved_model = model
+
+    def set_model(self, model):
+        super().set_model(self._saved_model or model)
+
+    def _partial(self, path):
+        return str(path)[: -len(".keras")] + ".partial.keras"
+
+    def _get_file_path(self, epoch, batch, logs):
+        return self._partial(super()._get_file_path(epoch, batch, logs))
+
+    def _save_model(self, epoch, batch, logs):
+        super()._save_model(epoch, batch, logs)
+        partial = Path(self._partial(self.filepath))
+        if partial.exists():
+            partial.replace(self.filepath)
+
+
+def read_history(path):
+    """Rows of history.csv as dicts (``epoch`` int, ``phase`` str, the rest float); [] if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key, value in row.items():
+            if key != "phase" and value not in ("", None):
+                row[key] = int(float(value)) if key == "epoch" else float(value)
+    return rows
+
+
+def best_epoch(rows):
+    """The history row with the highest validation AUC (None if there is none)."""
+    scored = [r for r in rows if isinstance(r.get(MONITOR), float) and math.isfinite(r[MONITOR])]
+    return max(scored, key=lambda r: r[MONITOR]) if scored else None
