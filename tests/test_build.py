@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 from cxr_tf.data import builder as build, images, nih
 from cxr_tf.data.labels import LABELS
 from cxr_tf.data.records import parse_example, parse_shard_name
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = SHARED_DATA / "nih-sample"
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real NIH films missing at {SAMPLE}")
+SAMPLE_TABLE = build.SAMPLE_LABELS  # the embedded sample: 150 real NIH films at 128 px
+FULL_SIZE = TEST_DATA / "nih-sample" / "images_001" / "images"  # 7 of them at 1024 px
 
 
 def read_records(folder):
@@ -50,16 +50,15 @@ def assert_matches_table(examples, table, image_size):
         assert image.shape == (image_size, image_size, 1) and image.dtype == np.uint8
 
 
-@needs_sample
 def test_round_trip_of_the_150_real_films(sample_records):
     manifest = json.loads((sample_records / "manifest.json").read_text())
-    table = nih.read_label_table(SAMPLE / "Data_Entry_sample.csv")
+    table = nih.read_label_table(SAMPLE_TABLE)
     examples = read_records(sample_records)
     assert sorted(examples) == sorted(table["image_index"])  # all 150, the 6 RGBA films included
     assert_matches_table(examples, table, 64)
     assert manifest["labels"] == list(LABELS) and manifest["image_size"] == 64
     assert manifest["split_method"] == "stratified" and manifest["seed"] == 0 and manifest["skipped"] == []
-    assert manifest["label_table_sha256"] == nih.file_sha256(SAMPLE / "Data_Entry_sample.csv")
+    assert manifest["label_table_sha256"] == nih.file_sha256(SAMPLE_TABLE)
     rows = table.set_index("image_index")
     for split, info in manifest["splits"].items():
         names = [n for n, e in examples.items() if e["split"] == split]
@@ -95,21 +94,21 @@ def messy_data_dir(tmp_path):
     """NIH box layout (images/...) with 6 real films (one RGBA), a 16-bit film, an
     empty, a truncated, a corrupt and a non-image file, two rows without files and
     one file without a row."""
-    source = nih.read_label_table(SAMPLE / "Data_Entry_sample.csv").set_index("image_index")
+    source = nih.read_label_table(TEST_DATA / "nih-sample" / "Data_Entry_sample.csv").set_index("image_index")
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
-    real = ["00000075_000.png", "00000100_000.png", "00000211_000.png", "00000284_000.png",
-            "00001369_000.png", "00002578_000.png"]  # 00000100, 00001369 and 00002578 are RGBA
+    real = ["00000075_000.png", "00013911_000.png", "00000211_000.png", "00015649_000.png",
+            "00001369_000.png", "00002578_000.png"]  # 00001369 and 00002578 are RGBA
     for name in real:
-        os.symlink(SAMPLE / "images_001" / "images" / name, data / "images" / name)
-    film = cv2.imread(str(SAMPLE / "images_001" / "images" / real[0]), cv2.IMREAD_GRAYSCALE)
+        os.symlink(FULL_SIZE / name, data / "images" / name)
+    film = cv2.imread(str(FULL_SIZE / real[0]), cv2.IMREAD_GRAYSCALE)
     cv2.imwrite(str(data / "images" / "90000001_000.png"), film.astype(np.uint16) * 16)  # 12-bit in 16
-    raw = (SAMPLE / "images_001" / "images" / real[0]).read_bytes()
+    raw = (FULL_SIZE / real[0]).read_bytes()
     broken = {"90000002_000.png": b"", "90000003_000.png": raw[: len(raw) // 3],
               "90000004_000.png": raw[:64] + bytes(4096) + raw[-64:], "90000005_000.png": b"not a film\n"}
     for name, content in broken.items():
         (data / "images" / name).write_bytes(content)
-    os.symlink(SAMPLE / "images_001" / "images" / real[1], data / "images" / "90000009_000.png")  # no row
+    os.symlink(FULL_SIZE / real[1], data / "images" / "90000009_000.png")  # no row
     rows = []
     for i, name in enumerate(real + ["90000001_000.png", *broken, "90000006_000.png", "90000007_000.png"]):
         template = source.loc[real[i % len(real)]]
@@ -119,15 +118,14 @@ def messy_data_dir(tmp_path):
     return data
 
 
-@needs_sample
 @pytest.mark.filterwarnings("ignore:split")
 def test_broken_inputs_are_skipped_with_reasons(messy_data_dir, tmp_path):
     out = tmp_path / "records"
     manifest = build.build_records(data_dir=messy_data_dir, out=out, image_size=32, workers=0, progress=False,
                                    log=lambda *_: None)
     examples = read_records(out)
-    assert sorted(examples) == sorted(["00000075_000.png", "00000100_000.png", "00000211_000.png",
-                                       "00000284_000.png", "00001369_000.png", "00002578_000.png",
+    assert sorted(examples) == sorted(["00000075_000.png", "00013911_000.png", "00000211_000.png",
+                                       "00015649_000.png", "00001369_000.png", "00002578_000.png",
                                        "90000001_000.png"])  # RGBA and 16-bit films built
     assert_matches_table(examples, nih.read_label_table(messy_data_dir / "Data_Entry_2017.csv"), 32)
     reasons = {Path(s["file"]).name: s["reason"] for s in manifest["skipped"]}
@@ -147,12 +145,11 @@ def test_broken_inputs_are_skipped_with_reasons(messy_data_dir, tmp_path):
     assert_matches_table(read_records(out), nih.read_label_table(messy_data_dir / "Data_Entry_2017.csv"), 16)
 
 
-@needs_sample
 @pytest.mark.filterwarnings("ignore:split")
 def test_resume_after_kill_9(tmp_path):
     """Many one-film shards make the build slow enough to kill mid-way."""
     out = tmp_path / "records"
-    args = dict(data_dir=str(SAMPLE), out=str(out), image_size=32, shard_size_mb=0.0005, workers=1)
+    args = dict(data_dir=None, out=str(out), image_size=32, shard_size_mb=0.0005, workers=1)
     code = f"from cxr_tf.data.builder import build_records; build_records(progress=False, **{args!r})"
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -177,7 +174,7 @@ def test_resume_after_kill_9(tmp_path):
     assert len(shards) == 150 and sorted(shards) == sorted(p.name for p in out.glob("*.tfrecord"))
     examples = read_records(out)  # every shard parses completely: no partial shard under a final name
     assert len(examples) == 150
-    assert_matches_table(examples, nih.read_label_table(SAMPLE / "Data_Entry_sample.csv"), 32)
+    assert_matches_table(examples, nih.read_label_table(SAMPLE_TABLE), 32)
 
 
 def _cli():

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, settle_batch_norm
+from conftest import TEST_DATA, settle_batch_norm
 from cxr_tf import explain as explain_cli
 from cxr_tf.inference.gradcam import (GradCAM, box_iou, cam_to_film, gradcam_layer_name, localisation_summary, localise,
                             overlay, overlay_png, pointing_hit, read_boxes, scale_box)
@@ -15,8 +15,8 @@ from cxr_tf.data.labels import LABELS, NUM_LABELS
 from cxr_tf.models import ARCHITECTURES, build_model
 from cxr_tf.data.synthetic import make_films
 
-BOXES = SHARED_DATA / "nih" / "BBox_List_2017.csv.gz"
-SAMPLE_IMAGES = SHARED_DATA / "nih-sample" / "images_001" / "images"
+BOXES = TEST_DATA / "nih" / "BBox_List_2017.csv.gz"
+SAMPLE_IMAGES = TEST_DATA / "nih-sample" / "images_001" / "images"
 SIZE = 64
 
 

@@ -10,10 +10,10 @@ from cxr_tf import explore as explore_cli
 from cxr_tf.evaluation import explore
 from cxr_tf.data.labels import LABELS, NO_FINDING
 
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 
-FULL_TABLE = SHARED_DATA / "nih" / "Data_Entry_2017_v2020.csv.gz"
-SAMPLE_2017 = SHARED_DATA / "nih-sample" / "Data_Entry_sample_2017_layout.csv"
+FULL_TABLE = TEST_DATA / "nih" / "Data_Entry_2017_v2020.csv.gz"
+SAMPLE_2017 = TEST_DATA / "nih-sample" / "Data_Entry_sample_2017_layout.csv"
 FIGURES = ("label_distribution", "cooccurrence", "findings_per_film", "age", "sex", "view")
 
 
@@ -27,7 +27,6 @@ def _check_outputs(out, summary):
     assert json.loads((out / "summary.json").read_text())["films"] == summary["films"]
 
 
-@pytest.mark.skipif(not FULL_TABLE.is_file(), reason="../shared/data/nih not present")
 def test_full_nih_table_in_seconds(tmp_path):
     start = time.perf_counter()
     summary = explore.explore(tmp_path, labels=FULL_TABLE)
@@ -43,7 +42,6 @@ def test_full_nih_table_in_seconds(tmp_path):
     _check_outputs(tmp_path, summary)
 
 
-@pytest.mark.skipif(not SAMPLE_2017.is_file(), reason="../shared/data/nih-sample not present")
 def test_2017_layout_sample_table(tmp_path):
     assert explore_cli.main(["--labels", str(SAMPLE_2017), "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 from cxr_tf.data import nih
+from cxr_tf.data.builder import SAMPLE_DIR
 from cxr_tf.data.labels import LABELS
 
-SAMPLE = SHARED_DATA / "nih-sample"
-FULL = SHARED_DATA / "nih"
-pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real NIH material missing at {SHARED_DATA}")
+SAMPLE = TEST_DATA / "nih-sample"
+FULL = TEST_DATA / "nih"
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +66,19 @@ def test_table_errors_name_line_and_value(tmp_path, edit, expected):
 
 
 def test_kaggle_layout_finds_every_film(sample_table):
-    inventory = nih.match_files(sample_table, SAMPLE)  # images_001/images/*.png
-    assert len(inventory.table) == 150
-    assert inventory.rows_without_files == [] and inventory.files_without_rows == []
+    inventory = nih.match_files(sample_table, SAMPLE)  # images_001/images/*.png: 7 of the 150 at full size
+    found = sorted(p.name for p in (SAMPLE / "images_001" / "images").glob("*.png"))
+    assert sorted(inventory.table["image_index"]) == found and len(found) == 7
+    assert len(inventory.rows_without_files) == 143 and inventory.files_without_rows == []
     assert all(p.parent.name == "images" and p.parent.parent.name == "images_001" for p in inventory.table["path"])
 
 
 def test_box_layout_rows_without_files_and_files_without_rows(sample_table, tmp_path):
     (tmp_path / "images").mkdir()
     names = sample_table["image_index"].tolist()
-    for name in names[:20]:
-        os.symlink(SAMPLE / "images_001" / "images" / name, tmp_path / "images" / name)
-    os.symlink(SAMPLE / "images_001" / "images" / names[0], tmp_path / "images" / "99999999_000.png")
+    for name in names[:20]:  # the embedded sample's 128 px films, in the NIH box layout
+        os.symlink(SAMPLE_DIR / "images" / name, tmp_path / "images" / name)
+    os.symlink(SAMPLE_DIR / "images" / names[0], tmp_path / "images" / "99999999_000.png")
     inventory = nih.match_files(sample_table.iloc[:25], tmp_path)
     assert inventory.table["image_index"].tolist() == names[:20]
     assert inventory.rows_without_files == names[20:25]
@@ -85,7 +86,7 @@ def test_box_layout_rows_without_files_and_files_without_rows(sample_table, tmp_
 
 
 def test_find_label_table(tmp_path):
-    assert nih.find_label_table(SHARED_DATA).name == "Data_Entry_2017_v2020.csv.gz"
+    assert nih.find_label_table(TEST_DATA).name == "Data_Entry_2017_v2020.csv.gz"
     with pytest.raises(FileNotFoundError, match="--labels"):
         nih.find_label_table(tmp_path)
 

@@ -12,14 +12,14 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import SHARED_DATA, write_run_dir
+from conftest import FULL_SIZE_FILMS, write_run_dir
 from cxr_tf import predict as predict_cli
 from cxr_tf.data.labels import LABELS
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.readers import FilmError, Limits, read_film, sniff_format
 from cxr_tf.inference.triage import NO_FINDING_MESSAGE, UNSURE_MESSAGE, triage, worklist
 
-FILMS = sorted((SHARED_DATA / "nih-sample" / "images_001" / "images").glob("*.png"))
+FILMS = FULL_SIZE_FILMS
 RESULT_KEYS = {"file", "probabilities", "uncertainty", "findings", "triage", "message"}
 
 

@@ -128,7 +128,18 @@ def _check_request(manifest, records_dir, split, image_size):
         if path.stat().st_size == 0:
             raise ValueError(f"shard {path} is empty (an interrupted copy?); rebuild or copy it")
         paths.append(str(path))
+    _check_label_count(paths[0], len(manifest_labels(manifest)), records_dir)
     return paths, stored
+
+
+def _check_label_count(shard, num_labels, records_dir):
+    """ValueError when the first record of ``shard`` holds another number of labels than the
+    manifest names (a manifest edited or copied from other records)."""
+    for raw in tf.data.TFRecordDataset(shard).take(1):
+        stored = len(tf.train.Example.FromString(raw.numpy()).features.feature["labels"].int64_list.value)
+        if stored != num_labels:
+            raise ValueError(f"{shard}: its records hold {stored} labels but {Path(records_dir) / MANIFEST} "
+                             f"names {num_labels}; rebuild the records or restore their manifest")
 
 
 # ---------------------------------------------------------------- metadata
