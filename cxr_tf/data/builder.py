@@ -218,6 +218,18 @@ def _result(future):
                            "are kept: run the same build again to resume") from None
 
 
+STOP_AFTER_SHARDS = "CXR_TF_STOP_AFTER_SHARDS"
+"""Fault injection: with this environment variable set to N, the build process dies (as ``kill
+-9`` would, no clean-up) right after writing its N-th shard. The resume test uses it instead
+of killing after a sleep, which can land before or after the build on a fast host."""
+
+
+def _maybe_stop(shards_written):
+    limit = os.environ.get(STOP_AFTER_SHARDS)
+    if limit and shards_written >= int(limit):
+        os._exit(137)
+
+
 def _write_shards(out, todo, table, findings, image_size, workers, pool, progress):
     """Encode and write the shards in ``todo``; returns the number of films encoded."""
     import tensorflow as tf  # noqa: PLC0415 (only the writing process needs it)
@@ -250,6 +262,7 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
             write_json(out / PLAN_DIR / f"{shard['name']}.json",
                         {"shard": shard["name"], "split": shard["split"], "images": written, "skipped": skipped})
             os.replace(tmp, final)
+            _maybe_stop(todo.index(shard) + 1)
     finally:
         bar.close()
     return len(jobs)

@@ -65,7 +65,8 @@ def build_model(arch, image_size=224, num_labels=NUM_LABELS, weights=None, dropo
     (random init), "imagenet" (keras.applications weights; downloaded, or read
     from ``$KERAS_HOME/models`` offline) or a path to a weights file saved from
     the same architecture; dropout: head dropout rate; mc_dropout: always-on
-    head dropout (``cxr_tf.models.layers.MCDropout``).
+    head dropout (``cxr_tf.models.layers.MCDropout``); ``head_units`` (keyword): width of the
+    head's hidden Dense layer, 0 for none (default: the architecture's own).
     """
     spec = get_spec(arch)
     if int(image_size) < spec.min_size:

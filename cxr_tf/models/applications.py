@@ -30,13 +30,14 @@ def backbone_output(name, image, weights, layer=None):
     return base.get_layer(layer or last).output
 
 
-def build_application(name, image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False):
-    """Backbone ``name`` -> GAP ("features") -> dropout -> Dense 512 ReLU -> dropout
+def build_application(name, image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False,
+                      head_units=512):
+    """Backbone ``name`` -> GAP ("features") -> dropout -> Dense ``head_units`` ReLU -> dropout
     -> Dense sigmoid ("predictions")."""
     image = image_input(image_size)
     fmap = backbone_output(name, image, weights)
     features = layers.GlobalAveragePooling2D(name="features")(fmap)
-    outputs = classification_head(features, num_labels, dropout, mc_dropout)
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=head_units)
     return load_weights_file(keras.Model(image, outputs, name=name), weights)
 
 

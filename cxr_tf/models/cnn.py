@@ -10,9 +10,9 @@ from cxr_tf.models.heads import (
 )
 
 
-def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False):
+def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False, head_units=256):
     """Three conv(3×3, same)/BatchNorm/ReLU/max-pool stages (32, 64, 128 filters),
-    global average pooling ("features", 128), then the head with Dense 256.
+    global average pooling ("features", 128), then the head with Dense ``head_units``.
     Grad-CAM layer: "conv3_relu"."""
     check_from_scratch("simple_cnn", weights)
     image = image_input(image_size)
@@ -24,16 +24,17 @@ def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, m
         x = layers.Activation("relu", name=f"conv{i}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     features = layers.GlobalAveragePooling2D(name="features")(x)
-    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=256)
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=head_units)
     return load_weights_file(keras.Model(image, outputs, name="simple_cnn"), weights)
 
 
 def build_multimodal(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False,
-                     block_dropout=0.25):
+                     block_dropout=0.25, head_units=0):
     """Image branch: four blocks of two 3×3 convs, BatchNorm, ReLU, max-pool and
     dropout (32, 64, 128, 256 filters), global average pooling, Dense 256 ReLU.
     Metadata branch: "meta" (5,) -> Dense 32 ReLU. Both concatenated ("features",
-    288) -> dropout -> Dense sigmoid. Grad-CAM layer: "block4_relu"."""
+    288) -> dropout -> [Dense ``head_units`` ReLU -> dropout] -> Dense sigmoid. Grad-CAM layer:
+    "block4_relu"."""
     check_from_scratch("multimodal", weights)
     image, meta = image_input(image_size), meta_input()
     x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
@@ -48,6 +49,6 @@ def build_multimodal(image_size=224, num_labels=14, weights=None, dropout=0.5, m
     x = layers.Dense(256, activation="relu", name="image_dense")(x)
     m = layers.Dense(32, activation="relu", name="meta_dense")(meta)
     features = layers.Concatenate(name="features")([x, m])
-    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=None)
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=head_units)
     model = keras.Model({"image": image, "meta": meta}, outputs, name="multimodal")
     return load_weights_file(model, weights)

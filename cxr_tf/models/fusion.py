@@ -31,7 +31,7 @@ FUSION_CHANNELS = 256
 
 
 def build_fusion(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dropout=False,
-                 num_heads=8, key_dim=32):
+                 num_heads=8, key_dim=32, head_units=0):
     """DenseNet121 ⊕ EfficientNetB3 cross-attention fusion; ``weights="imagenet"``
     loads ImageNet weights into both backbones. Needs image_size >= 32."""
     if image_size < 32:
@@ -60,5 +60,5 @@ def build_fusion(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dr
     fused = layers.Concatenate(name="fusion_concat")([d_att, e_att])             # (B, h*w, 512)
     fmap = layers.Reshape((h, w, 2 * FUSION_CHANNELS), name="fusion_map")(fused)  # (B, h, w, 512)
     features = layers.GlobalAveragePooling2D(name="features")(fmap)
-    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=None)
+    outputs = classification_head(features, num_labels, dropout, mc_dropout, hidden=head_units)
     return load_weights_file(keras.Model(image, outputs, name="fusion"), weights)

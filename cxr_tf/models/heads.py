@@ -25,7 +25,7 @@ def classification_head(features, num_labels, dropout, mc_dropout, hidden=512):
     """features (B, F) -> probabilities (B, num_labels) float32 in 0..1.
 
     dropout -> Dense ``hidden`` ReLU -> dropout -> Dense sigmoid "predictions"
-    (``hidden=None`` gives dropout -> Dense sigmoid). The dropout layers are
+    (``hidden`` 0 or None gives dropout -> Dense sigmoid). The dropout layers are
     ``MCDropout`` when ``mc_dropout`` is true, so the head alone can be sampled.
     """
     drop = MCDropout if mc_dropout else layers.Dropout

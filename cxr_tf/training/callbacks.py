@@ -3,13 +3,16 @@ epoch (restart-safe) and the best model saved atomically."""
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
 MONITOR = "val_auc"
-"""The metric that chooses the best epoch (macro AUC on the validation split)."""
+"""The default metric that chooses the best epoch (macro AUC on the validation split)."""
+MONITORS = {"val_auc": "max", "val_loss": "min"}
+"""The ``monitor`` values of a pipeline config and whether higher or lower is better."""
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -79,7 +82,31 @@ def read_history(path):
     return rows
 
 
-def best_epoch(rows):
-    """The history row with the highest validation AUC (None if there is none)."""
-    scored = [r for r in rows if isinstance(r.get(MONITOR), float) and math.isfinite(r[MONITOR])]
-    return max(scored, key=lambda r: r[MONITOR]) if scored else None
+def best_epoch(rows, monitor=MONITOR):
+    """The history row best on ``monitor`` (highest AUC, lowest loss; None if there is none)."""
+    scored = [r for r in rows if isinstance(r.get(monitor), float) and math.isfinite(r[monitor])]
+    sign = 1.0 if MONITORS[monitor] == "max" else -1.0
+    return max(scored, key=lambda r: sign * r[monitor]) if scored else None
+
+
+STOP_AFTER_STEPS = "CXR_TF_STOP_AFTER_STEPS"
+"""Fault injection: with this environment variable set to N, the process dies (as ``kill -9``
+would, no clean-up) after N training steps of this process. The resume tests use it instead
+of killing after a sleep, which can land before training or after it on a fast host."""
+
+
+class _StopAfterSteps(keras.callbacks.Callback):
+    def __init__(self, steps):
+        super().__init__()
+        self.left = steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.left -= 1
+        if self.left <= 0:
+            os._exit(137)
+
+
+def stop_after_steps():
+    """[the fault-injection callback] when ``CXR_TF_STOP_AFTER_STEPS`` is set, else []."""
+    steps = os.environ.get(STOP_AFTER_STEPS)
+    return [_StopAfterSteps(int(steps))] if steps else []

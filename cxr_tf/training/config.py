@@ -1,8 +1,9 @@
-"""Training configs: ``pipelines/<arch>.yaml`` is the one source of defaults.
+"""Training configs: ``pipelines/`` is the one source of defaults.
 
-A config is built in three layers, later ones winning:
+A config is built in layers, later ones winning:
 
-1. ``pipelines/<arch>.yaml`` (every key, with the study's hyper-parameters);
+1. ``pipelines/base.yaml`` (every key, with the fusion study's hyper-parameters), then
+   ``pipelines/<arch>.yaml`` (only what differs for that architecture);
 2. an optional ``--config FILE`` (any subset of keys; its ``arch`` picks layer 1);
 3. command-line overrides: the named flags of ``python -m cxr_tf.fit`` and
    ``--set dotted.key=value`` (value parsed as YAML: ``--set phases.1.epochs=3``,
@@ -23,10 +24,14 @@ import yaml
 from cxr_tf.data.augment import AUGMENT_ON
 from cxr_tf.evaluation.thresholds import THRESHOLD_METHODS
 from cxr_tf.training.distribute import STRATEGIES
+from cxr_tf.training.callbacks import MONITORS
 from cxr_tf.training.losses import LOSSES
+from cxr_tf.training.optimizers import OPTIMIZERS
 
 PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 """The repository's ``pipelines/`` folder (next to the ``cxr_tf`` package)."""
+BASE = "base"
+"""``pipelines/base.yaml``: the layer under every architecture's file (not an architecture)."""
 
 MIXED_PRECISION = (False, True, "mixed_float16", "mixed_bfloat16")
 
@@ -149,6 +154,7 @@ SCHEMA = {
     "batch_size": _int(1),
     "weights": _weights,
     "dropout": _float(0.0, 1.0, hi_open=True),
+    "head_units": _int(0),
     "mc_dropout": _bool,
     "loss": {
         "name": _choice(*LOSSES),
@@ -157,6 +163,12 @@ SCHEMA = {
         "label_smoothing": _float(0.0, 1.0, hi_open=True),
         "min_prevalence": _float(0.0, 0.5, lo_open=True),
     },
+    "optimizer": {
+        "name": _choice(*OPTIMIZERS),
+        "weight_decay": _float(0.0),
+        "momentum": _float(0.0, 1.0, hi_open=True),
+    },
+    "monitor": _choice(*MONITORS),
     "phases": [{
         "name": _str,
         "epochs": _int(0),
@@ -198,7 +210,7 @@ def _check_mapping(value, schema, prefix, source, complete=True):
     if complete and missing:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"{source + ': ' if source else ''}missing key(s) {', '.join(where + k for k in missing)} "
-                          f"(pipelines/<arch>.yaml has them all; start from one of those files)")
+                          f"(pipelines/base.yaml has them all; start from it)")
     out = {}
     for key, check in schema.items():
         if key not in value:
@@ -232,9 +244,9 @@ def validate(config, source=None):
 
 # --------------------------------------------------------------------------- loading
 def available_archs(pipelines_dir=None):
-    """Names that have a ``pipelines/<name>.yaml``, sorted."""
+    """Names that have a ``pipelines/<name>.yaml`` (base.yaml aside), sorted."""
     folder = Path(pipelines_dir or PIPELINES_DIR)
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != BASE)
 
 
 def read_yaml(path):
@@ -334,13 +346,17 @@ def load_config(arch=None, config_file=None, overrides=None, epochs=None, pipeli
         layer = read_yaml(config_file)
         source = str(config_file)
     arch = overrides.pop("arch", None) or arch or layer.get("arch")
+    if arch == BASE:
+        raise ConfigError(f"arch={BASE!r}: pipelines/{BASE}.yaml is the shared base, not an architecture; "
+                          f"choose one of {', '.join(available_archs(pipelines_dir))}")
     if not arch:
         raise ConfigError("no architecture: pass --arch NAME (one of "
                           f"{', '.join(available_archs(pipelines_dir))}) or a --config file with an arch key")
-    base_path = Path(pipelines_dir or PIPELINES_DIR) / f"{arch}.yaml"
-    if base_path.is_file():
-        config = deep_merge(read_yaml(base_path), layer)
-        source = source or str(base_path)
+    folder = Path(pipelines_dir or PIPELINES_DIR)
+    arch_path = folder / f"{arch}.yaml"
+    if arch_path.is_file():
+        config = deep_merge(deep_merge(read_yaml(folder / f"{BASE}.yaml"), read_yaml(arch_path)), layer)
+        source = source or str(arch_path)
     elif config_file is not None:
         config = layer  # a complete config for an architecture without a pipeline file
     else:

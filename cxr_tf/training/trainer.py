@@ -34,7 +34,9 @@ import tensorflow as tf
 
 from cxr_tf import runs
 from cxr_tf.data.manifest import manifest_labels
-from cxr_tf.training.callbacks import MONITOR, AtomicModelCheckpoint, EpochLog, best_epoch, read_history
+from cxr_tf.training.callbacks import (MONITORS, AtomicModelCheckpoint, EpochLog, best_epoch, read_history,
+                                       stop_after_steps)
+from cxr_tf.training.optimizers import make_optimizer
 from cxr_tf.training.resume import agree_on_run_dir, is_chief
 from cxr_tf.training import config as config_lib
 from cxr_tf.training import distribute
@@ -63,9 +65,9 @@ def precision_policy(setting):
     return setting
 
 
-def _compile(model, loss, learning_rate, jit_compile, num_labels):
+def _compile(model, loss, optimizer, jit_compile, num_labels):
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss=loss,
         metrics=[keras.metrics.AUC(multi_label=True, num_labels=num_labels, name="auc")],
         jit_compile=jit_compile,
@@ -229,6 +231,7 @@ def train(config, run_name=None, resume=True):
         train_ds, val_ds, steps, val_steps = _datasets(config, records, manifest, multimodal, strategy, in_model)
         with strategy.scope():
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=len(labels),
+                                head_units=config["head_units"],
                                 weights=config["weights"], dropout=config["dropout"],
                                 mc_dropout=config["mc_dropout"])
             trainer = model
@@ -264,6 +267,7 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
     history_path = work_dir / runs.HISTORY
     verbose = config["verbose"]
     frozen = False  # models are built fully trainable; one-phase CNNs never touch their backbone
+    fault = stop_after_steps()  # fault injection for the resume tests; none unless asked
     for phase in config["phases"]:
         name = phase["name"]
         if name in state["phases_done"] or phase["epochs"] == 0:
@@ -271,23 +275,25 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
         rows = read_history(history_path)
         done_before = [r for r in rows if r["phase"] != name]
         initial_epoch = int(max((r["epoch"] for r in done_before), default=-1)) + 1
-        best = best_epoch(rows)
+        monitor, mode = config["monitor"], MONITORS[config["monitor"]]
+        best = best_epoch(rows, monitor)
         with strategy.scope():
             if frozen or not phase["train_backbone"]:
                 set_backbone_trainable(model, phase["train_backbone"])
                 frozen = not phase["train_backbone"]
             if best_path.is_file():
                 _load_best(model, best_path)  # each phase starts from the best weights so far
-            _compile(trainer, loss, phase["learning_rate"], config["jit_compile"], int(model.outputs[0].shape[-1]))
+            _compile(trainer, loss, make_optimizer(config["optimizer"], phase["learning_rate"]), config["jit_compile"],
+                     int(model.outputs[0].shape[-1]))
         backup_dir = work_dir / "backup" / name
         # Order matters at the end of an epoch: history row and best model are written
         # before the backup records the epoch as done, so a restart never skips them.
         callbacks = [
             EpochLog(history_path, name),
-            AtomicModelCheckpoint(str(best_path), model=model, monitor=MONITOR, mode="max", save_best_only=True,
-                                  initial_value_threshold=best[MONITOR] if best else None),
-            keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config["early_stopping"]["patience"]),
-            keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=config["reduce_lr"]["factor"],
+            AtomicModelCheckpoint(str(best_path), model=model, monitor=monitor, mode=mode, save_best_only=True,
+                                  initial_value_threshold=best[monitor] if best else None),
+            keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config["early_stopping"]["patience"]),
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=config["reduce_lr"]["factor"],
                                               patience=config["reduce_lr"]["patience"],
                                               min_lr=config["reduce_lr"]["min_lr"]),
             # The backup outlives fit() until the phase is recorded as done, so a kill in
@@ -295,6 +301,7 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
             keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=config["backup_every"],
                                              delete_checkpoint=False),
         ]
+        callbacks += fault
         if config["tensorboard"] and is_chief(strategy):
             callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard" / name)))
         print(f"fit: phase {name}: {phase['epochs']} epoch(s) at learning rate {phase['learning_rate']:g}, "
@@ -306,7 +313,7 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
         runs.write_state(work_dir, {**state, "status": "running"})
         shutil.rmtree(backup_dir, ignore_errors=True)
     if not best_path.is_file():
-        raise RuntimeError(f"no checkpoint was written to {best_path}: validation AUC was never finite")
+        raise RuntimeError(f"no checkpoint was written to {best_path}: validation {config['monitor']} was never finite")
 
 
 def _finish(run_dir, config, records, manifest, multimodal, started):
@@ -323,9 +330,10 @@ def _finish(run_dir, config, records, manifest, multimodal, started):
     y_val, p_val = _arrays(model, eval_dataset(records, manifest, "val", config, multimodal))
     thresholds = choose_thresholds(y_val, p_val, method=config["threshold_method"], labels=labels)
     runs.write_thresholds(thresholds, run_dir / runs.THRESHOLDS)
-    best = best_epoch(read_history(run_dir / runs.HISTORY))
+    best = best_epoch(read_history(run_dir / runs.HISTORY), config["monitor"])
     training = {"model": str(run_dir / runs.MODEL), "best_epoch": int(best["epoch"]) + 1,
-                "best_phase": best["phase"], "best_val_auc_keras": best[MONITOR]}
+                "best_phase": best["phase"], "monitor": config["monitor"],
+                "best_val_auc_keras": best.get("val_auc")}
     splits = {"val": runs.split_block(auc_summary(y_val, p_val, labels), "fit"), "test": None}
     extra = {}
     if int(manifest["splits"].get("test", {}).get("num_examples", 0)) > 0:
