@@ -6,6 +6,7 @@ NIH films, 128 px) into ``records/``. Re-running after an interrupted build resu
     python -m cxr_tf.build --data-dir /data/nih --out records --image-size 256
 """
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import sys
 from pathlib import Path

@@ -1,6 +1,7 @@
 """``python -m cxr_tf.evaluate --model RUN --split test``: the evaluation report of a run
 (library: ``cxr_tf.evaluation.evaluate_run``). See ``docs/evaluation.md``."""
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import sys
 from pathlib import Path

@@ -1,6 +1,7 @@
 """``python -m cxr_tf.explain --model RUN film.png ... --out DIR``: Grad-CAM overlays per
 finding, scored against NIH boxes (library: ``cxr_tf.inference.explain.explain_films``)."""
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import json
 import sys

@@ -1,6 +1,7 @@
 """``python -m cxr_tf.explore --labels TABLE | --records DIR --out DIR``: label, co-occurrence,
 age, sex and view distributions (library: ``cxr_tf.evaluation.explore.explore``)."""
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import sys
 

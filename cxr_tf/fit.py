@@ -4,6 +4,7 @@ Reads the architecture's config from ``pipelines/`` (``cxr_tf.training.config``)
 can be overridden with the named flags or ``--set KEY=VALUE``. See ``docs/training.md``.
 """
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import sys
 from pathlib import Path

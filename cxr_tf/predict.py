@@ -3,6 +3,7 @@
 most urgent first; the exit code is 1 when any film failed, 2 for a usage error. See
 ``docs/inference.md``."""
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import json
 import sys

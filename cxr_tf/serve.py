@@ -1,6 +1,7 @@
 """``python -m cxr_tf.serve --model RUN_DIR [--host 127.0.0.1 --port 8000]``: the triage web
 service (library: ``cxr_tf.inference.service.create_app``). See ``docs/inference.md``."""
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 
 from cxr_tf.inference.service import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB

@@ -23,21 +23,19 @@ def sample_records(tmp_path_factory):
 
 
 def write_run_dir(run_dir, model, arch, image_size, thresholds=None, **config):
-    """Write a run folder in the ``cxr_tf.training.trainer`` layout that ``cxr_tf.inference.predictor`` reads:
-    model.keras, config.json ({"arch", "image_size", ...config}), labels.json and,
-    unless ``thresholds`` is False, thresholds.json (default 0.5 per finding)."""
-    import json
-
+    """Write a run folder in the layout of ``cxr_tf.runs`` that ``Predictor`` reads: model.keras,
+    config.json ({"arch", "image_size", ...config}), labels.json (NIH's 14) and, unless
+    ``thresholds`` is False, thresholds.json (default 0.5 per finding)."""
+    from cxr_tf import runs
     from cxr_tf.data.labels import LABELS
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model.save(run_dir / "model.keras")
-    (run_dir / "config.json").write_text(json.dumps({"arch": arch, "image_size": image_size, **config}))
-    (run_dir / "labels.json").write_text(json.dumps(list(LABELS)))
+    model.save(run_dir / runs.MODEL)
+    runs.write_config(run_dir, {"arch": arch, "image_size": image_size, **config})
+    runs.write_labels(run_dir, LABELS)
     if thresholds is not False:
-        thresholds = thresholds or {label: 0.5 for label in LABELS}
-        (run_dir / "thresholds.json").write_text(json.dumps(thresholds))
+        runs.write_thresholds(thresholds or {label: 0.5 for label in LABELS}, run_dir / runs.THRESHOLDS)
     return run_dir
 
 

@@ -1,4 +1,4 @@
-"""cxr_tf.data.nih on the real NIH tables and films in ../shared/data."""
+"""cxr_tf.data.nih on the real NIH tables and films shipped in tests/data (see tests/data/README.md)."""
 
 import gzip
 import os

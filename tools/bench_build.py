@@ -15,7 +15,7 @@ Three measurements on the same films (page cache warmed first):
 
 The last line reads ``builder_vs_limit=<ratio> builder_vs_naive=<ratio>``.
 
-    python tools/bench_build.py --data-dir ../shared/data/nih-sample [--labels CSV] [--image-size 256]
+    python tools/bench_build.py --data-dir /data/nih-sample [--labels CSV] [--image-size 256]
 
 The machines here are shared: run it on a quiet machine, or read the figures as noisy.
 """

@@ -1,8 +1,8 @@
 """Benchmark the input pipeline against the usual PNG-folder loader.
 
-    python tools/bench_input.py --data-dir DIR [--labels CSV] [--batch-size 32] [--image-size 224]
+    python tools/bench_input.py --data-dir /data/nih-sample [--labels CSV] [--batch-size 32] [--image-size 224]
 
-Builds records from the films in DIR (``cxr_tf.data.builder.build_records``) into a
+Builds records from the films in --data-dir (``cxr_tf.data.builder.build_records``) into a
 temporary folder (or uses ``--records``). A training epoch on NIH holds ~78,000
 films; one on a sample of 150 holds 3 batches, and restarting the pipeline every 3
 batches (threads, autotuning, shuffle buffer) would be most of what gets measured.

@@ -1,10 +1,13 @@
-"""Regenerate the embedded sample ``cxr_tf/sample/`` from the 150 real NIH films in
-../shared/data/nih-sample: each film downsampled to 128 px 8-bit greyscale PNG
-(``cxr_tf.data.images``: RGBA -> grey, area interpolation), their 150 table rows
-(2020 layout) as ``Data_Entry_sample.csv``, and the official NIH list files cut
-down to these films (``train_val_list.txt``, ``test_list.txt``).
+"""Regenerate the embedded sample ``cxr_tf/sample/`` from a full-size copy of its 150 real NIH
+films (``--source``: the films and their ``Data_Entry_sample.csv``): each film downsampled to
+128 px 8-bit greyscale PNG (``cxr_tf.data.images``: RGBA -> grey, area interpolation), their
+150 table rows (2020 layout) as ``Data_Entry_sample.csv``, and the official NIH list files
+cut down to these films (``train_val_list.txt``, ``test_list.txt``).
 
-    python tools/make_sample.py [--source ../shared/data/nih-sample] [--lists ../shared/data/nih]
+    python tools/make_sample.py --source /data/nih-sample --lists /data/nih
+
+``--lists`` is the folder of NIH's ``train_val_list.txt`` and ``test_list.txt``. Both folders
+lie outside the repository, so both are required.
 """
 
 import argparse
@@ -17,8 +20,6 @@ sys.path.insert(0, str(ROOT))
 
 from cxr_tf.data import nih  # noqa: E402
 from cxr_tf.data.images import encode_png, read_image, to_square  # noqa: E402
-
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def make_sample(source, lists, dest, size=128):
@@ -44,8 +45,10 @@ def make_sample(source, lists, dest, size=128):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=SHARED / "nih-sample", help="folder of the 150 NIH films")
-    parser.add_argument("--lists", type=Path, default=SHARED / "nih", help="folder of the official list files")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="folder of the 150 full-size NIH films and Data_Entry_sample.csv")
+    parser.add_argument("--lists", type=Path, required=True,
+                        help="folder of the official list files (train_val_list.txt, test_list.txt)")
     parser.add_argument("--dest", type=Path, default=ROOT / "cxr_tf" / "sample")
     parser.add_argument("--size", type=int, default=128, help="side of the square films (pixels)")
     args = parser.parse_args(argv)

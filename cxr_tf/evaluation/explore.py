@@ -1,6 +1,6 @@
 """Data exploration: the figures every study of ChestX-ray14 starts with.
 
-    python -m cxr_tf.explore --labels ../shared/data/nih/Data_Entry_2017_v2020.csv.gz --out explore/
+    python -m cxr_tf.explore --labels /data/nih/Data_Entry_2017_v2020.csv.gz --out explore/
     python -m cxr_tf.explore --records records/ --out explore/
 
 From a label table (read with ``cxr_tf.data.nih.read_label_table``, either NIH layout)

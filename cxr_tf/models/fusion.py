@@ -1,4 +1,4 @@
-"""The Dense–Efficient attention-fusion network (fusion study, ../shared/seeds/003).
+"""The Dense–Efficient attention-fusion network (the fusion study, docs/references.md).
 
 DenseNet121 and EfficientNetB3 run in parallel on the same film; each is cut at
 an intermediate tap, the last feature map at stride 16 (14×14 at 224 px):

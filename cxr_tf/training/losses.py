@@ -5,11 +5,11 @@
 =============== ==================================================================
 focal           ``keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True,
                 alpha, gamma)``: the fusion study's loss (alpha 0.25, gamma 2.0;
-                ../shared/seeds/003), the same weighting as tensorflow-addons'
+                docs/references.md), the same weighting as tensorflow-addons'
                 ``SigmoidFocalCrossEntropy``
 bce             ``keras.losses.BinaryCrossentropy``
 weighted_bce    ``WeightedBinaryCrossentropy``: BCE with per-finding weights from the
-                label prevalence p of the training split (seeds/001): positives
+                label prevalence p of the training split (the multimodal-CNN study): positives
                 weigh 1 / (2p), negatives 1 / (2(1 - p)), so each finding's positives
                 and negatives carry equal total weight and a finding at p = 0.5 gets
                 plain BCE. p is floored at ``min_prevalence`` (a finding with no
