@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import FULL_SIZE_FILMS
 from cxr_tf.data.labels import LABELS
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer
 
-FILMS = sorted((SHARED_DATA / "nih-sample" / "images_001" / "images").glob("*.png"))
+FILMS = FULL_SIZE_FILMS
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA
+import gzip
+import shutil
+
+from conftest import TEST_DATA
 from cxr_tf.data import nih, splits
 from cxr_tf.data.labels import LABELS
 
-FULL = SHARED_DATA / "nih"
-SAMPLE = SHARED_DATA / "nih-sample"
-pytestmark = pytest.mark.skipif(not FULL.is_dir(), reason=f"real NIH tables missing at {SHARED_DATA}")
+FULL = TEST_DATA / "nih"
+SAMPLE = TEST_DATA / "nih-sample"
+
+
+@pytest.fixture(scope="module")
+def official_lists(tmp_path_factory):
+    """A folder with NIH's train_val_list.txt and test_list.txt (shipped gzipped)."""
+    folder = tmp_path_factory.mktemp("lists")
+    for name in ("train_val_list.txt", "test_list.txt"):
+        with gzip.open(FULL / f"{name}.gz", "rb") as src, open(folder / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +56,10 @@ def test_full_table_stratified_split_is_fast_and_patient_safe(full_table):
     assert hernia["test"] / 227 == pytest.approx(0.2, abs=0.06) and hernia["val"] / 227 == pytest.approx(0.1, abs=0.05)
 
 
-def test_full_table_official_split(full_table):
-    assignment = splits.make_split(full_table, "official", val_fraction=0.1, seed=0, official_lists=FULL)
+def test_full_table_official_split(full_table, official_lists):
+    assignment = splits.make_split(full_table, "official", val_fraction=0.1, seed=0, official_lists=official_lists)
     _check_split(full_table, assignment)
-    test_list = set((FULL / "test_list.txt").read_text().split())
+    test_list = set((official_lists / "test_list.txt").read_text().split())
     assert set(full_table["image_index"][(assignment == "test").to_numpy()]) == test_list
     assert (assignment == "val").mean() == pytest.approx(0.1, abs=0.01)
 

@@ -15,7 +15,7 @@ float32).
 from dataclasses import dataclass
 from typing import Callable
 
-from keras import layers
+import keras
 
 from cxr_tf.data.labels import NUM_LABELS
 from cxr_tf.models.applications import build_densenet121, build_efficientnetb0, build_resnet50
@@ -96,7 +96,7 @@ def set_backbone_trainable(model, trainable, train_bn=False):
     for layer in model.layers:
         if not is_backbone_layer(layer):
             continue
-        if isinstance(layer, layers.BatchNormalization):
+        if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = bool(trainable and train_bn)
         else:
             layer.trainable = bool(trainable)
