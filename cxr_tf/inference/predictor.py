@@ -212,6 +212,10 @@ class Predictor:
                 out[i] = (result, tuple(film_x_meta))
         return out
 
+    def triage_loaded(self, loaded):
+        """Results for films already read with ``load``: [(name, film, x, meta)] -> [result], one MC run."""
+        return self._results(loaded)
+
     def cams(self, film, x, meta, findings):
         """{finding: Grad-CAM map float32 (H, W) 0..1 on the film's own grid}."""
         from cxr_tf.inference.gradcam import cam_to_film
