@@ -79,7 +79,7 @@ def dx_dataset(png_path, patient_id="NIH-TEST", patient_name="Test^Film", access
     ds.ImageLaterality, ds.PositionerType, ds.AcquisitionContextSequence = "U", "", []
     region = Dataset()
     region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "51185008", "SCT", "Chest"
-    ds.AnatomicRegionSequence = [region]
+    ds.AnatomicRegionSequence = [region] if body_part == "CHEST" else []
     ds.PresentationLUTShape, ds.WindowCenter, ds.WindowWidth = "IDENTITY", 128, 256
     ds.ImagerPixelSpacing = [0.143 * 1024 / pixels.shape[0]] * 2  # NIH films: ~0.143 mm at 1024 px
     ds.DetectorType = "SCINTILLATOR"

@@ -86,10 +86,10 @@ def chest_problem(ds):
     sop_class = str(ds.get("SOPClassUID", ""))
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     region = {str(item.get("CodeValue", "")) for item in ds.get("AnatomicRegionSequence", [])}
-    chest = part in CHEST_PARTS or bool(region & CHEST_REGION_CODES)
-    named_other = (part and part not in CHEST_PARTS) or (region and not region & CHEST_REGION_CODES)
+    # BodyPartExamined wins over the Anatomic Region Sequence; neither: unknown (None)
+    chest = (part in CHEST_PARTS) if part else (bool(region & CHEST_REGION_CODES) if region else None)
     if sop_class in RADIOGRAPHS:
-        if named_other and not chest:
+        if chest is False:
             return f"{RADIOGRAPHS[sop_class]} of body part {part or sorted(region)}, not the chest"
         return None
     if sop_class == SECONDARY_CAPTURE:

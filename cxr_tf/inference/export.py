@@ -63,6 +63,24 @@ def encode(predictor, result, loaded, fmt, dataset=None, heatmaps=False):
     return out
 
 
+def fhir_answer(predictor, result, data):
+    """One film of the service's ``?format=fhir`` answer (a JSON-ready dict): the FHIR
+    Bundle of a triaged film (study and patient from the upload's DICOM header when it
+    is DICOM), or an OperationOutcome carrying the per-film error."""
+    from cxr_tf.inference.fhir import make_bundle, operation_outcome
+
+    if "error" in result:
+        return json.loads(operation_outcome(result["error"]).model_dump_json(exclude_none=True))
+    try:
+        dataset = source_dataset(data, result["file"]) if sniff_format(data) == "dicom" else None
+    except FilmError as err:
+        return json.loads(operation_outcome(str(err)).model_dump_json(exclude_none=True))
+    study = dataset.get("StudyInstanceUID") if dataset is not None else None
+    patient = dataset.get("PatientID") if dataset is not None else None
+    bundle = make_bundle(result, predictor.describe(), study, patient)
+    return json.loads(bundle.model_dump_json(exclude_none=True))
+
+
 def _part10(ds):
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
