@@ -16,7 +16,6 @@ Chest CAD SR)::
       CONTAINS TEXT    Decision aid statement
       CONTAINS CONTAINER Measurement group (TID 1501), one per finding:
           tracking identifier = finding label (+ a UID), finding type = finding code,
-          algorithm identification, source image,
           NUM Probability (DCM 122157), derivation Mean               [unit UCUM "1"]
           NUM Probability (DCM 122157), derivation Standard Deviation [MC dropout]
           NUM Decision threshold (99CXRTF)
@@ -94,16 +93,36 @@ def make_sr(result, source, description, series_uid=None, instance_number=1):
     items.append(hd.sr.TextContentItem(private(TRIAGE_MESSAGE), result["message"], relationship_type="CONTAINS"))
     items.append(hd.sr.TextContentItem(private(DECISION_AID), DISCLAIMER, relationship_type="CONTAINS"))
     for row in rows:
-        items += _finding_group(row, algorithm, source)
-    root.ContentSequence = hd.sr.ContentSequence(items)
-    return hd.sr.ComprehensiveSR(
-        evidence=[source], content=root, series_instance_uid=series_uid or generate_uid(),
+        items += _finding_group(row)
+    # highdicom copies and searches the whole tree it is given (0.4 s of a 0.6 s SR on
+    # 2 cores, most of the node's time per film); it needs only the root and the source
+    # reference to fill the SOP-level modules and the evidence, so it gets those, and the
+    # full tree, made of the same highdicom content items, is attached afterwards.
+    root.ContentSequence = hd.sr.ContentSequence([image])
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[_header(source)], content=root, series_instance_uid=series_uid or generate_uid(),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=instance_number,
         manufacturer=MANUFACTURER, is_complete=True, series_description="cxr_tf triage (decision aid)")
+    sr.ContentSequence = hd.sr.ContentSequence(items)
+    return sr
 
 
-def _finding_group(row, algorithm, source):
-    """TID 1501 measurement group of one finding."""
+def _header(source):
+    """``source`` without its pixel data (a shallow copy): highdicom copies the evidence,
+    and a film's pixels (MBs) have no place in the SR."""
+    from pydicom.dataset import Dataset
+
+    header = Dataset()
+    for element in source:
+        if element.tag.group != 0x7FE0:
+            header.add(element)
+    return header
+
+
+def _finding_group(row):
+    """TID 1501 measurement group of one finding. The algorithm and the source image are
+    stated once at the root (they are the same for all 14); repeating them per group
+    would double the SR's size and its build time (measured: 1.2 s -> ~0.5 s per SR)."""
     code = finding_code(row)
     measurements = [
         hd.sr.Measurement(codes.DCM.Probability, row.probability, NO_UNITS, derivation=codes.SCT.Mean),
@@ -114,9 +133,7 @@ def _finding_group(row, algorithm, source):
     verdict = codes.SCT.Present if row.positive else codes.SCT.Absent
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=row.label),
-        finding_type=code, algorithm_id=algorithm,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
-        measurements=measurements, qualitative_evaluations=[hd.sr.QualitativeEvaluation(code, verdict)])
+        finding_type=code, measurements=measurements, qualitative_evaluations=[hd.sr.QualitativeEvaluation(code, verdict)])
 
 
 # ---------------------------------------------------------------------- reading back
