@@ -65,7 +65,7 @@ def test_sr_heatmaps_match_json_and_validate(tmp_path, tiny_run, films, capsys):
     assert "not a diagnosis" in content["decision_aid"]
     assert content["algorithm"]["Algorithm Name"] == "cxr_tf simple_cnn"
     assert content["algorithm"]["Algorithm Version"] == Path(tiny_run).name
-    assert list(content["findings"]) == list(LABELS)
+    assert list(content["findings"]) == list(expected["probabilities"]) == list(LABELS)
     for label, values in content["findings"].items():
         assert values["probability"] == pytest.approx(expected["probabilities"][label], abs=1e-6)
         assert values["uncertainty"] == pytest.approx(expected["uncertainty"][label], abs=1e-6)
@@ -95,7 +95,7 @@ def test_fhir_bundle_validates_and_matches_json(tmp_path, tiny_run, films):
         observations = [r for r in resources if r.get_resource_type() == "Observation"]
         assert report.conclusion == expected["triage"]["action"] and report.status == "preliminary"
         assert report.conclusionCode[0].coding[0].code == expected["triage"]["level"].upper()
-        assert len(report.result) == len(observations) == len(LABELS)
+        assert len(report.result) == len(observations) == len(expected["probabilities"])
         if study:
             assert report.imagingStudy[0].identifier.value == f"urn:oid:{study}"
             assert report.subject.identifier.value == ds.PatientID
@@ -126,6 +126,30 @@ def test_service_answers_fhir(tiny_run, films):
         assert bad.status_code == 422
     finally:
         live.stop()
+
+
+def test_other_label_sets_are_encoded_in_the_runs_order(films):
+    """A run trained on another label set: its labels, in its order; unknown ones get local codes."""
+    from cxr_tf.inference.dicom_sr import make_sr
+    from cxr_tf.inference.fhir import make_bundle
+
+    _, ds, _ = films
+    labels = ("Pneumothorax", "Lung Opacity")
+    result = {"file": "f", "probabilities": {"Pneumothorax": 0.8, "Lung Opacity": 0.2},
+              "uncertainty": {"Pneumothorax": 0.02, "Lung Opacity": 0.01}, "findings": ["Pneumothorax"],
+              "triage": {"level": "urgent", "action": "Read now."}, "message": "critical finding: Pneumothorax (0.80)"}
+    description = {"arch": "simple_cnn", "run_dir": "/runs/other", "labels": list(labels), "samples": 5,
+                   "thresholds": {"Pneumothorax": 0.5, "Lung Opacity": 0.4}, "split_method": "patient",
+                   "test_metrics": {"macro_auc": 0.81}}
+    content = read_sr(make_sr(result, ds, description))
+    assert list(content["findings"]) == list(labels)
+    assert content["findings"]["Lung Opacity"] == {"probability": 0.2, "uncertainty": 0.01, "threshold": 0.4,
+                                                  "positive": False}
+    assert "test_macro_auc=0.8100" in content["algorithm"]["Algorithm Parameters"]
+    bundle = make_bundle(result, description, ds.StudyInstanceUID, ds.PatientID)
+    codes = [e.resource.code.coding[0] for e in bundle.entry if e.resource.get_resource_type() == "Observation"]
+    assert [(c.system, c.code) for c in codes] == [("http://snomed.info/sct", "36118008"),
+                                                   ("urn:cxr-tf:codes", "LUNG_OPACITY")]
 
 
 @pytest.mark.parametrize("changes, problem", [

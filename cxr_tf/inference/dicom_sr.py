@@ -144,7 +144,8 @@ def _name(item):
 
 def read_sr(ds):
     """What an SR from ``make_sr`` says: {"triage_level", "action", "message",
-    "source": (SOP Class UID, SOP Instance UID), "algorithm": {name: value},
+    "source": (SOP Class UID, SOP Instance UID),
+    "algorithm": {"Algorithm Name": str, "Algorithm Version": str, "Algorithm Parameters": [str]},
     "findings": {label: {"probability", "uncertainty", "threshold", "positive"}}}."""
     out = {"findings": {}, "algorithm": {}}
     for item in ds.ContentSequence:
@@ -157,6 +158,8 @@ def read_sr(ds):
             out["message"] = item.TextValue
         elif kind == "TEXT" and name == DECISION_AID[1]:
             out["decision_aid"] = item.TextValue
+        elif kind == "TEXT" and name == "Algorithm Parameters":  # one item per parameter
+            out["algorithm"].setdefault(name, []).append(item.TextValue)
         elif kind == "TEXT" and name.startswith("Algorithm"):
             out["algorithm"][name] = item.TextValue
         elif kind == "IMAGE":

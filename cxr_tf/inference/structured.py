@@ -22,8 +22,6 @@ decision-aid statement, and Pleural_Thickening (no SNOMED concept we could verif
 import dataclasses
 from pathlib import Path
 
-from cxr_tf.data.labels import LABELS
-
 PRIVATE_SCHEME = "99CXRTF"
 """Coding scheme designator of our local codes (DICOM; in FHIR the system ``PRIVATE_SYSTEM``)."""
 PRIVATE_SYSTEM = "urn:cxr-tf:codes"
@@ -44,7 +42,7 @@ FINDING_CODES = {
     "Edema": ("SCT", "19242006", "Pulmonary edema"),
     "Emphysema": ("SCT", "87433001", "Pulmonary emphysema"),
     "Fibrosis": ("SCT", "51615001", "Pulmonary fibrosis"),
-    "Pleural_Thickening": (PRIVATE_SCHEME, "PLEURAL_THICKENING", "Pleural thickening"),
+    "Pleural_Thickening": (PRIVATE_SCHEME, "PLEURAL_THICK", "Pleural thickening"),
     "Hernia": ("SCT", "84089009", "Hiatal hernia"),
 }
 
@@ -53,7 +51,7 @@ TRIAGE_LEVEL = ("TRIAGE_LEVEL", "Triage level")
 TRIAGE_LEVELS = {"urgent": ("URGENT", "Urgent"), "review": ("REVIEW", "Review"),
                  "routine": ("ROUTINE", "Routine")}
 MC_STD = ("MC_DROPOUT_STD", "Monte-Carlo dropout standard deviation of probability")
-THRESHOLD = ("DECISION_THRESHOLD", "Decision threshold")
+THRESHOLD = ("THRESHOLD", "Decision threshold")
 DECISION_AID = ("DECISION_AID", "Decision aid statement")
 TRIAGE_MESSAGE = ("TRIAGE_MESSAGE", "Triage message")
 DISCLAIMER = ("Decision aid, not a diagnosis: these findings come from a machine-learning model "
@@ -76,15 +74,24 @@ class FindingRow:
     positive: bool
 
 
+def finding_code(label):
+    """(scheme, code, meaning) of a finding label; a label of a run trained on another
+    label set that we have no code for gets a local 99CXRTF code named after it."""
+    if label in FINDING_CODES:
+        return FINDING_CODES[label]
+    return PRIVATE_SCHEME, label.upper().replace(" ", "_")[:16], label.replace("_", " ")  # SH: 16 characters
+
+
 def finding_rows(result, thresholds):
-    """[FindingRow] in label order for a successful triage result (see module doc).
+    """[FindingRow] in the run's label order (that of ``result["probabilities"]``) for a
+    successful triage result (see module doc).
 
     thresholds: {finding: 0..1}, the run's (``Predictor.thresholds``)."""
     if "error" in result:
         raise ValueError(f"{result.get('file')}: no triage result to encode ({result['error']})")
     rows = []
-    for label in LABELS:
-        scheme, code, meaning = FINDING_CODES[label]
+    for label in result["probabilities"]:
+        scheme, code, meaning = finding_code(label)
         rows.append(FindingRow(label, scheme, code, meaning, float(result["probabilities"][label]),
                                float(result["uncertainty"][label]), float(thresholds[label]),
                                label in result["findings"]))
