@@ -12,7 +12,7 @@ import sys
 import threading
 
 from cxr_tf.inference.dicom_node import DicomNode, Destination
-from cxr_tf.inference.predictor import Predictor, resolve_run_dir
+from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 
 
@@ -37,7 +37,7 @@ def main(argv=None):
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # it logs every PDU at INFO
     try:
         destination = Destination.parse(args.destination)
-        predictor = Predictor(resolve_run_dir(args.model), samples=args.samples, seed=args.seed)
+        predictor = Predictor(args.model, samples=args.samples, seed=args.seed)
         node = DicomNode(predictor, aet=args.aet, host=args.host, port=args.port, destination=destination,
                          fhir_out=args.fhir_out, heatmaps=args.heatmaps, keep_unsent=args.keep_unsent,
                          retry_initial=args.retry_initial, retry_max=args.retry_max)
