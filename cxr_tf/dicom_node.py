@@ -3,7 +3,7 @@
 chest radiographs as they arrive and sends a Structured Report (and Grad-CAM Secondary
 Captures) to the destination (library: ``cxr_tf.inference.dicom_node``; see
 ``docs/integration.md``). Stops on SIGTERM or Ctrl-C after finishing what it holds; exit
-code 1 when some results could not be delivered, 2 for a usage error."""
+code 1 when some results could not be built or delivered, 2 for a usage error."""
 
 import argparse
 import logging
@@ -51,8 +51,8 @@ def main(argv=None):
     stop.wait()
     report = node.stop()
     print(f"stopped: triaged {report['triaged']}, sent {report['sent']}, refused {report['refused']}, "
-          f"unsent {len(report['unsent'])}", flush=True)
-    return 1 if report["unsent"] else 0
+          f"failed {report['failed']}, unsent {len(report['unsent'])}", flush=True)
+    return 1 if report["unsent"] or report["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -110,39 +108,53 @@ def send_to_node(port, ds):
         assoc.release()
 
 
-def test_destination_down_then_up_loses_nothing_and_sigterm_stops(tmp_path, tiny_run):
+def test_destination_down_then_up_loses_nothing_and_sigterm_stops(tmp_path, tiny_run, caplog, capsys):
+    """The command (``main``, in this process's main thread so that it owns SIGTERM) with
+    the PACS down; a modality sends a film; the PACS comes up; the SR arrives; SIGTERM."""
+    from cxr_tf import dicom_node
+
+    caplog.set_level("INFO")
     node_port, pacs_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cxr_tf.dicom_node", "--model", str(tiny_run), "--port", str(node_port),
-         "--destination", f"{AET}@127.0.0.1:{pacs_port}", "--samples", "2", "--retry-initial", "0.3",
-         "--retry-max", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
     orthanc = Orthanc(tmp_path / "orthanc", {"cxrtf": ("CXR_TF", "127.0.0.1", node_port)}, dicom_port=pacs_port)
+    ds = dx_dataset(SAMPLES[7])
+    problems, found = [], []
+
+    def log_count(text):
+        return sum(text in rec.getMessage() for rec in caplog.records)
+
+    def scenario():
+        try:
+            wait_until(lambda: log_count("listening as CXR_TF") == 1)
+            assert send_to_node(node_port, ds) == 0x0000  # accepted while the PACS is down
+            wait_until(lambda: log_count("could not send results of SOP Instance " + ds.SOPInstanceUID) >= 2)
+            orthanc.start()  # the PACS comes up
+            found.extend(orthanc.wait_for(ds.StudyInstanceUID, lambda inst: any(m == "SR" for m, _, _ in inst)))
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            problems.append(err)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    helper = threading.Thread(target=scenario, daemon=True)
+    helper.start()
     try:
-        wait_until(lambda: any("listening" in line for line in lines), proc, lines)
-        ds = dx_dataset(SAMPLES[7])
-        assert send_to_node(node_port, ds) == 0x0000
-        wait_until(lambda: sum("could not send" in line for line in lines) >= 2, proc, lines)  # retried
-        orthanc.start()  # the destination comes up
-        found = orthanc.wait_for(ds.StudyInstanceUID, lambda inst: any(m == "SR" for m, _, _ in inst))
-        assert len([m for m, _, _ in found if m == "SR"]) == 1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, "".join(lines[-20:])
-        reader.join(timeout=5)
-        assert any("unsent 0" in line and "triaged 1" in line for line in lines), "".join(lines[-20:])
+        code = dicom_node.main(["--model", str(tiny_run), "--port", str(node_port), "--samples", "2",
+                                "--destination", f"{AET}@127.0.0.1:{pacs_port}", "--retry-initial", "0.3",
+                                "--retry-max", "1"])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        helper.join(timeout=60)
         orthanc.stop()
+    if problems:
+        raise problems[0]
+    assert [m for m, _, _ in found].count("SR") == 1
+    assert code == 0
+    assert "stopped: triaged 1, sent 1, refused 0, failed 0, unsent 0" in capsys.readouterr().out
 
 
-def wait_until(condition, proc, lines, timeout=120):
+def wait_until(condition, timeout=60):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc.poll() is None, "the node exited:\n" + "".join(lines[-30:])
-        assert time.monotonic() < deadline, "timed out; node output:\n" + "".join(lines[-30:])
-        time.sleep(0.1)
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

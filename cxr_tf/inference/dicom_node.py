@@ -100,6 +100,17 @@ def chest_problem(ds):
     return f"{name} is not a chest radiograph (CR, DX or chest Secondary Capture)"
 
 
+def _identity_problem(ds):
+    """Why no SR could join ``ds``'s study (missing UIDs), or None."""
+    from cxr_tf.inference.dicom_sr import check_source
+
+    try:
+        check_source(ds)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 @dataclasses.dataclass
 class Pending:
     """Objects of one film waiting to be sent."""
@@ -172,7 +183,8 @@ class DicomNode:
         """Stop accepting, finish the queued films, try the outbox once more (until
         ``drain_timeout`` seconds, default ``retry_max``), then report.
 
-        Returns {"triaged", "sent", "refused", "unsent": [SOP Instance UIDs of films whose
+        Returns {"triaged", "sent", "refused", "failed" (accepted films whose results could
+        not be built; each logged with its UID), "unsent": [SOP Instance UIDs of films whose
         results were not delivered]}; each unsent film is logged (and written under
         ``keep_unsent`` when given)."""
         if self._server is not None:
@@ -194,7 +206,7 @@ class DicomNode:
             if self.keep_unsent:
                 self._write_unsent(pending)
         report = {"triaged": self.stats["triaged"], "sent": self.stats["films_sent"],
-                  "refused": self.stats["refused"], "unsent": unsent}
+                  "refused": self.stats["refused"], "failed": self.stats["failed"], "unsent": unsent}
         log.info("stopped: %s", report)
         return report
 
@@ -220,7 +232,7 @@ class DicomNode:
             sop_uid = str(ds.get("SOPInstanceUID", sop_uid))
             if self._stopping.is_set():
                 return self._refuse(sop_uid, STATUS_SHUTTING_DOWN, "node is shutting down; send again later")
-            problem = chest_problem(ds)
+            problem = chest_problem(ds) or _identity_problem(ds)
             if problem:
                 return self._refuse(sop_uid, STATUS_NOT_CHEST, problem)
             film, x, meta = self.predictor.load(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
@@ -263,7 +275,7 @@ class DicomNode:
                     break
             try:
                 self._triage(batch)
-            except Exception:  # noqa: BLE001 - keep serving; the films are logged as lost
+            except Exception:  # noqa: BLE001 - keep serving; the films are logged by UID
                 log.exception("triage failed for SOP Instance(s) %s", [item[1] for item in batch])
                 self.stats["failed"] += len(batch)
             finally:
@@ -282,23 +294,35 @@ class DicomNode:
             self._idle.notify_all()
 
     def _triage(self, batch):
+        results = self.predictor.triage_loaded([(sop, film, x, meta) for _, sop, _, film, x, meta in batch])
+        for item, result in zip(batch, results):
+            try:  # one film's failure costs no other film its result
+                self._answer(item, result)
+            except Exception:  # noqa: BLE001 - logged with the film's UID; the node keeps serving
+                self.stats["failed"] += 1
+                log.exception("could not build the results of SOP Instance %s", item[1])
+
+    def _answer(self, item, result):
+        """SR (+ heatmaps, FHIR) of one triaged film, into the outbox."""
         from pydicom.uid import generate_uid
 
         from cxr_tf.inference.dicom_sr import make_sr
 
-        results = self.predictor.triage_loaded([(sop, film, x, meta) for _, sop, _, film, x, meta in batch])
-        for (received, sop_uid, ds, film, x, meta), result in zip(batch, results):
-            objects = [make_sr(result, ds, self._description, series_uid=generate_uid())]
-            if self.heatmaps and result["findings"]:
-                from cxr_tf.inference.heatmap_sc import make_heatmaps
+        received, sop_uid, ds, film, x, meta = item
+        objects = [make_sr(result, ds, self._description, series_uid=generate_uid())]
+        if self.heatmaps and result["findings"]:
+            from cxr_tf.inference.heatmap_sc import make_heatmaps
 
+            try:
                 cams = self.predictor.cams(film, x, meta, result["findings"])
                 objects += make_heatmaps(ds, film.pixels, cams, result["probabilities"])
-            if self.fhir_out:
-                self._write_fhir(result, ds)
-            self.stats["triaged"] += 1
-            log.info("triaged SOP Instance %s: %s (%s)", sop_uid, result["triage"]["level"], result["message"])
-            self.outbox.append(Pending(sop_uid, objects, received))
+            except Exception:  # noqa: BLE001 - the SR still goes out
+                log.exception("no heatmaps for SOP Instance %s; sending the SR alone", sop_uid)
+        if self.fhir_out:
+            self._write_fhir(result, ds)
+        self.stats["triaged"] += 1
+        log.info("triaged SOP Instance %s: %s (%s)", sop_uid, result["triage"]["level"], result["message"])
+        self.outbox.append(Pending(sop_uid, objects, received))
 
     def _write_fhir(self, result, ds):
         from cxr_tf.inference.fhir import bundle_json, make_bundle
