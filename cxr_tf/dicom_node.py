@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from cxr_tf.inference.dicom_node import DicomNode, Destination
+from cxr_tf.inference.dicom_node import Destination, DicomNode
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from orthanc_server import AET, ORTHANC, Orthanc
 
 from cxr_tf import predict as predict_cli
-from cxr_tf.inference.dicom_node import DicomNode, Destination
+from cxr_tf.inference.dicom_node import Destination, DicomNode
 from cxr_tf.inference.dicom_sr import read_sr
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
-from orthanc_server import AET, ORTHANC, Orthanc
 
 pytestmark = pytest.mark.skipif(ORTHANC is None, reason="Orthanc binary not installed (Debian package orthanc; "
                                                          ".ci/run installs it)")
@@ -78,7 +78,7 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, tiny_run, caplo
             bad_id = orthanc.upload(dicom_bytes(bad))["ID"]
             status, body = orthanc.request("POST", "/modalities/cxrtf/store", bad_id.encode())
             assert status != 200, (body, node.refusals, (orthanc.log.read_text()[-3000:]))
-            [(uid, why)] = [r for r in node.refusals if r[0] == bad.SOPInstanceUID]
+            [(_, why)] = [r for r in node.refusals if r[0] == bad.SOPInstanceUID]
             assert reason in why
             assert any(bad.SOPInstanceUID in rec.getMessage() for rec in caplog.records)
         # still serving: another film of the study gets its SR

@@ -17,7 +17,6 @@ a modality's pace). Last line: ``films_per_s=<node films/s> p95_ms=<node p95 lat
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -82,9 +81,10 @@ def main(argv=None):
     parser.add_argument("--heatmaps", action="store_true", help="node also sends Grad-CAM Secondary Captures")
     args = parser.parse_args(argv)
 
-    from cxr_tf.inference.dicom_node import DicomNode, Destination
-    from cxr_tf.inference.export import export_files
     from pydicom.uid import generate_uid
+
+    from cxr_tf.inference.dicom_node import Destination, DicomNode
+    from cxr_tf.inference.export import export_files
     from cxr_tf.inference.predictor import Predictor
     from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
 

@@ -275,7 +275,7 @@ class DicomNode:
                     break
             try:
                 self._triage(batch)
-            except Exception:  # noqa: BLE001 - keep serving; the films are logged by UID
+            except Exception:
                 log.exception("triage failed for SOP Instance(s) %s", [item[1] for item in batch])
                 self.stats["failed"] += len(batch)
             finally:
@@ -298,7 +298,7 @@ class DicomNode:
         for item, result in zip(batch, results):
             try:  # one film's failure costs no other film its result
                 self._answer(item, result)
-            except Exception:  # noqa: BLE001 - logged with the film's UID; the node keeps serving
+            except Exception:
                 self.stats["failed"] += 1
                 log.exception("could not build the results of SOP Instance %s", item[1])
 
@@ -316,7 +316,7 @@ class DicomNode:
             try:
                 cams = self.predictor.cams(film, x, meta, result["findings"])
                 objects += make_heatmaps(ds, film.pixels, cams, result["probabilities"])
-            except Exception:  # noqa: BLE001 - the SR still goes out
+            except Exception:
                 log.exception("no heatmaps for SOP Instance %s; sending the SR alone", sop_uid)
         if self.fhir_out:
             self._write_fhir(result, ds)

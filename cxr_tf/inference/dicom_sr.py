@@ -28,9 +28,19 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from cxr_tf.inference.structured import (DECISION_AID, DISCLAIMER, MANUFACTURER, MC_STD, PRIVATE_SCHEME,
-                                         THRESHOLD, TRIAGE_LEVEL, TRIAGE_LEVELS, TRIAGE_MESSAGE, finding_rows,
-                                         model_identity)
+from cxr_tf.inference.structured import (
+    DECISION_AID,
+    DISCLAIMER,
+    MANUFACTURER,
+    MC_STD,
+    PRIVATE_SCHEME,
+    THRESHOLD,
+    TRIAGE_LEVEL,
+    TRIAGE_LEVELS,
+    TRIAGE_MESSAGE,
+    finding_rows,
+    model_identity,
+)
 
 SR_SERIES_NUMBER = 9001
 """Series number of our SR series (high, so it sorts after the acquisition series)."""

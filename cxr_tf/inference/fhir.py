@@ -23,8 +23,18 @@ See ``docs/integration.md``. ``make_bundle`` builds it, ``bundle_json`` serialis
 import datetime
 import uuid
 
-from cxr_tf.inference.structured import (DISCLAIMER, MANUFACTURER, MC_STD, PRIVATE_SYSTEM, SNOMED_SYSTEM,
-                                         THRESHOLD, TRIAGE_LEVEL, TRIAGE_LEVELS, finding_rows, model_identity)
+from cxr_tf.inference.structured import (
+    DISCLAIMER,
+    MANUFACTURER,
+    MC_STD,
+    PRIVATE_SYSTEM,
+    SNOMED_SYSTEM,
+    THRESHOLD,
+    TRIAGE_LEVEL,
+    TRIAGE_LEVELS,
+    finding_rows,
+    model_identity,
+)
 
 UCUM = "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -62,7 +72,7 @@ def make_bundle(result, description, study_uid=None, patient_id=None, issued=Non
 
     rows = finding_rows(result, description["thresholds"])
     identity = model_identity(description)
-    issued = (issued or datetime.datetime.now(datetime.timezone.utc)).isoformat()
+    issued = (issued or datetime.datetime.now(datetime.UTC)).isoformat()
     subject = ({"identifier": {"type": {"text": "DICOM PatientID"}, "value": patient_id}}
                if patient_id else None)
     device_url = _urn()
