@@ -41,6 +41,7 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, tiny_run, caplo
     node = None
     try:
         node = DicomNode(Predictor(tiny_run, samples=MC, seed=SEED), aet="CXR_TF", port=node_port, heatmaps=True,
+                         fhir_out=tmp_path / "fhir",
                          destination=Destination(AET, "127.0.0.1", orthanc.dicom_port), retry_initial=0.2,
                          retry_max=2).start()
         uploaded = orthanc.upload(film.read_bytes())
@@ -69,6 +70,10 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, tiny_run, caplo
             assert got["positive"] == (label in expected["findings"])
         heatmaps = [i for m, _, i in found if m == "OT"]
         assert len(heatmaps) == len(expected["findings"])
+        bundle = json.loads((tmp_path / "fhir" / f"{ds.SOPInstanceUID}.fhir.json").read_text())
+        [report] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+        assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{ds.StudyInstanceUID}"
+        assert report["conclusion"] == expected["triage"]["action"]
 
         # refused: a hand film, and a film whose pixel data is cut short; Orthanc reports the failure
         hand = dx_dataset(SAMPLES[4], body_part="HAND", study_uid=ds.StudyInstanceUID)

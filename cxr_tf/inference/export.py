@@ -34,14 +34,15 @@ def source_dataset(data, name):
         raise FilmError(f"{name}: corrupt DICOM header ({err})") from None
 
 
-def encode(predictor, result, loaded, fmt, dataset=None, heatmaps=False):
+def encode(predictor, result, loaded, fmt, dataset=None, heatmaps=False, description=None):
     """[(suffix, bytes)] of one film's outputs in ``fmt`` (see the module table).
 
     result/loaded: one item of ``Predictor.predict_sources``; dataset: the film's
-    pydicom Dataset (DICOM films; required for dicom-sr)."""
+    pydicom Dataset (DICOM films; required for dicom-sr); description:
+    ``predictor.describe()`` when the caller has it."""
     if fmt == "json":
         return [(".json", json.dumps(result, indent=2).encode())]
-    description = predictor.describe()
+    description = description or predictor.describe()
     if fmt == "fhir":
         from cxr_tf.inference.fhir import bundle_json, make_bundle
 
@@ -127,6 +128,7 @@ def export_files(predictor, paths, fmt, out_dir, heatmaps=False, limits=None):
     triaged = predictor.predict_sources([(name, data) for _, name, data in items])
     by_index = dict(errors)
     used = set()
+    description = predictor.describe()
     for (i, name, _), (result, loaded) in zip(items, triaged):
         if loaded is None:
             by_index[i] = result
@@ -136,7 +138,7 @@ def export_files(predictor, paths, fmt, out_dir, heatmaps=False, limits=None):
             stem += "_"
         used.add(stem)
         try:
-            encoded = encode(predictor, result, loaded, fmt, datasets.get(i), heatmaps)
+            encoded = encode(predictor, result, loaded, fmt, datasets.get(i), heatmaps, description)
         except ValueError as err:  # e.g. a DICOM film without the UIDs an SR needs
             by_index[i] = {"file": name, "error": f"{name}: {err}"}
             continue
