@@ -118,6 +118,7 @@ class Pending:
     sop_uid: str
     objects: list
     received: float
+    is_report: bool = False  # the SR (counted as the film's delivery) or its heatmaps
     attempts: int = 0
     next_try: float = 0.0
     error: str = ""
@@ -131,7 +132,8 @@ class DicomNode:
     FHIR); heatmaps: also send Grad-CAM Secondary Captures of positive findings;
     keep_unsent: a folder where ``stop()`` writes what could not be sent (None: only
     logged and reported). ``stats``: counters; ``latencies``: seconds from a film's
-    arrival to its SR's successful C-STORE, one per film.
+    arrival to its SR's successful C-STORE, one per film. A batch's SRs are sent before
+    its heatmaps are computed.
     """
 
     def __init__(self, predictor, aet="CXR_TF", host="127.0.0.1", port=11112, destination=None,
@@ -198,7 +200,7 @@ class DicomNode:
             self._send_due(force=True)
             if self.outbox:
                 time.sleep(min(self.retry_initial, max(0.0, deadline - time.monotonic())))
-        unsent = [p.sop_uid for p in self.outbox]
+        unsent = sorted({p.sop_uid for p in self.outbox})
         for pending in self.outbox:
             log.error("NOT SENT: results of SOP Instance %s (%d object(s)) to %s after %d attempt(s): %s%s",
                       pending.sop_uid, len(pending.objects), self.destination, pending.attempts, pending.error,
@@ -294,35 +296,52 @@ class DicomNode:
             self._idle.notify_all()
 
     def _triage(self, batch):
+        """MC run over the batch; every film's SR goes out first, then the heatmaps
+        (Grad-CAM costs more than the SR, and the SR is what the worklist needs)."""
         results = self.predictor.triage_loaded([(sop, film, x, meta) for _, sop, _, film, x, meta in batch])
+        done = []
         for item, result in zip(batch, results):
-            try:  # one film's failure costs no other film its result
-                self._answer(item, result)
-            except Exception:
-                self.stats["failed"] += 1
-                log.exception("could not build the results of SOP Instance %s", item[1])
+            if self._guarded(item[1], "the SR", self._report, item, result):
+                done.append((item, result))
+        self._send_due()
+        if self.heatmaps:
+            for item, result in done:
+                if result["findings"]:
+                    self._guarded(item[1], "heatmaps", self._heatmaps, item, result)
 
-    def _answer(self, item, result):
-        """SR (+ heatmaps, FHIR) of one triaged film, into the outbox."""
+    def _guarded(self, sop_uid, what, step, *args):
+        """Run one film's step; True when it worked. One film's failure costs no other
+        film its result, and is logged with the film's UID."""
+        try:
+            step(*args)
+            return True
+        except Exception:  # noqa: BLE001 - logged; the node keeps serving
+            self.stats["failed" if what == "the SR" else "heatmaps_failed"] += 1
+            log.exception("could not build %s of SOP Instance %s", what, sop_uid)
+            return False
+
+    def _report(self, item, result):
+        """The film's SR (and FHIR Bundle) into the outbox."""
         from pydicom.uid import generate_uid
 
         from cxr_tf.inference.dicom_sr import make_sr
 
-        received, sop_uid, ds, film, x, meta = item
-        objects = [make_sr(result, ds, self._description, series_uid=generate_uid())]
-        if self.heatmaps and result["findings"]:
-            from cxr_tf.inference.heatmap_sc import make_heatmaps
-
-            try:
-                cams = self.predictor.cams(film, x, meta, result["findings"])
-                objects += make_heatmaps(ds, film.pixels, cams, result["probabilities"])
-            except Exception:
-                log.exception("no heatmaps for SOP Instance %s; sending the SR alone", sop_uid)
+        received, sop_uid, ds, _, _, _ = item
+        sr = make_sr(result, ds, self._description, series_uid=generate_uid())
         if self.fhir_out:
             self._write_fhir(result, ds)
         self.stats["triaged"] += 1
         log.info("triaged SOP Instance %s: %s (%s)", sop_uid, result["triage"]["level"], result["message"])
-        self.outbox.append(Pending(sop_uid, objects, received))
+        self.outbox.append(Pending(sop_uid, [sr], received, is_report=True))
+
+    def _heatmaps(self, item, result):
+        """Grad-CAM Secondary Captures of the film's positive findings into the outbox."""
+        from cxr_tf.inference.heatmap_sc import make_heatmaps
+
+        received, sop_uid, ds, film, x, meta = item
+        cams = self.predictor.cams(film, x, meta, result["findings"])
+        self.outbox.append(Pending(sop_uid, make_heatmaps(ds, film.pixels, cams, result["probabilities"]),
+                                   received))
 
     def _write_fhir(self, result, ds):
         from cxr_tf.inference.fhir import bundle_json, make_bundle
@@ -351,8 +370,9 @@ class DicomNode:
                     self._failed(pending, error)
                 else:
                     self.outbox.remove(pending)
-                    self.stats["films_sent"] += 1
-                    self.latencies.append(time.monotonic() - pending.received)
+                    if pending.is_report:
+                        self.stats["films_sent"] += 1
+                        self.latencies.append(time.monotonic() - pending.received)
         finally:
             if assoc.is_established:
                 assoc.release()
