@@ -20,8 +20,8 @@ from cxr_tf.inference.dicom_sr import read_sr
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
 
-pytestmark = pytest.mark.skipif(ORTHANC is None, reason="Orthanc binary not installed (Debian package orthanc; "
-                                                         ".ci/run installs it)")
+needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc binary not installed (Debian package "
+                                                            "orthanc; .ci/run installs it)")
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
 SEED, MC = 11, 5
 
@@ -31,6 +31,7 @@ def sr_and_heatmaps(instances):
     return "SR" in modalities and "OT" in modalities
 
 
+@needs_orthanc
 def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, tiny_run, caplog):
     film = tmp_path / "film.dcm"
     ds = dx_dataset(SAMPLES[3], patient_id="PAT-042", patient_name="Doe^Jane", accession="ACC-7", age=61, sex="F")
@@ -113,6 +114,7 @@ def send_to_node(port, ds):
         assoc.release()
 
 
+@needs_orthanc
 def test_destination_down_then_up_loses_nothing_and_sigterm_stops(tmp_path, tiny_run, caplog, capsys):
     """The command (``main``, in this process's main thread so that it owns SIGTERM) with
     the PACS down; a modality sends a film; the PACS comes up; the SR arrives; SIGTERM."""
@@ -156,6 +158,25 @@ def test_destination_down_then_up_loses_nothing_and_sigterm_stops(tmp_path, tiny
     assert [m for m, _, _ in found].count("SR") == 1
     assert code == 0
     assert "stopped: triaged 1, sent 1, refused 0, failed 0, unsent 0" in capsys.readouterr().out
+
+
+def test_destination_never_up_is_reported_and_kept(tmp_path, tiny_run, caplog):
+    """Results that cannot be delivered by the time the node stops are reported by film
+    UID and, with keep_unsent, written (here: a port nothing listens on)."""
+    node_port = free_port()
+    node = DicomNode(Predictor(tiny_run, samples=2), port=node_port, keep_unsent=tmp_path / "unsent",
+                     destination=Destination("NOBODY", "127.0.0.1", free_port()), retry_initial=0.1,
+                     retry_max=0.5).start()
+    ds = dx_dataset(SAMPLES[8])
+    try:
+        assert send_to_node(node_port, ds) == 0x0000
+        wait_until(lambda: node.stats["send_failures"] >= 1)
+    finally:
+        report = node.stop(drain_timeout=0.3)
+    assert report["unsent"] == [ds.SOPInstanceUID] and report["triaged"] == 1 and report["sent"] == 0
+    [kept] = (tmp_path / "unsent" / ds.SOPInstanceUID).glob("*.dcm")
+    assert read_sr(pydicom.dcmread(kept))["source"][1] == ds.SOPInstanceUID
+    assert any("NOT SENT" in r.getMessage() and ds.SOPInstanceUID in r.getMessage() for r in caplog.records)
 
 
 def wait_until(condition, timeout=60):
