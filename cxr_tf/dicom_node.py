@@ -5,6 +5,7 @@ Captures) to the destination (library: ``cxr_tf.inference.dicom_node``; see
 ``docs/integration.md``). Stops on SIGTERM or Ctrl-C after finishing what it holds; exit
 code 1 when some results could not be built or delivered, 2 for a usage error."""
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import logging
 import signal

@@ -2,7 +2,7 @@
 (library: ``cxr_tf.inference.predictor.Predictor``). ``--json`` prints one object per film,
 most urgent first; the exit code is 1 when any film failed, 2 for a usage error.
 ``--format json|fhir|dicom-sr --out DIR`` writes one file per film
-(``cxr_tf.inference.export``; ``docs/integration.md``). See ``docs/inference.md``."""
+(``cxr_tf.inference.outputs``; ``docs/integration.md``). See ``docs/inference.md``."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from cxr_tf.inference.export import FORMATS, export_files
+from cxr_tf.inference.outputs import FORMATS, export_files
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES

@@ -86,7 +86,7 @@ def main(argv=None):
     from pydicom.uid import generate_uid
 
     from cxr_tf.inference.dicom_node import Destination, DicomNode
-    from cxr_tf.inference.export import export_files
+    from cxr_tf.inference.outputs import export_files
     from cxr_tf.inference.predictor import Predictor
     from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
 

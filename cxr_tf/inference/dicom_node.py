@@ -315,7 +315,7 @@ class DicomNode:
         try:
             step(*args)
             return True
-        except Exception:  # noqa: BLE001 - logged; the node keeps serving
+        except Exception:
             self.stats["failed" if what == "the SR" else "heatmaps_failed"] += 1
             log.exception("could not build %s of SOP Instance %s", what, sop_uid)
             return False

@@ -74,7 +74,7 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
         results = predictor.worklist(results)
         status = 422 if all("error" in r for r in results) else 200
         if format == "fhir":
-            from cxr_tf.inference.export import fhir_answer
+            from cxr_tf.inference.outputs import fhir_answer
 
             with lock:
                 results = [fhir_answer(predictor, r, data_of[id(r)]) for r in results]
