@@ -1,7 +1,8 @@
 """``python -m cxr_tf.predict --model RUN_DIR film.png other.dcm ...``: triage films
 (library: ``cxr_tf.inference.predictor.Predictor``). ``--json`` prints one object per film,
-most urgent first; the exit code is 1 when any film failed, 2 for a usage error. See
-``docs/inference.md``."""
+most urgent first; the exit code is 1 when any film failed, 2 for a usage error.
+``--format json|fhir|dicom-sr --out DIR`` writes one file per film
+(``cxr_tf.inference.outputs``; ``docs/integration.md``). See ``docs/inference.md``."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
@@ -9,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from cxr_tf.inference.outputs import FORMATS, export_files
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
@@ -37,6 +39,12 @@ def main(argv=None):
     parser.add_argument("files", nargs="+", help="films: PNG, JPEG or DICOM (recognised by content)")
     parser.add_argument("--model", help="run folder of cxr_tf.training.trainer (default: the one saved_models/latest names)")
     parser.add_argument("--json", action="store_true", help="print a JSON list (worklist order)")
+    parser.add_argument("--format", choices=FORMATS, help="write one file per film under --out: the JSON "
+                        "object, a FHIR R4 Bundle, or a DICOM SR (DICOM films only); see docs/integration.md")
+    parser.add_argument("--out", metavar="DIR", help="folder for --format outputs")
+    parser.add_argument("--heatmaps", action="store_true",
+                        help="with --format dicom-sr: also a Grad-CAM Secondary Capture per positive finding")
+    parser.add_argument("--seed", type=int, help="fix the MC dropout masks (reproducible results)")
     parser.add_argument("--gradcam", metavar="DIR", help="write Grad-CAM overlays of positive findings here")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="MC dropout passes (default 25)")
     parser.add_argument("--uncertainty-threshold", type=float, default=DEFAULT_UNCERTAINTY_THRESHOLD,
@@ -45,18 +53,27 @@ def main(argv=None):
                         help=f"findings that make a film urgent (default {' '.join(DEFAULT_CRITICAL)}); "
                              "give it after the films")
     args = parser.parse_args(argv)
+    if bool(args.format) != bool(args.out):
+        parser.error("--format and --out go together")
     try:
         predictor = Predictor(args.model, samples=args.samples,
-                              uncertainty_threshold=args.uncertainty_threshold, critical=args.critical)
+                              uncertainty_threshold=args.uncertainty_threshold, critical=args.critical,
+                              seed=args.seed)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for note in predictor.notes:
         print(f"note: {note}", file=sys.stderr)
-    results = predictor.worklist(predictor.predict_files(args.files, gradcam_dir=args.gradcam))
+    if args.format:
+        results = predictor.worklist(export_files(predictor, args.files, args.format, args.out, args.heatmaps))
+    else:
+        results = predictor.worklist(predictor.predict_files(args.files, gradcam_dir=args.gradcam))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(format_table(results))
+        for r in results:
+            for target in r.get("outputs", []):
+                print(f"wrote {target}")
         for name, paths in predictor.overlay_paths.items():
             for finding, target in paths.items():
                 print(f"Grad-CAM {Path(name).name} {finding}: {target}")

@@ -54,11 +54,12 @@ class Predictor:
     run_dir: a ``cxr_tf.training.trainer`` run folder. samples: MC dropout passes (1 = one
     dropout draw; the std is then 0). uncertainty_threshold: MC std at which a
     finding is uncertain. critical: findings that make a film urgent. limits:
-    ``cxr_tf.inference.readers.Limits`` for incoming files.
+    ``cxr_tf.inference.readers.Limits`` for incoming files. seed: fixes the MC dropout
+    masks (two fresh Predictors with one seed give equal results for equal calls).
     """
 
     def __init__(self, run_dir, samples=DEFAULT_SAMPLES, uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD,
-                 critical=DEFAULT_CRITICAL, limits=None, batch_size=16):
+                 critical=DEFAULT_CRITICAL, limits=None, batch_size=16, seed=None):
         from cxr_tf.inference.uncertainty import MCSampler
 
         if samples < 1:
@@ -78,7 +79,7 @@ class Predictor:
         self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
         self.multimodal = len(self.model.inputs) > 1
         self._manifest = self._find_manifest() if self.multimodal else None
-        self.sampler = MCSampler(self.model, batch_size=batch_size)
+        self.sampler = MCSampler(self.model, batch_size=batch_size, seed=seed)
         self._gradcam = None
         self.overlay_paths = {}  # {film: {finding: path}} of the last predict_files(gradcam_dir=...)
         for note in self.notes:
@@ -193,6 +194,36 @@ class Predictor:
             text = f"{finding} p={probs[0][self.labels.index(finding)]:.2f}"
             out[finding] = overlay_png(film.pixels, cam_to_film(cam, film.pixels.shape), text, max_side)
         return out
+
+    def predict_sources(self, items):
+        """Triage [(name, path or bytes)] in one MC run, in input order: [(result, loaded)]
+        where loaded = (film, x, meta) for ``cams`` / ``overlays``, or None with an error result."""
+        loaded, out = [], []
+        for name, source in items:
+            try:
+                loaded.append((name, *self.load(source, name=name)))
+                out.append(None)
+            except FilmError as err:
+                out.append(({"file": name, "error": str(err)}, None))
+        done = iter(zip(self._results(loaded), loaded))
+        for i, item in enumerate(out):
+            if item is None:  # a readable film: its result, in the order they were loaded
+                result, (_, *film_x_meta) = next(done)
+                out[i] = (result, tuple(film_x_meta))
+        return out
+
+    def triage_loaded(self, loaded):
+        """Results for films already read with ``load``: [(name, film, x, meta)] -> [result], one MC run."""
+        return self._results(loaded)
+
+    def cams(self, film, x, meta, findings):
+        """{finding: Grad-CAM map float32 (H, W) 0..1 on the film's own grid}."""
+        from cxr_tf.inference.gradcam import cam_to_film
+
+        if not findings:
+            return {}
+        maps, _ = self.gradcam.cams(x, findings, meta)
+        return {f: cam_to_film(cam, film.pixels.shape) for f, cam in zip(findings, maps[0])}
 
     def predict_files(self, paths, gradcam_dir=None):
         """Triage films given as paths, in input order (``worklist`` sorts them).

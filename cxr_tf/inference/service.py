@@ -5,7 +5,9 @@ A FastAPI app over `cxr_tf.inference.predictor.Predictor`, loaded once at start:
 - ``POST /api/predict``  multipart field ``files`` (one or several films: PNG, JPEG or
   DICOM, recognised by content). Answers the JSON list of ``predict --json`` sorted by
   urgency; ``?images=1`` adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI}}``
-  to each result (what the page shows).
+  to each result (what the page shows). ``?format=fhir`` answers instead, in the same
+  order, one FHIR R4 ``Bundle`` per film (``cxr_tf.inference.fhir``) and an
+  ``OperationOutcome`` for each film that could not be read.
 - ``GET /api/health``, ``GET /api/model`` (architecture, labels, thresholds, split, test AUCs).
 - ``GET /`` the single page (``cxr_tf/static/index.html``; no CDN assets).
 
@@ -59,7 +61,8 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
         return predictor.describe()
 
     @app.post("/api/predict")
-    async def predict(files: list[UploadFile] = File(default=[]), images: bool = Query(False)):
+    async def predict(files: list[UploadFile] = File(default=[]), images: bool = Query(False),
+                      format: str = Query("json", pattern="^(json|fhir)$")):
         if not files:
             raise HTTPException(400, "no films: send one or more files in the multipart field 'files'")
         if len(files) > max_files:
@@ -67,9 +70,14 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
         uploads = [(f.filename or f"upload-{i}", await _read_capped(f, limit_bytes)) for i, f in enumerate(files)]
         with lock:
             results = [predictor.predict_bytes(name, data, images=images) for name, data in uploads]
+        data_of = {id(r): data for r, (_, data) in zip(results, uploads)}  # worklist keeps the objects
         results = predictor.worklist(results)
-        if all("error" in r for r in results):
-            return JSONResponse(results, status_code=422)
-        return results
+        status = 422 if all("error" in r for r in results) else 200
+        if format == "fhir":
+            from cxr_tf.inference.outputs import fhir_answer
+
+            with lock:
+                results = [fhir_answer(predictor, r, data_of[id(r)]) for r in results]
+        return JSONResponse(results, status_code=status)
 
     return app

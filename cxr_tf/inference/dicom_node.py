@@ -1,0 +1,425 @@
+"""A DICOM node that triages chest radiographs as they arrive and answers with a
+Structured Report (and Grad-CAM Secondary Captures) sent to a destination AE.
+
+Flow (``docs/integration.md``)::
+
+    modality / PACS --C-STORE--> [Storage SCP: check, read]  --queue-->  [worker: triage,
+    SR, heatmaps, FHIR]  --C-STORE-->  destination (PACS)
+
+- The SCP (pynetdicom) accepts every storage SOP class so that it can *answer* what
+  it will not triage: a film that is not a chest radiograph (see ``chest_problem``)
+  or that cannot be read (``cxr_tf.inference.readers`` raises ``FilmError``) gets a
+  failure status (0xC000 family) with an Error Comment, and a log line naming its
+  SOP Instance UID and the reason. Everything else gets 0x0000 once it is read and
+  queued: the film is then the node's responsibility.
+- One worker thread runs the model (loaded once) on whatever has queued up (one MC
+  run per batch of up to ``max_batch`` films), builds the SR (+ heatmaps) and sends
+  them. Films are processed in memory; only ``fhir_out`` and ``keep_unsent`` (both
+  asked for by the user) write files.
+- A destination that is down or refuses is retried with exponential back-off
+  (``retry_initial`` doubling up to ``retry_max`` seconds); nothing is dropped.
+  ``stop()`` stops accepting, finishes the queue, tries the outbox once more, and
+  reports (and logs, and with ``keep_unsent`` writes) what could not be sent.
+"""
+
+import collections
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from cxr_tf.inference.readers import FilmError
+
+log = logging.getLogger(__name__)
+
+# Storage SOP classes of chest radiographs.
+CR = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+RADIOGRAPHS = {CR: "CR", DX_PRESENTATION: "DX for presentation", DX_PROCESSING: "DX for processing"}
+CHEST_PARTS = ("CHEST", "THORAX", "LUNG", "PORT CHEST")
+CHEST_REGION_CODES = {"51185008", "43799004", "39607008", "T-D3000"}  # SCT chest, thorax, lung; SRT chest
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+
+# C-STORE failure statuses (PS3.4 B.2.3; C000-CFFF "cannot understand").
+STATUS_NOT_CHEST = 0xC001
+STATUS_UNREADABLE = 0xC002
+STATUS_SHUTTING_DOWN = 0xA700  # "out of resources": the sender retries later
+
+
+@dataclasses.dataclass(frozen=True)
+class Destination:
+    """Where results go: AE title, host, port."""
+
+    aet: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text):
+        """``AET@HOST:PORT`` -> Destination; ValueError naming the expected form."""
+        try:
+            aet, rest = text.split("@", 1)
+            host, port = rest.rsplit(":", 1)
+            port = int(port)
+        except ValueError:
+            raise ValueError(f"destination {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242") from None
+        if not aet or len(aet) > 16 or not host or not 0 < port < 65536:
+            raise ValueError(f"destination {text!r}: AE title 1-16 characters, a host and a port 1-65535")
+        return cls(aet, host, port)
+
+    def __str__(self):
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+def chest_problem(ds):
+    """Why ``ds`` is not a chest radiograph we triage, or None when it is.
+
+    CR and DX images are accepted unless BodyPartExamined (or the Anatomic Region
+    Sequence) names another body part (many modalities leave them empty). Secondary
+    Captures must say they are of the chest, since SC holds anything from scanned
+    paper to screenshots.
+    """
+    sop_class = str(ds.get("SOPClassUID", ""))
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    region = {str(item.get("CodeValue", "")) for item in ds.get("AnatomicRegionSequence", [])}
+    # BodyPartExamined wins over the Anatomic Region Sequence; neither: unknown (None)
+    chest = (part in CHEST_PARTS) if part else (bool(region & CHEST_REGION_CODES) if region else None)
+    if sop_class in RADIOGRAPHS:
+        if chest is False:
+            return f"{RADIOGRAPHS[sop_class]} of body part {part or sorted(region)}, not the chest"
+        return None
+    if sop_class == SECONDARY_CAPTURE:
+        if chest and str(ds.get("Modality", "")).upper() in ("CR", "DX", "OT", ""):
+            return None
+        return "Secondary Capture not marked as a chest radiograph (BodyPartExamined CHEST, modality CR/DX/OT)"
+    name = getattr(ds.get("SOPClassUID"), "name", sop_class) or "no SOP Class UID"
+    return f"{name} is not a chest radiograph (CR, DX or chest Secondary Capture)"
+
+
+def _identity_problem(ds):
+    """Why no SR could join ``ds``'s study (missing UIDs), or None."""
+    from cxr_tf.inference.dicom_sr import check_source
+
+    try:
+        check_source(ds)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@dataclasses.dataclass
+class Pending:
+    """Objects of one film waiting to be sent."""
+
+    sop_uid: str
+    objects: list
+    received: float
+    is_report: bool = False  # the SR (counted as the film's delivery) or its heatmaps
+    attempts: int = 0
+    next_try: float = 0.0
+    error: str = ""
+
+
+class DicomNode:
+    """The node: ``DicomNode(predictor, ...).start()``, later ``stop()``.
+
+    predictor: a loaded ``Predictor``; aet/host/port: where it listens; destination:
+    a ``Destination``; fhir_out: a folder for ``<SOPInstanceUID>.fhir.json`` (None: no
+    FHIR); heatmaps: also send Grad-CAM Secondary Captures of positive findings;
+    keep_unsent: a folder where ``stop()`` writes what could not be sent (None: only
+    logged and reported). ``stats``: counters; ``latencies``: seconds from a film's
+    arrival to its SR's successful C-STORE, one per film. A batch's SRs are sent before
+    its heatmaps are computed.
+    """
+
+    def __init__(self, predictor, aet="CXR_TF", host="127.0.0.1", port=11112, destination=None,
+                 fhir_out=None, heatmaps=False, keep_unsent=None, retry_initial=1.0, retry_max=60.0,
+                 max_batch=16, timeout=30.0):
+        if destination is None:
+            raise ValueError("a destination AET@HOST:PORT is required: where the SRs go")
+        self.predictor = predictor
+        self.aet, self.host, self.port = aet, host, int(port)
+        self.destination = destination
+        self.fhir_out = Path(fhir_out) if fhir_out else None
+        self.heatmaps = heatmaps
+        self.keep_unsent = Path(keep_unsent) if keep_unsent else None
+        self.retry_initial, self.retry_max = float(retry_initial), float(retry_max)
+        self.max_batch, self.timeout = int(max_batch), float(timeout)
+        self.stats = collections.Counter()
+        self.latencies = []
+        self.refusals = []  # [(SOP Instance UID, reason)]
+        self.outbox = []  # [Pending]
+        self._queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._server = None
+        self._worker = None
+        self._description = predictor.describe()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self):
+        """Listen (non-blocking) and start the worker; returns self."""
+        from pynetdicom import AE, evt
+        from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+
+        if self.fhir_out:
+            self.fhir_out.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title=self.aet)
+        ae.maximum_pdu_size = 0  # no limit: films are large
+        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.timeout
+        contexts = [build_context(c.abstract_syntax) for c in AllStoragePresentationContexts]
+        ae.supported_contexts = contexts + [build_context("1.2.840.10008.1.1")]  # + Verification
+        self._worker = threading.Thread(target=self._work, name="cxr_tf-node-worker", daemon=True)
+        self._worker.start()
+        self._server = ae.start_server((self.host, self.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        log.info("listening as %s on %s:%d; results to %s", self.aet, self.host, self.port, self.destination)
+        return self
+
+    def stop(self, drain_timeout=None):
+        """Stop accepting, finish the queued films, try the outbox once more (until
+        ``drain_timeout`` seconds, default ``retry_max``), then report.
+
+        Returns {"triaged", "sent", "refused", "failed" (accepted films whose results could
+        not be built; each logged with its UID), "unsent": [SOP Instance UIDs of films whose
+        results were not delivered]}; each unsent film is logged (and written under
+        ``keep_unsent`` when given)."""
+        if self._server is not None:
+            self._server.shutdown()  # no new associations; running ones end
+            self._server = None
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.join()
+        deadline = time.monotonic() + (self.retry_max if drain_timeout is None else drain_timeout)
+        while self.outbox and time.monotonic() < deadline:
+            self._send_due(force=True)
+            if self.outbox:
+                time.sleep(min(self.retry_initial, max(0.0, deadline - time.monotonic())))
+        unsent = sorted({p.sop_uid for p in self.outbox})
+        for pending in self.outbox:
+            log.error("NOT SENT: results of SOP Instance %s (%d object(s)) to %s after %d attempt(s): %s%s",
+                      pending.sop_uid, len(pending.objects), self.destination, pending.attempts, pending.error,
+                      "" if self.keep_unsent else "; rerun with --keep-unsent DIR to keep them")
+            if self.keep_unsent:
+                self._write_unsent(pending)
+        report = {"triaged": self.stats["triaged"], "sent": self.stats["films_sent"],
+                  "refused": self.stats["refused"], "failed": self.stats["failed"], "unsent": unsent}
+        log.info("stopped: %s", report)
+        return report
+
+    def wait_idle(self, timeout=60.0):
+        """Block until the queue and outbox are empty (True) or ``timeout`` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._queue.unfinished_tasks or self.outbox:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.2))
+        return True
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_store(self, event):
+        """C-STORE handler (association thread): check, read, queue; the status says which."""
+        sop_uid = "unknown SOP Instance"
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            sop_uid = str(ds.get("SOPInstanceUID", sop_uid))
+            if self._stopping.is_set():
+                return self._refuse(sop_uid, STATUS_SHUTTING_DOWN, "node is shutting down; send again later")
+            problem = chest_problem(ds) or _identity_problem(ds)
+            if problem:
+                return self._refuse(sop_uid, STATUS_NOT_CHEST, problem)
+            film, x, meta = self.predictor.load(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
+        except FilmError as err:
+            return self._refuse(sop_uid, STATUS_UNREADABLE, str(err))
+        except Exception as err:  # noqa: BLE001 - pydicom raises many types while decoding a damaged data set
+            return self._refuse(sop_uid, STATUS_UNREADABLE, f"cannot decode the data set ({type(err).__name__}: {err})")
+        self.stats["received"] += 1
+        self._queue.put((time.monotonic(), sop_uid, ds, film, x, meta))
+        return 0x0000
+
+    def _refuse(self, sop_uid, status, reason):
+        from pydicom.dataset import Dataset
+
+        self.stats["refused"] += 1
+        self.refusals.append((sop_uid, reason))
+        log.warning("refused SOP Instance %s: %s", sop_uid, reason)
+        answer = Dataset()
+        answer.Status = status
+        answer.ErrorComment = reason[:64]  # LO: 64 characters
+        return answer
+
+    # ------------------------------------------------------------------ working
+
+    def _work(self):
+        while True:
+            try:
+                first = self._queue.get(timeout=self._wait_time())
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                self._send_due()
+                self._notify()
+                continue
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._triage(batch)
+            except Exception:
+                log.exception("triage failed for SOP Instance(s) %s", [item[1] for item in batch])
+                self.stats["failed"] += len(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            self._send_due()
+            self._notify()
+
+    def _wait_time(self):
+        if not self.outbox:
+            return 0.2
+        return max(0.01, min(0.2, min(p.next_try for p in self.outbox) - time.monotonic()))
+
+    def _notify(self):
+        with self._idle:
+            self._idle.notify_all()
+
+    def _triage(self, batch):
+        """MC run over the batch; every film's SR goes out first, then the heatmaps
+        (Grad-CAM costs more than the SR, and the SR is what the worklist needs)."""
+        results = self.predictor.triage_loaded([(sop, film, x, meta) for _, sop, _, film, x, meta in batch])
+        done = []
+        for item, result in zip(batch, results):
+            if self._guarded(item[1], "the SR", self._report, item, result):
+                done.append((item, result))
+        self._send_due()
+        if self.heatmaps:
+            for item, result in done:
+                if result["findings"]:
+                    self._guarded(item[1], "heatmaps", self._heatmaps, item, result)
+
+    def _guarded(self, sop_uid, what, step, *args):
+        """Run one film's step; True when it worked. One film's failure costs no other
+        film its result, and is logged with the film's UID."""
+        try:
+            step(*args)
+            return True
+        except Exception:
+            self.stats["failed" if what == "the SR" else "heatmaps_failed"] += 1
+            log.exception("could not build %s of SOP Instance %s", what, sop_uid)
+            return False
+
+    def _report(self, item, result):
+        """The film's SR (and FHIR Bundle) into the outbox."""
+        from pydicom.uid import generate_uid
+
+        from cxr_tf.inference.dicom_sr import make_sr
+
+        received, sop_uid, ds, _, _, _ = item
+        sr = make_sr(result, ds, self._description, series_uid=generate_uid())
+        if self.fhir_out:
+            self._write_fhir(result, ds)
+        self.stats["triaged"] += 1
+        log.info("triaged SOP Instance %s: %s (%s)", sop_uid, result["triage"]["level"], result["message"])
+        self.outbox.append(Pending(sop_uid, [sr], received, is_report=True))
+
+    def _heatmaps(self, item, result):
+        """Grad-CAM Secondary Captures of the film's positive findings into the outbox."""
+        from cxr_tf.inference.heatmap_sc import make_heatmaps
+
+        received, sop_uid, ds, film, x, meta = item
+        cams = self.predictor.cams(film, x, meta, result["findings"])
+        self.outbox.append(Pending(sop_uid, make_heatmaps(ds, film.pixels, cams, result["probabilities"]),
+                                   received))
+
+    def _write_fhir(self, result, ds):
+        from cxr_tf.inference.fhir import bundle_json, make_bundle
+
+        bundle = make_bundle(result, self._description, ds.get("StudyInstanceUID"), ds.get("PatientID"))
+        (self.fhir_out / f"{ds.SOPInstanceUID}.fhir.json").write_text(bundle_json(bundle))
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_due(self, force=False):
+        """Send every outbox entry whose retry time has come, in one association."""
+        now = time.monotonic()
+        due = [p for p in self.outbox if force or p.next_try <= now]
+        if not due:
+            return
+        try:
+            assoc = self._associate(due)
+        except ConnectionError as err:
+            for pending in due:
+                self._failed(pending, str(err))
+            return
+        try:
+            for pending in due:
+                error = self._store(assoc, pending)
+                if error:
+                    self._failed(pending, error)
+                else:
+                    self.outbox.remove(pending)
+                    if pending.is_report:
+                        self.stats["films_sent"] += 1
+                        self.latencies.append(time.monotonic() - pending.received)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _associate(self, due):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.aet)
+        ae.maximum_pdu_size = 0
+        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.timeout
+        syntaxes = sorted({str(o.file_meta.TransferSyntaxUID) for p in due for o in p.objects})
+        for sop_class in sorted({str(o.SOPClassUID) for p in due for o in p.objects}):
+            ae.add_requested_context(sop_class, syntaxes)
+        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.aet)
+        if not assoc.is_established:
+            raise ConnectionError(f"no association with {self.destination} (down, or it rejected {self.aet})")
+        return assoc
+
+    def _store(self, assoc, pending):
+        """Send the objects of one film not yet sent; '' on success, else the error."""
+        while pending.objects:
+            obj = pending.objects[0]
+            try:
+                status = assoc.send_c_store(obj)
+            except (RuntimeError, ValueError) as err:
+                return f"C-STORE of {obj.SOPInstanceUID} failed: {err}"
+            code = getattr(status, "Status", None)
+            if code is None:
+                return f"no C-STORE response for {obj.SOPInstanceUID} (association lost)"
+            if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or warnings (stored)
+                return f"{self.destination} answered 0x{code:04X} for {obj.SOPInstanceUID}"
+            pending.objects.pop(0)
+            self.stats["objects_sent"] += 1
+        return ""
+
+    def _failed(self, pending, error):
+        pending.attempts += 1
+        pending.error = error
+        delay = min(self.retry_max, self.retry_initial * 2 ** (pending.attempts - 1))
+        pending.next_try = time.monotonic() + delay
+        self.stats["send_failures"] += 1
+        log.warning("could not send results of SOP Instance %s (attempt %d): %s; retrying in %.1f s",
+                    pending.sop_uid, pending.attempts, error, delay)
+
+    def _write_unsent(self, pending):
+        folder = self.keep_unsent / pending.sop_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        for obj in pending.objects:
+            obj.save_as(folder / f"{obj.SOPInstanceUID}.dcm", enforce_file_format=True)
+        log.error("kept %d unsent object(s) of SOP Instance %s in %s", len(pending.objects), pending.sop_uid, folder)

@@ -1,0 +1,131 @@
+"""The triage result of one film as a FHIR Bundle (R4 resources, validated with
+``fhir.resources``' R4B models: DiagnosticReport and Observation are unchanged between
+R4 and R4B).
+
+Bundle (type "collection", entries linked by ``urn:uuid`` full URLs):
+
+- ``Device``: the model (name "cxr_tf <arch>", version = run name, manufacturer,
+  a note with the algorithm parameters and the decision-aid statement).
+- one ``Observation`` per finding: code = the finding (SNOMED CT, or our local code
+  system), ``valueQuantity`` = probability (UCUM "1"), ``interpretation`` = POS/NEG
+  (HL7 v3 ObservationInterpretation) at the run's threshold, components = the
+  MC-dropout standard deviation and the threshold; status "preliminary" (no person
+  has verified it), ``device`` = the model.
+- ``DiagnosticReport``: category RAD, code LOINC 18748-4 "Diagnostic imaging study",
+  status "preliminary", ``result`` = the Observations, ``conclusion`` = the triage
+  action, ``conclusionCode`` = the triage level, ``imagingStudy`` = a logical reference
+  to the study by its Study Instance UID (identifier system ``urn:dicom:uid``), subject
+  = a logical reference to the patient by the DICOM PatientID when known.
+
+See ``docs/integration.md``. ``make_bundle`` builds it, ``bundle_json`` serialises it.
+"""
+
+import datetime
+import uuid
+
+from cxr_tf.inference.structured import (
+    DISCLAIMER,
+    MANUFACTURER,
+    MC_STD,
+    PRIVATE_SYSTEM,
+    SNOMED_SYSTEM,
+    THRESHOLD,
+    TRIAGE_LEVEL,
+    TRIAGE_LEVELS,
+    finding_rows,
+    model_identity,
+)
+
+UCUM = "http://unitsofmeasure.org"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+DICOM_UID = "urn:dicom:uid"
+
+
+def _urn():
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _quantity(value):
+    return {"value": round(float(value), 6), "unit": "1", "system": UCUM, "code": "1"}
+
+
+def _private(pair):
+    return {"coding": [{"system": PRIVATE_SYSTEM, "code": pair[0], "display": pair[1]}], "text": pair[1]}
+
+
+def _finding_code(row):
+    system = SNOMED_SYSTEM if row.scheme == "SCT" else PRIVATE_SYSTEM
+    return {"coding": [{"system": system, "code": row.code, "display": row.meaning}], "text": row.label}
+
+
+def make_bundle(result, description, study_uid=None, patient_id=None, issued=None):
+    """A validated ``fhir.resources.R4B.bundle.Bundle`` of one film's ``result``.
+
+    result: a successful ``Predictor`` result dict; description: ``Predictor.describe()``;
+    study_uid / patient_id: the DICOM StudyInstanceUID / PatientID when the film was
+    DICOM (None for PNG/JPEG: then the report has no study or subject reference).
+    issued: a timezone-aware datetime (default now, UTC).
+    """
+    from fhir.resources.R4B.bundle import Bundle
+
+    rows = finding_rows(result, description["thresholds"])
+    identity = model_identity(description)
+    issued = (issued or datetime.datetime.now(datetime.UTC)).isoformat()
+    subject = ({"identifier": {"type": {"text": "DICOM PatientID"}, "value": patient_id}}
+               if patient_id else None)
+    device_url = _urn()
+    device = {"resourceType": "Device", "manufacturer": MANUFACTURER,
+              "deviceName": [{"name": identity.name, "type": "model-name"}],
+              "version": [{"value": identity.version}],
+              "note": [{"text": "; ".join(identity.parameters())}, {"text": DISCLAIMER}]}
+    entries = [(device_url, device)]
+    observation_urls = []
+    for row in rows:
+        observation = {
+            "resourceType": "Observation", "status": "preliminary",
+            "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
+            "code": _finding_code(row), "valueQuantity": _quantity(row.probability),
+            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": "POS" if row.positive else "NEG",
+                                            "display": "Positive" if row.positive else "Negative"}]}],
+            "component": [{"code": _private(MC_STD), "valueQuantity": _quantity(row.uncertainty)},
+                          {"code": _private(THRESHOLD), "valueQuantity": _quantity(row.threshold)}],
+            "device": {"reference": device_url}, "issued": issued}
+        if subject:
+            observation["subject"] = subject
+        url = _urn()
+        observation_urls.append(url)
+        entries.append((url, observation))
+    level = result["triage"]["level"]
+    report = {
+        "resourceType": "DiagnosticReport", "status": "preliminary",
+        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4",
+                             "display": "Diagnostic imaging study"}], "text": "Chest X-ray triage (cxr_tf)"},
+        "issued": issued, "result": [{"reference": u} for u in observation_urls],
+        "conclusion": result["triage"]["action"],
+        "conclusionCode": [{"coding": [{"system": PRIVATE_SYSTEM, "code": TRIAGE_LEVELS[level][0],
+                                        "display": TRIAGE_LEVELS[level][1]}],
+                            "text": f"{TRIAGE_LEVEL[1]}: {level}; {result['message']}"}]}
+    if study_uid:
+        report["imagingStudy"] = [{"identifier": {"system": DICOM_UID, "value": f"urn:oid:{study_uid}"},
+                                   "display": f"Study Instance UID {study_uid}"}]
+    if subject:
+        report["subject"] = subject
+    entries.append((_urn(), report))
+    return Bundle.model_validate({"resourceType": "Bundle", "type": "collection", "timestamp": issued,
+                                  "entry": [{"fullUrl": url, "resource": res} for url, res in entries]})
+
+
+def bundle_json(bundle):
+    """The Bundle as FHIR JSON text."""
+    return bundle.model_dump_json(indent=2, exclude_none=True)
+
+
+def operation_outcome(message):
+    """A validated FHIR OperationOutcome (error) for a film that could not be triaged."""
+    from fhir.resources.R4B.operationoutcome import OperationOutcome
+
+    return OperationOutcome.model_validate({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "invalid", "diagnostics": message}]})

@@ -1,0 +1,186 @@
+"""The DICOM node against a real PACS: Orthanc sends it films over DICOM, the node
+answers with SRs (and Grad-CAM Secondary Captures) in the same study; refusals; a
+destination that is down, then up, loses nothing; SIGTERM stops it cleanly."""
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from orthanc_server import AET, ORTHANC, Orthanc
+
+from cxr_tf import predict as predict_cli
+from cxr_tf.inference.dicom_node import Destination, DicomNode
+from cxr_tf.inference.dicom_sr import read_sr
+from cxr_tf.inference.predictor import Predictor
+from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
+
+needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc binary not installed (Debian package "
+                                                            "orthanc; .ci/run installs it)")
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+SEED, MC = 11, 5
+
+
+def sr_and_heatmaps(instances):
+    modalities = [m for m, _, _ in instances]
+    return "SR" in modalities and "OT" in modalities
+
+
+@needs_orthanc
+def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, tiny_run, caplog):
+    film = tmp_path / "film.dcm"
+    ds = dx_dataset(SAMPLES[3], patient_id="PAT-042", patient_name="Doe^Jane", accession="ACC-7", age=61, sex="F")
+    film.write_bytes(dicom_bytes(ds))
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"cxrtf": ("CXR_TF", "127.0.0.1", node_port)})
+    orthanc.start()
+    node = None
+    try:
+        node = DicomNode(Predictor(tiny_run, samples=MC, seed=SEED), aet="CXR_TF", port=node_port, heatmaps=True,
+                         fhir_out=tmp_path / "fhir",
+                         destination=Destination(AET, "127.0.0.1", orthanc.dicom_port), retry_initial=0.2,
+                         retry_max=2).start()
+        uploaded = orthanc.upload(film.read_bytes())
+        status, body = orthanc.request("POST", "/modalities/cxrtf/store", uploaded["ID"].encode())
+        assert status == 200, body
+        orthanc.wait_for(ds.StudyInstanceUID, sr_and_heatmaps)
+        assert node.wait_idle(60)  # every heatmap sent too
+        found = orthanc.study_instances(ds.StudyInstanceUID)
+        [sr_id] = [i for m, _, i in found if m == "SR"]
+        sr = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{sr_id}/file")))
+        # identity: same patient and study, a new series, the film referenced
+        for key in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber"):
+            assert sr[key].value == ds[key].value, key
+        assert sr.SeriesInstanceUID != ds.SeriesInstanceUID
+        content = read_sr(sr)
+        assert content["source"] == (ds.SOPClassUID, ds.SOPInstanceUID)
+        # the numbers are those of predict --json on the same file (same seed: same MC masks)
+        assert predict_cli.main(["--model", str(tiny_run), "--samples", str(MC), "--seed", str(SEED),
+                                 "--format", "json", "--out", str(tmp_path / "json"), str(film)]) == 0
+        expected = json.loads((tmp_path / "json" / "film.json").read_text())
+        assert content["triage_level"] == expected["triage"]["level"]
+        assert content["action"] == expected["triage"]["action"]
+        for label, p in expected["probabilities"].items():
+            got = content["findings"][label]
+            assert abs(got["probability"] - p) <= 1e-6 and abs(got["uncertainty"] - expected["uncertainty"][label]) <= 1e-6
+            assert got["positive"] == (label in expected["findings"])
+        heatmaps = [i for m, _, i in found if m == "OT"]
+        assert len(heatmaps) == len(expected["findings"])
+        bundle = json.loads((tmp_path / "fhir" / f"{ds.SOPInstanceUID}.fhir.json").read_text())
+        [report] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+        assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{ds.StudyInstanceUID}"
+        assert report["conclusion"] == expected["triage"]["action"]
+
+        # refused: a hand film, and a film whose pixel data is cut short; Orthanc reports the failure
+        hand = dx_dataset(SAMPLES[4], body_part="HAND", study_uid=ds.StudyInstanceUID)
+        broken = dx_dataset(SAMPLES[5], study_uid=ds.StudyInstanceUID)
+        broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
+        for bad, reason in ((hand, "not the chest"), (broken, "pixel data")):
+            bad_id = orthanc.upload(dicom_bytes(bad))["ID"]
+            status, body = orthanc.request("POST", "/modalities/cxrtf/store", bad_id.encode())
+            assert status != 200, (body, node.refusals, (orthanc.log.read_text()[-3000:]))
+            [(_, why)] = [r for r in node.refusals if r[0] == bad.SOPInstanceUID]
+            assert reason in why
+            assert any(bad.SOPInstanceUID in rec.getMessage() for rec in caplog.records)
+        # still serving: another film of the study gets its SR
+        again = dx_dataset(SAMPLES[6], study_uid=ds.StudyInstanceUID)
+        status, _ = orthanc.request("POST", "/modalities/cxrtf/store", orthanc.upload(dicom_bytes(again))["ID"].encode())
+        assert status == 200
+        orthanc.wait_for(ds.StudyInstanceUID, lambda inst: [m for m, _, _ in inst].count("SR") == 2)
+        report = node.stop()
+        node = None
+        assert report["unsent"] == [] and report["triaged"] == 2 and report["refused"] == 2
+    finally:
+        if node is not None:
+            node.stop(drain_timeout=0)
+        orthanc.stop()
+
+
+def send_to_node(port, ds):
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TF")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(ds).Status
+    finally:
+        assoc.release()
+
+
+@needs_orthanc
+def test_destination_down_then_up_loses_nothing_and_sigterm_stops(tmp_path, tiny_run, caplog, capsys):
+    """The command (``main``, in this process's main thread so that it owns SIGTERM) with
+    the PACS down; a modality sends a film; the PACS comes up; the SR arrives; SIGTERM."""
+    from cxr_tf import dicom_node
+
+    caplog.set_level("INFO")
+    node_port, pacs_port = free_port(), free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"cxrtf": ("CXR_TF", "127.0.0.1", node_port)}, dicom_port=pacs_port)
+    ds = dx_dataset(SAMPLES[7])
+    problems, found = [], []
+
+    def log_count(text):
+        return sum(text in rec.getMessage() for rec in caplog.records)
+
+    def scenario():
+        try:
+            wait_until(lambda: log_count("listening as CXR_TF") == 1)
+            assert send_to_node(node_port, ds) == 0x0000  # accepted while the PACS is down
+            wait_until(lambda: log_count("could not send results of SOP Instance " + ds.SOPInstanceUID) >= 2)
+            orthanc.start()  # the PACS comes up
+            found.extend(orthanc.wait_for(ds.StudyInstanceUID, lambda inst: any(m == "SR" for m, _, _ in inst)))
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            problems.append(err)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    helper = threading.Thread(target=scenario, daemon=True)
+    helper.start()
+    try:
+        code = dicom_node.main(["--model", str(tiny_run), "--port", str(node_port), "--samples", "2",
+                                "--destination", f"{AET}@127.0.0.1:{pacs_port}", "--retry-initial", "0.3",
+                                "--retry-max", "1"])
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        helper.join(timeout=60)
+        orthanc.stop()
+    if problems:
+        raise problems[0]
+    assert [m for m, _, _ in found].count("SR") == 1
+    assert code == 0
+    assert "stopped: triaged 1, sent 1, refused 0, failed 0, unsent 0" in capsys.readouterr().out
+
+
+def test_destination_never_up_is_reported_and_kept(tmp_path, tiny_run, caplog):
+    """Results that cannot be delivered by the time the node stops are reported by film
+    UID and, with keep_unsent, written (here: a port nothing listens on)."""
+    node_port = free_port()
+    node = DicomNode(Predictor(tiny_run, samples=2), port=node_port, keep_unsent=tmp_path / "unsent",
+                     destination=Destination("NOBODY", "127.0.0.1", free_port()), retry_initial=0.1,
+                     retry_max=0.5).start()
+    ds = dx_dataset(SAMPLES[8])
+    try:
+        assert send_to_node(node_port, ds) == 0x0000
+        wait_until(lambda: node.stats["send_failures"] >= 1)
+    finally:
+        report = node.stop(drain_timeout=0.3)
+    assert report["unsent"] == [ds.SOPInstanceUID] and report["triaged"] == 1 and report["sent"] == 0
+    [kept] = (tmp_path / "unsent" / ds.SOPInstanceUID).glob("*.dcm")
+    assert read_sr(pydicom.dcmread(kept))["source"][1] == ds.SOPInstanceUID
+    assert any("NOT SENT" in r.getMessage() and ds.SOPInstanceUID in r.getMessage() for r in caplog.records)
+
+
+def wait_until(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
