@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cxr_tf.inference.explain import explain_films
 from cxr_tf.inference.gradcam import IOU_THRESHOLD
+from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 
 
 def main(argv=None):
@@ -21,11 +22,13 @@ def main(argv=None):
                         "give it after the films")
     parser.add_argument("--boxes", help="NIH BBox_List_2017.csv(.gz): score maps of boxed films")
     parser.add_argument("--iou-threshold", type=float, default=IOU_THRESHOLD)
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"MC dropout passes (default {DEFAULT_SAMPLES}); the same as predict's gives its numbers")
     args = parser.parse_args(argv)
 
     try:
         result = explain_films(args.model, args.films, args.out, args.findings,
-                               args.boxes, args.iou_threshold)
+                               args.boxes, args.iou_threshold, samples=args.samples)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     (Path(args.out) / "explain.json").write_text(json.dumps(result, indent=2))
@@ -34,7 +37,15 @@ def main(argv=None):
             print(f"{entry['file']}: ERROR {entry['error']}")
             continue
         for finding, target in entry["overlays"].items():
-            print(f"{entry['file']}: {finding} p={entry['probabilities'][finding]:.2f} -> {target}")
+            note = entry["maps"][finding]["note"]
+            print(f"{entry['file']}: {finding} p={entry['probabilities'][finding]:.2f} -> {target}"
+                  + (f"  WARNING: {note}" if note else ""))
+    unusable = {k: v for k, v in result["maps"].items() if k != "ok"}
+    if unusable:
+        total = sum(result["maps"].values())
+        print(f"WARNING: {sum(unusable.values())} of {total} Grad-CAM maps show no evidence ("
+              + ", ".join(f"{v} {k}" for k, v in sorted(unusable.items())) + "); see explain.json 'maps'",
+              file=sys.stderr)
     for name, s in result["localisation"].items():
         print(f"localisation {name}: n={s['n']} hit_rate={s['hit_rate']:.2f} mean_iou={s['mean_iou']:.2f}")
     return 1 if any("error" in e for e in result["films"]) else 0

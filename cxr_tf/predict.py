@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cxr_tf.inference.outputs import FORMATS, export_files
 from cxr_tf.inference.predictor import Predictor
-from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD
+from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR
+from cxr_tf.inference.triage import DEFAULT_BORDERLINE_K, DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 
 __all__ = ["Predictor", "format_table", "main"]
@@ -26,10 +27,14 @@ def format_table(results):
         if "error" in r:
             lines.append(f"{'ERROR':<8} {name:<32} {r['error']}")
             continue
-        findings = ", ".join(f"{f} {r['probabilities'][f]:.2f}" for f in r["findings"]) or "-"
+        findings = ", ".join([f"{f} {r['probabilities'][f]:.2f}" for f in r["findings"]]
+                             + [f"{f} {r['probabilities'][f]:.2f}?" for f in r.get("borderline", [])]) or "-"
         lines.append(f"{r['triage']['level'].upper():<8} {name:<32} {findings:<40} "
                      f"{max(r['uncertainty'].values()):.3f}")
         lines.append(f"{'':<8} {r['message']}; {r['triage']['action']}")
+    caveats = list(dict.fromkeys(c for r in results for c in r.get("caveats", [])))
+    if caveats:  # the run's caveats are the same for every film: said once, at the top
+        lines = [f"CAVEAT: {c}" for c in caveats] + lines
     return "\n".join(lines)
 
 
@@ -50,15 +55,21 @@ def main(argv=None):
     parser.add_argument("--uncertainty-threshold", type=float, default=DEFAULT_UNCERTAINTY_THRESHOLD,
                         help=f"MC std marking a finding uncertain (default {DEFAULT_UNCERTAINTY_THRESHOLD})")
     parser.add_argument("--critical", nargs="+", default=list(DEFAULT_CRITICAL), metavar="FINDING",
-                        help=f"findings that make a film urgent (default {' '.join(DEFAULT_CRITICAL)}); "
+                        help=f"findings that may make a film urgent (default {' '.join(DEFAULT_CRITICAL)}); "
                              "give it after the films")
+    parser.add_argument("--borderline-k", type=float, default=DEFAULT_BORDERLINE_K,
+                        help="a finding with |p - threshold| < k x MC std is borderline: review, never urgent "
+                             f"(default {DEFAULT_BORDERLINE_K:g})")
+    parser.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,
+                        help="validation AUC the run (macro) and a critical finding (its own) must reach to "
+                             f"call a film urgent (default {DEFAULT_AUC_FLOOR:.2f}; docs/triage.md)")
     args = parser.parse_args(argv)
     if bool(args.format) != bool(args.out):
         parser.error("--format and --out go together")
     try:
         predictor = Predictor(args.model, samples=args.samples,
                               uncertainty_threshold=args.uncertainty_threshold, critical=args.critical,
-                              seed=args.seed)
+                              seed=args.seed, borderline_k=args.borderline_k, auc_floor=args.auc_floor)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for note in predictor.notes:
@@ -74,9 +85,10 @@ def main(argv=None):
         for r in results:
             for target in r.get("outputs", []):
                 print(f"wrote {target}")
-        for name, paths in predictor.overlay_paths.items():
-            for finding, target in paths.items():
-                print(f"Grad-CAM {Path(name).name} {finding}: {target}")
+        for result in results:
+            for finding, cam in result.get("gradcam", {}).items():
+                print(f"Grad-CAM {Path(result['file']).name} {finding}: {cam['path']}"
+                      + (f"  WARNING: {cam['note']}" if cam["note"] else ""))
     failed = sum("error" in r for r in results)
     if failed:
         print(f"{failed} of {len(results)} film(s) could not be read", file=sys.stderr)

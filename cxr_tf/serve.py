@@ -4,7 +4,9 @@ service (library: ``cxr_tf.inference.service.create_app``). See ``docs/inference
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 
+from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR
 from cxr_tf.inference.service import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB
+from cxr_tf.inference.triage import DEFAULT_BORDERLINE_K
 
 
 def main(argv=None):
@@ -13,6 +15,12 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--samples", type=int, default=25, help="Monte-Carlo dropout passes per film")
+    parser.add_argument("--borderline-k", type=float, default=DEFAULT_BORDERLINE_K,
+                        help="|p - threshold| < k x MC std is borderline: review, never urgent "
+                             f"(default {DEFAULT_BORDERLINE_K:g})")
+    parser.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,
+                        help=f"validation AUC needed to call a film urgent (default {DEFAULT_AUC_FLOOR:.2f}; "
+                             "docs/triage.md)")
     parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB)
     parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES)
     args = parser.parse_args(argv)
@@ -22,7 +30,8 @@ def main(argv=None):
     from cxr_tf.inference.predictor import Predictor
     from cxr_tf.inference.service import create_app
 
-    predictor = Predictor(args.model, samples=args.samples)
+    predictor = Predictor(args.model, samples=args.samples, borderline_k=args.borderline_k,
+                          auc_floor=args.auc_floor)
     app = create_app(predictor, args.max_upload_mb, args.max_files)
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True)
 

@@ -20,7 +20,7 @@ from cxr_tf.inference.readers import FilmError, Limits, read_film, sniff_format
 from cxr_tf.inference.triage import NO_FINDING_MESSAGE, UNSURE_MESSAGE, triage, worklist
 
 FILMS = FULL_SIZE_FILMS
-RESULT_KEYS = {"file", "probabilities", "uncertainty", "findings", "triage", "message"}
+RESULT_KEYS = {"file", "probabilities", "uncertainty", "findings", "borderline", "triage", "message", "caveats"}
 
 
 # ------------------------------------------------------------------ test files

@@ -52,7 +52,8 @@ def test_predict_real_films_matches_predict_json(server, tiny_run):
     body = resp.json()
     assert sorted(r["file"] for r in body) == sorted(f.name for f in films)
     for result in body:
-        assert set(result) == {"file", "probabilities", "uncertainty", "findings", "triage", "message"}
+        assert set(result) == {"file", "probabilities", "uncertainty", "findings", "borderline", "triage", "message",
+                               "caveats"}
         assert list(result["probabilities"]) == list(LABELS)
         assert all(0.0 <= p <= 1.0 for p in result["probabilities"].values())
         assert result["triage"]["level"] in {"urgent", "review", "routine"}

@@ -139,11 +139,12 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
             zorder=2)
     for k in range(n):
         if aucs[k] is None:
-            ax.text(0.51, ypos[k], "undefined in this split", va="center", fontsize=8, color="firebrick")
+            ax.text(0.01, ypos[k], "undefined in this split", va="center", fontsize=8, color="firebrick")
     ax.set_yticks(ypos, labels, fontsize=9)
-    ax.set_xlim(0.5, 1.0)
-    ax.set_xlabel("ROC-AUC (bars: ours with 95% patient-bootstrap CI)")
-    ax.axvline(0.5, c="grey", lw=0.8)
+    # the whole 0-1 range: a finding below chance must show as a short bar, not vanish
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("ROC-AUC (bars: ours with 95% patient-bootstrap CI; dashed line: chance, 0.5)")
+    ax.axvline(0.5, c="grey", lw=0.8, ls="--", zorder=1)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
     ax.set_title("Per-finding AUC beside published results (splits differ: not directly comparable)",
                  fontsize=10)

@@ -20,6 +20,12 @@ where the NIH boxes (1024 × 1024 coordinates) are measured:
 
 - pointing game: a hit when the map's peak lies inside a box of that finding;
 - IoU: the map thresholded at ``iou_threshold`` × its maximum vs the box.
+
+A map that cannot show evidence is named, never drawn as if it did
+(``map_status``): *empty* (zero everywhere: no channel's weighted activation
+survived the ReLU), *flat* (the same everywhere, within ``FLAT_RANGE`` of its
+peak) or *coarse* (a grid under ``MIN_CAM_GRID`` cells a side). The status goes
+into the JSON (``describe_map``) and onto the overlay's caption.
 """
 
 
@@ -31,6 +37,13 @@ import tensorflow as tf
 from cxr_tf.data.images import encode_png
 from cxr_tf.data.labels import LABELS
 
+FLAT_RANGE = 0.05
+"""A map whose max − min is under this fraction of its peak is flat (shows no place)."""
+MAP_NOTES = {
+    "empty": "Grad-CAM empty: zero everywhere, no evidence to show",
+    "flat": "Grad-CAM flat: the same everywhere, it does not localise",
+    "coarse": "Grad-CAM too coarse to localise",
+}
 IOU_THRESHOLD = 0.5
 """Fraction of the map's maximum above which a pixel counts as 'highlighted' for IoU."""
 NIH_BOX_FRAME = 1024
@@ -40,25 +53,23 @@ NIH_BOX_FRAME = 1024
 # --------------------------------------------------------------------------- maps
 
 def gradcam_layer_name(model, arch=None):
-    """The registered Grad-CAM layer of ``arch`` (``cxr_tf.models.ARCHITECTURES``).
+    """The Grad-CAM layer of ``arch`` for this model's input size
+    (``cxr_tf.models.gradcam_layer_for``: the deepest registered map of at least
+    ``MIN_CAM_GRID`` × ``MIN_CAM_GRID`` cells).
 
-    Without ``arch``, the first registered Grad-CAM layer name found in ``model``.
+    Without ``arch``, the architecture whose registered Grad-CAM layer ``model`` has.
     ValueError when the model has no such layer.
     """
-    from cxr_tf.models import ARCHITECTURES
+    from cxr_tf.models import ARCHITECTURES, gradcam_layer_for
 
     if arch is not None:
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
-        name = ARCHITECTURES[arch].gradcam_layer
-        if not any(layer.name == name for layer in model.layers):
-            raise ValueError(f"model {model.name!r} has no layer {name!r}, the Grad-CAM layer of {arch!r}: "
-                             f"was it built by cxr_tf.models.build_model({arch!r})?")
-        return name
+        return gradcam_layer_for(model, arch)
     names = {layer.name for layer in model.layers}
-    for spec in ARCHITECTURES.values():
+    for name, spec in ARCHITECTURES.items():
         if spec.gradcam_layer in names:
-            return spec.gradcam_layer
+            return gradcam_layer_for(model, name)
     raise ValueError(f"model {model.name!r} has none of the registered Grad-CAM layers "
                      f"{sorted({s.gradcam_layer for s in ARCHITECTURES.values()})}; pass arch= or layer=")
 
@@ -133,6 +144,33 @@ def gradcam(model, images, findings=None, meta=None, arch=None, layer=None, labe
     return GradCAM(model, arch=arch, layer=layer, labels=labels).cams(images, findings, meta)
 
 
+def map_status(cam):
+    """"ok", "empty", "flat" or "coarse" for one map (h, w) in 0..1 on its layer grid
+    (the first that applies, in that order; see the module docstring)."""
+    from cxr_tf.models import MIN_CAM_GRID
+
+    cam = np.asarray(cam, np.float32)
+    peak = float(cam.max()) if cam.size else 0.0
+    if not peak > 0:
+        return "empty"
+    if peak - float(cam.min()) < FLAT_RANGE * peak:
+        return "flat"
+    if min(cam.shape[:2]) < MIN_CAM_GRID:
+        return "coarse"
+    return "ok"
+
+
+def describe_map(cam, layer):
+    """JSON-ready {"status", "grid": [h, w], "layer", "note"} of one map (``map_status``;
+    ``note`` is None for an ok map, else the sentence the caption shows)."""
+    status = map_status(cam)
+    h, w = np.asarray(cam).shape[:2]
+    note = MAP_NOTES.get(status)
+    if status == "coarse":
+        note = f"{note} ({h}x{w} cells)"
+    return {"status": status, "grid": [int(h), int(w)], "layer": layer, "note": note}
+
+
 def label_index(finding, labels=LABELS):
     """The output index of ``finding`` (a name in ``labels`` or an index); ValueError otherwise."""
     if isinstance(finding, (int, np.integer)):
@@ -175,13 +213,16 @@ def overlay(film, cam, alpha=0.5, colormap=cv2.COLORMAP_TURBO):
 
 
 def caption(image, text):
-    """``image`` (uint8 BGR) with ``text`` written in its top-left corner (a copy)."""
+    """``image`` (uint8 BGR) with ``text`` written in its top-left corner (a copy); each
+    line of ``text`` on its own row."""
     image = image.copy()
     scale = max(image.shape[1] / 1024, 0.35)
-    org = (int(10 * scale) + 2, int(34 * scale) + 6)
     thickness = max(1, int(2 * scale))
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    step = int(34 * scale) + 6
+    for row, line in enumerate(text.split("\n")):
+        org = (int(10 * scale) + 2, step * (row + 1))
+        cv2.putText(image, line, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(image, line, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return image
 
 

@@ -8,7 +8,17 @@ validation-chosen thresholds, and a triage level with a recommended action
 prints, in that order, one object per film::
 
     {"file", "probabilities": {finding: p}, "uncertainty": {finding: std},
-     "findings": [...], "triage": {"level", "action"}, "message"}
+     "findings": [...], "borderline": [...], "triage": {"level", "action"}, "message",
+     "caveats": [...]}
+
+One probability per film: ``Predictor.film_results`` is the only code path from
+prepared films to numbers (``predict`` table and JSON, the web service and
+``explain`` all call it). The Monte-Carlo draws are seeded from the film's pixels
+and the run's ``model.keras`` digest (``cxr_tf.inference.uncertainty.film_seed``), so
+the same film on the same run gives the same numbers every time, in any batch.
+The mean is thresholded; the spread is the uncertainty. ``caveats`` carry what
+the run has not shown (``cxr_tf.inference.evidence``; an unvalidated run never says
+urgent).
 
 or ``{"file", "error"}`` for a film that could not be read; the exit code is 1
 when any film failed, 2 for a usage error (bad run folder, unknown finding).
@@ -27,6 +37,7 @@ view one-hots (no information), standardised with the run's records manifest.
 """
 
 import base64
+import hashlib
 import logging
 from pathlib import Path
 
@@ -35,8 +46,10 @@ import numpy as np
 from cxr_tf import runs
 from cxr_tf.data.manifest import MANIFEST, read_manifest
 from cxr_tf.inference.readers import FilmError, Limits, read_film
-from cxr_tf.inference.triage import DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD, triage, validate_critical, worklist
-from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
+from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR, run_evidence
+from cxr_tf.inference.triage import (DEFAULT_BORDERLINE_K, DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD, triage,
+                                     validate_critical, worklist)
+from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES, film_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +67,16 @@ class Predictor:
     run_dir: a ``cxr_tf.training.trainer`` run folder. samples: MC dropout passes (1 = one
     dropout draw; the std is then 0). uncertainty_threshold: MC std at which a
     finding is uncertain. critical: findings that make a film urgent. limits:
-    ``cxr_tf.inference.readers.Limits`` for incoming files. seed: fixes the MC dropout
-    masks (two fresh Predictors with one seed give equal results for equal calls).
+    ``cxr_tf.inference.readers.Limits`` for incoming files. seed: an extra integer mixed into
+    every film's MC seed (None: none); the draws are fixed by the film and the run either way,
+    so two Predictors with one seed give equal results, and another seed gives other draws.
+    borderline_k: |p − t| < k·std is borderline. auc_floor: validation AUC the run (macro)
+    and each critical finding must reach to raise "urgent" (``cxr_tf.inference.evidence``).
     """
 
     def __init__(self, run_dir, samples=DEFAULT_SAMPLES, uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD,
-                 critical=DEFAULT_CRITICAL, limits=None, batch_size=16, seed=None):
+                 critical=DEFAULT_CRITICAL, limits=None, batch_size=16, seed=None,
+                 borderline_k=DEFAULT_BORDERLINE_K, auc_floor=DEFAULT_AUC_FLOOR):
         from cxr_tf.inference.uncertainty import MCSampler
 
         if samples < 1:
@@ -69,17 +86,28 @@ class Predictor:
         self.labels = self.run.labels
         self.samples = int(samples)
         self.uncertainty_threshold = float(uncertainty_threshold)
+        if borderline_k < 0:
+            raise ValueError(f"borderline_k={borderline_k}: expected a non-negative number of standard deviations")
+        self.borderline_k = float(borderline_k)
         self.notes = list(self.run.notes)
         self.critical = self._critical(critical)
         self.limits = limits or Limits()
         self.config = self.run.config
         self.thresholds, self.thresholds_source = self.run.thresholds, self.run.thresholds_source
         self.model = self.run.model
+        # the run's part of every film's MC seed: the same weights give the same draws
+        self.run_key = hashlib.sha256((self.run_dir / runs.MODEL).read_bytes()).digest()
         self.arch = self.run.arch
         self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
         self.multimodal = len(self.model.inputs) > 1
         self._manifest = self._find_manifest() if self.multimodal else None
         self.sampler = MCSampler(self.model, batch_size=batch_size, seed=seed)
+        if seed is not None:  # part of every film's seed (film_results reseeds per film)
+            self.run_key += int(seed).to_bytes(16, "little", signed=True)
+        self.evidence = run_evidence(self.run.metrics or None, self.critical, auc_floor,
+                                     self.config.get("split_method"))
+        for caveat in self.evidence["caveats"]:
+            log.warning(caveat)
         self._gradcam = None
         self.overlay_paths = {}  # {film: {finding: path}} of the last predict_files(gradcam_dir=...)
         for note in self.notes:
@@ -126,8 +154,12 @@ class Predictor:
             "critical": list(self.critical),
             "samples": self.samples,
             "uncertainty_threshold": self.uncertainty_threshold,
+            "borderline_k": self.borderline_k,
             "split_method": self.config.get("split_method"),
             "test_metrics": self.run.metrics.get("test"),
+            "status": self.evidence["status"],
+            "evidence": self.evidence,
+            "caveats": list(self.evidence["caveats"]),
             "notes": list(self.notes),
         }
 
@@ -153,8 +185,14 @@ class Predictor:
         return film, x, (None if meta is None else meta[None, :])
 
     def probabilities(self, x, meta=None):
-        """Deterministic probabilities (14,) of one prepared film (see ``load``)."""
-        return self.sampler.deterministic(x, meta)[0]
+        """The film's probabilities (14,) float64: the seeded MC mean as every output
+        reports it (``film_results``). x, meta: one prepared film (see ``load``)."""
+        [result] = self.film_results([("", None, x, meta)])
+        return np.array([result["probabilities"][f] for f in self.labels])
+
+    def seeds(self, x):
+        """One MC seed per prepared film in ``x`` (N, S, S, 1): its pixels and the run."""
+        return [film_seed(film, self.run_key) for film in np.asarray(x)]
 
     @property
     def gradcam(self):
@@ -167,32 +205,39 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
 
-    def _results(self, loaded):
-        """Results for successfully loaded films [(name, film, x, meta)], one MC run over all."""
+    def film_results(self, loaded):
+        """Results for successfully loaded films [(name, film, x, meta)]: the one code path
+        from prepared films to probabilities, uncertainty and triage (module docstring)."""
         if not loaded:
             return []
         x = np.concatenate([item[2] for item in loaded])
         meta = np.concatenate([item[3] for item in loaded]) if self.multimodal else None
-        mean, std = self.sampler(x, samples=self.samples, meta=meta)
+        mean, std = self.sampler(x, samples=self.samples, meta=meta, seeds=self.seeds(x))
         results = []
         for (name, _, _, _), p, s in zip(loaded, mean, std):
+            # rounded first, then thresholded: what is printed is what was decided on
             probs = {f: round(float(v), 4) for f, v in zip(self.labels, p)}
             unc = {f: round(float(v), 4) for f, v in zip(self.labels, s)}
-            verdict = triage(probs, unc, self.thresholds, self.critical, self.uncertainty_threshold)
+            verdict = triage(probs, unc, self.thresholds, self.critical, self.uncertainty_threshold,
+                             self.borderline_k, self.evidence)
             results.append({"file": name, "probabilities": probs, "uncertainty": unc, **verdict})
         return results
 
-    def overlays(self, film, x, meta, findings, max_side=None):
-        """{finding: overlay PNG bytes} of Grad-CAM maps on the original film."""
-        from cxr_tf.inference.gradcam import cam_to_film, overlay_png
+
+    def overlays(self, film, x, meta, findings, probabilities, max_side=None):
+        """{finding: (overlay PNG bytes, ``describe_map`` dict)} of Grad-CAM maps on the
+        original film, captioned with ``probabilities`` ({finding: p}, the film's result)
+        and, for an empty, flat or too coarse map, the note saying so."""
+        from cxr_tf.inference.gradcam import cam_to_film, describe_map, overlay_png
 
         if not findings:
             return {}
-        maps, probs = self.gradcam.cams(x, findings, meta)
+        maps, _ = self.gradcam.cams(x, findings, meta)
         out = {}
         for finding, cam in zip(findings, maps[0]):
-            text = f"{finding} p={probs[0][self.labels.index(finding)]:.2f}"
-            out[finding] = overlay_png(film.pixels, cam_to_film(cam, film.pixels.shape), text, max_side)
+            described = describe_map(cam, self.gradcam.layer_name)
+            text = f"{finding} p={probabilities[finding]:.2f}" + (f"\n{described['note']}" if described["note"] else "")
+            out[finding] = (overlay_png(film.pixels, cam_to_film(cam, film.pixels.shape), text, max_side), described)
         return out
 
     def predict_sources(self, items):
@@ -205,7 +250,7 @@ class Predictor:
                 out.append(None)
             except FilmError as err:
                 out.append(({"file": name, "error": str(err)}, None))
-        done = iter(zip(self._results(loaded), loaded))
+        done = iter(zip(self.film_results(loaded), loaded))
         for i, item in enumerate(out):
             if item is None:  # a readable film: its result, in the order they were loaded
                 result, (_, *film_x_meta) = next(done)
@@ -214,7 +259,7 @@ class Predictor:
 
     def triage_loaded(self, loaded):
         """Results for films already read with ``load``: [(name, film, x, meta)] -> [result], one MC run."""
-        return self._results(loaded)
+        return self.film_results(loaded)
 
     def cams(self, film, x, meta, findings):
         """{finding: Grad-CAM map float32 (H, W) 0..1 on the film's own grid}."""
@@ -229,7 +274,8 @@ class Predictor:
         """Triage films given as paths, in input order (``worklist`` sorts them).
 
         Returns one dict per path: the result object, or {"file", "error"}.
-        gradcam_dir: write ``<stem>_<finding>.png`` overlays of positive findings there.
+        gradcam_dir: write ``<stem>_<finding>.png`` overlays of positive findings there;
+        each result then has ``"gradcam": {finding: {"path", "status", "grid", "layer", "note"}}``.
         """
         loaded, errors = [], {}
         for i, path in enumerate(paths):
@@ -240,7 +286,7 @@ class Predictor:
                 errors[i] = {"file": name, "error": str(err)}
                 continue
             loaded.append((name, film, x, meta, i))
-        results = self._results([item[:4] for item in loaded])
+        results = self.film_results([item[:4] for item in loaded])
         if gradcam_dir is not None:
             self._write_overlays(loaded, results, Path(gradcam_dir))
         by_index = {item[4]: r for item, r in zip(loaded, results)}
@@ -256,29 +302,33 @@ class Predictor:
             while stem in used:  # two films with one name in different folders
                 stem += "_"
             used.add(stem)
-            for finding, png in self.overlays(film, x, meta, result["findings"]).items():
+            for finding, (png, described) in self.overlays(film, x, meta, result["findings"],
+                                                            result["probabilities"]).items():
                 target = folder / f"{stem}_{finding}.png"
                 target.write_bytes(png)
                 self.overlay_paths.setdefault(name, {})[finding] = str(target)
+                result.setdefault("gradcam", {})[finding] = {"path": str(target), **described}
 
     def predict_bytes(self, name, data, images=False):
         """Triage one film given as bytes (an upload); ``name`` is its file name.
 
-        images=True adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI}}``
-        (PNG, longest side ``DISPLAY_SIDE``; overlays of the positive findings).
+        images=True adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI},
+        "gradcam_maps": {finding: describe_map dict}}`` (PNG, longest side ``DISPLAY_SIDE``;
+        overlays of the positive findings; an empty/flat/coarse map is named).
         """
         try:
             film, x, meta = self.load(data, name=name)
         except FilmError as err:
             return {"file": name, "error": str(err)}
-        [result] = self._results([(name, film, x, meta)])
+        [result] = self.film_results([(name, film, x, meta)])
         if images:
             from cxr_tf.inference.gradcam import overlay_png
 
             blank = np.zeros(film.pixels.shape, np.float32)
-            pngs = self.overlays(film, x, meta, result["findings"], max_side=DISPLAY_SIDE)
+            pngs = self.overlays(film, x, meta, result["findings"], result["probabilities"], max_side=DISPLAY_SIDE)
             result["images"] = {"film": _data_uri(overlay_png(film.pixels, blank, max_side=DISPLAY_SIDE)),
-                                "gradcam": {f: _data_uri(png) for f, png in pngs.items()}}
+                                "gradcam": {f: _data_uri(png) for f, (png, _) in pngs.items()},
+                                "gradcam_maps": {f: described for f, (_, described) in pngs.items()}}
         return result
 
     def worklist(self, results):

@@ -13,7 +13,15 @@ same for models built with ``mc_dropout=False`` and ``mc_dropout=True``, and
 BatchNormalization layers, wherever they are, always run with their moving
 statistics, which are never updated (``model(x, training=True)`` would do both
 wrong: batch statistics and updated moving averages).
+
+Repeatable sampling: given ``seeds`` (one integer per film; the predictor derives
+it from the film's pixels and the run, ``film_seed``), each film's head is sampled
+on its own with every dropout layer's seed state set from that film's seed, so a
+film gets the same masks, hence the same mean and std, whatever batch it comes in
+and however often it is sent. Without seeds the masks are fresh on every call.
 """
+
+import hashlib
 
 import weakref
 
@@ -91,10 +99,27 @@ def always_on_dropout(head, seed=None):
     return sampled
 
 
+def film_seed(pixels, run_key=b""):
+    """A 63-bit seed from a film's model input (its pixel bytes) and the run.
+
+    pixels: the prepared model input (any array; hashed as float32 C-order bytes, so
+    the same image gives the same seed whether it came as PNG, JPEG or DICOM).
+    run_key: bytes naming the run (e.g. a digest of its model.keras)."""
+    digest = hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.float32).tobytes() + bytes(run_key)).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _seed_states(head):
+    """The seed-state variables of the head's dropout layers, in layer order."""
+    return [layer.seed_generator.state for layer in head.layers
+            if isinstance(layer, keras.layers.Dropout) and getattr(layer, "seed_generator", None) is not None]
+
+
 class MCSampler:
     """Compiled MC-dropout predictor for one model (see the module docstring).
 
-    ``sampler(images, samples=25, meta=None) -> (mean, std)``, both float32 (N, K).
+    ``sampler(images, samples=25, meta=None, seeds=None) -> (mean, std)``, both float32
+    (N, K); ``seeds``: (N,) integers for repeatable per-film sampling (module docstring).
     ``sampler.deterministic(images, meta=None)``: one ordinary inference pass (N, K).
     """
 
@@ -104,6 +129,7 @@ class MCSampler:
         self.batch_size = int(batch_size)
         self.backbone, head = split_model(model)
         self.head = always_on_dropout(head, seed)
+        self._seed_states = _seed_states(self.head)
         self._features = tf.function(lambda x: self.backbone(x, training=False), reduce_retracing=True)
         self._sample = tf.function(self._sample_head, reduce_retracing=True)
         self._single = tf.function(lambda x: head(self.backbone(x, training=False), training=False),
@@ -125,21 +151,37 @@ class MCSampler:
         self.backbone_calls += _length(x)
         return np.concatenate(out) if out else np.zeros((0, self.backbone.outputs[0].shape[-1]), np.float32)
 
-    def __call__(self, images, samples=DEFAULT_SAMPLES, meta=None):
+    def __call__(self, images, samples=DEFAULT_SAMPLES, meta=None, seeds=None):
         if samples < 1:
             raise ValueError(f"samples={samples}: need at least 1 Monte-Carlo pass")
         x = model_inputs(self.backbone, images, meta)
+        if seeds is not None and len(seeds) != _length(x):
+            raise ValueError(f"{len(seeds)} seeds for {_length(x)} films: give one seed per film")
         means, stds = [], []
-        for chunk in _chunks(x, self.batch_size):
+        count = tf.constant(samples, tf.int32)
+        for start, chunk in zip(range(0, _length(x), self.batch_size), _chunks(x, self.batch_size)):
             features = self._features(chunk)
             self.backbone_calls += _length(chunk)
-            mean, std = self._sample(features, tf.constant(samples, tf.int32))
-            means.append(mean.numpy())
-            stds.append(std.numpy())
+            if seeds is None:
+                mean, std = self._sample(features, count)
+                means.append(mean.numpy())
+                stds.append(std.numpy())
+                continue
+            for i in range(_length(chunk)):  # one film at a time: its masks depend on its seed only
+                self.seed(seeds[start + i])
+                mean, std = self._sample(features[i:i + 1], count)
+                means.append(mean.numpy())
+                stds.append(std.numpy())
         if not means:
             empty = np.zeros((0, self.num_labels), np.float32)
             return empty, empty.copy()
         return np.concatenate(means), np.concatenate(stds)
+
+    def seed(self, seed):
+        """Set every dropout layer's seed state from ``seed`` (an integer): the next
+        head call draws the masks this seed fixes."""
+        for k, state in enumerate(self._seed_states):
+            state.assign(np.array([int(seed) & 0x7FFFFFFFFFFFFFFF, k], dtype=state.dtype))
 
     def deterministic(self, images, meta=None):
         """Ordinary inference (dropout off unless the model's own layers are MCDropout): (N, 14)."""
@@ -159,15 +201,16 @@ def sampler_for(model):
     return sampler
 
 
-def mc_predict(model, images, samples=DEFAULT_SAMPLES, meta=None):
+def mc_predict(model, images, samples=DEFAULT_SAMPLES, meta=None, seeds=None):
     """Monte-Carlo dropout prediction.
 
     model: a cxr_tf model (layers ``features`` and ``predictions``). images: (N, H, W)
     or (N, H, W, 1) raw 0..255 at the model's input size. meta: (N, 5) for multimodal
     models. Returns ``(mean, std)``: float32 (N, 14) mean probability and standard
     deviation over ``samples`` dropout draws of the head; the backbone runs once.
+    seeds: (N,) integers make each film's draws repeatable (``film_seed``).
     """
-    return sampler_for(model)(images, samples=samples, meta=meta)
+    return sampler_for(model)(images, samples=samples, meta=meta, seeds=seeds)
 
 
 def high_uncertainty(std, threshold=DEFAULT_UNCERTAINTY_THRESHOLD):

@@ -2,7 +2,8 @@
 
 Reads ``pipelines/<arch>.yaml`` (``cxr_tf.training.config``), trains in the config's phases
 (two for the pre-trained backbones: the head with the backbone frozen at 1e-3, then
-everything at 1e-5; one for the simple and multimodal CNNs) and writes one run
+everything at 1e-5; one for the simple and multimodal CNNs; with ``weights: none``
+a phase that would freeze the backbone trains it too, and says so) and writes one run
 folder ``<out>/<arch>-<YYYYmmdd-HHMMSS>/`` in the layout ``cxr_tf.runs`` owns (model.keras,
 savedmodel/, config.json, labels.json = the records' label set, thresholds.json,
 history.csv, training_curves.png, metrics.json, state.json)
@@ -40,6 +41,7 @@ from cxr_tf.training.optimizers import make_optimizer
 from cxr_tf.training.resume import agree_on_run_dir, is_chief
 from cxr_tf.training import config as config_lib
 from cxr_tf.training import distribute
+from cxr_tf.training.auc import MacroAUC
 
 
 
@@ -69,7 +71,8 @@ def _compile(model, loss, optimizer, jit_compile, num_labels):
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=[keras.metrics.AUC(multi_label=True, num_labels=num_labels, name="auc")],
+        # the macro over findings with positives, as metrics.json and the summary (cxr_tf.training.auc)
+        metrics=[MacroAUC(num_labels=num_labels, name="auc")],
         jit_compile=jit_compile,
     )
     # Create the optimizer's slots now: left to fit(), they are made inside the first trace
@@ -259,6 +262,19 @@ def train(config, run_name=None, resume=True):
     return run_dir
 
 
+def _from_scratch(config, phase_name):
+    """True when ``phase_name`` asks for a frozen backbone but the model starts from random
+    weights (``weights: none``): a frozen random backbone is a fixed random projection and
+    the head on it learns next to nothing, so the phase trains every layer from its first
+    epoch instead, and a line says so."""
+    phase = next(p for p in config["phases"] if p["name"] == phase_name)
+    if phase["train_backbone"] or config["weights"] is not None:
+        return False
+    print(f"fit: weights none: phase {phase_name} trains the backbone too (a frozen random backbone "
+          "learns nothing; every layer trains from the first epoch)", flush=True)
+    return True
+
+
 def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
                 set_backbone_trainable):
     """Train ``trainer`` (``model`` or ``model`` behind the augmenter) phase by phase;
@@ -272,15 +288,16 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
         name = phase["name"]
         if name in state["phases_done"] or phase["epochs"] == 0:
             continue
+        train_backbone = phase["train_backbone"] or _from_scratch(config, name)
         rows = read_history(history_path)
         done_before = [r for r in rows if r["phase"] != name]
         initial_epoch = int(max((r["epoch"] for r in done_before), default=-1)) + 1
         monitor, mode = config["monitor"], MONITORS[config["monitor"]]
         best = best_epoch(rows, monitor)
         with strategy.scope():
-            if frozen or not phase["train_backbone"]:
-                set_backbone_trainable(model, phase["train_backbone"])
-                frozen = not phase["train_backbone"]
+            if frozen or not train_backbone:
+                set_backbone_trainable(model, train_backbone)
+                frozen = not train_backbone
             if best_path.is_file():
                 _load_best(model, best_path)  # each phase starts from the best weights so far
             _compile(trainer, loss, make_optimizer(config["optimizer"], phase["learning_rate"]), config["jit_compile"],
@@ -305,7 +322,7 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
         if config["tensorboard"] and is_chief(strategy):
             callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard" / name)))
         print(f"fit: phase {name}: {phase['epochs']} epoch(s) at learning rate {phase['learning_rate']:g}, "
-              f"backbone {'trainable' if phase['train_backbone'] else 'frozen'}", flush=True)
+              f"backbone {'trainable' if train_backbone else 'frozen'}", flush=True)
         trainer.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + phase["epochs"],
                   initial_epoch=initial_epoch, steps_per_epoch=steps, validation_steps=val_steps,
                   callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
