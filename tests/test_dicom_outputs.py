@@ -63,6 +63,7 @@ def test_sr_heatmaps_match_json_and_validate(tmp_path, tiny_run, films, capsys):
     assert content["source"] == (ds.SOPClassUID, ds.SOPInstanceUID)
     assert content["triage_level"] == expected["triage"]["level"] and content["message"] == expected["message"]
     assert "not a diagnosis" in content["decision_aid"]
+    assert content.get("caveats", []) == expected["caveats"]  # issue 18: the run's caveats, one item each
     assert content["algorithm"]["Algorithm Name"] == "cxr_tf simple_cnn"
     assert content["algorithm"]["Algorithm Version"] == Path(tiny_run).name
     assert list(content["findings"]) == list(expected["probabilities"]) == list(LABELS)
@@ -93,7 +94,9 @@ def test_fhir_bundle_validates_and_matches_json(tmp_path, tiny_run, films):
         resources = [e.resource for e in bundle.entry]
         [report] = [r for r in resources if r.get_resource_type() == "DiagnosticReport"]
         observations = [r for r in resources if r.get_resource_type() == "Observation"]
-        assert report.conclusion == expected["triage"]["action"] and report.status == "preliminary"
+        # the action, then the run's caveats (issue 18: an unvalidated run says so here too)
+        assert report.conclusion.startswith(expected["triage"]["action"]) and report.status == "preliminary"
+        assert all(c in report.conclusion for c in expected["caveats"])
         assert report.conclusionCode[0].coding[0].code == expected["triage"]["level"].upper()
         assert len(report.result) == len(observations) == len(expected["probabilities"])
         if study:

@@ -38,6 +38,7 @@ from cxr_tf.inference.structured import (
     TRIAGE_LEVEL,
     TRIAGE_LEVELS,
     TRIAGE_MESSAGE,
+    CAVEAT,
     finding_rows,
     model_identity,
 )
@@ -101,6 +102,8 @@ def make_sr(result, source, description, series_uid=None, instance_number=1):
     items.append(hd.sr.TextContentItem(codes.DCM.Recommendation, result["triage"]["action"],
                                        relationship_type="CONTAINS"))
     items.append(hd.sr.TextContentItem(private(TRIAGE_MESSAGE), result["message"], relationship_type="CONTAINS"))
+    for caveat in result.get("caveats", []):  # an unvalidated run says so in the report too
+        items.append(hd.sr.TextContentItem(private(CAVEAT), caveat, relationship_type="CONTAINS"))
     items.append(hd.sr.TextContentItem(private(DECISION_AID), DISCLAIMER, relationship_type="CONTAINS"))
     for row in rows:
         items += _finding_group(row)
@@ -114,6 +117,9 @@ def make_sr(result, source, description, series_uid=None, instance_number=1):
         series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=instance_number,
         manufacturer=MANUFACTURER, is_complete=True, series_description="cxr_tf triage (decision aid)")
     sr.ContentSequence = hd.sr.ContentSequence(items)
+    # UTF-8: triage messages and caveats carry "—" and "·", which the default repertoire
+    # (ISO 646) writes as "?"
+    sr.SpecificCharacterSet = "ISO_IR 192"
     return sr
 
 
@@ -166,6 +172,8 @@ def read_sr(ds):
             out["action"] = item.TextValue
         elif kind == "TEXT" and name == TRIAGE_MESSAGE[1]:
             out["message"] = item.TextValue
+        elif kind == "TEXT" and name == CAVEAT[1]:
+            out.setdefault("caveats", []).append(item.TextValue)
         elif kind == "TEXT" and name == DECISION_AID[1]:
             out["decision_aid"] = item.TextValue
         elif kind == "TEXT" and name == "Algorithm Parameters":  # one item per parameter

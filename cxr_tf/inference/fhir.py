@@ -104,7 +104,8 @@ def make_bundle(result, description, study_uid=None, patient_id=None, issued=Non
         "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4",
                              "display": "Diagnostic imaging study"}], "text": "Chest X-ray triage (cxr_tf)"},
         "issued": issued, "result": [{"reference": u} for u in observation_urls],
-        "conclusion": result["triage"]["action"],
+        # the run's caveats (an unvalidated model) travel with the conclusion
+        "conclusion": " ".join([result["triage"]["action"]] + [f"Caveat: {c}." for c in result.get("caveats", [])]),
         "conclusionCode": [{"coding": [{"system": PRIVATE_SYSTEM, "code": TRIAGE_LEVELS[level][0],
                                         "display": TRIAGE_LEVELS[level][1]}],
                             "text": f"{TRIAGE_LEVEL[1]}: {level}; {result['message']}"}]}

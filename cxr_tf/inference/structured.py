@@ -54,6 +54,8 @@ MC_STD = ("MC_DROPOUT_STD", "Monte-Carlo dropout standard deviation of probabili
 THRESHOLD = ("THRESHOLD", "Decision threshold")
 DECISION_AID = ("DECISION_AID", "Decision aid statement")
 TRIAGE_MESSAGE = ("TRIAGE_MESSAGE", "Triage message")
+CAVEAT = ("CAVEAT", "Caveat")
+"""What the run has not shown (``result["caveats"]``, ``cxr_tf.inference.evidence``): one text item each."""
 DISCLAIMER = ("Decision aid, not a diagnosis: these findings come from a machine-learning model "
               "(cxr_tf) trained on NIH ChestX-ray14 labels mined from reports. A radiologist must read "
               "the film; do not act on this result alone. Not a cleared medical device.")
