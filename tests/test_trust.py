@@ -245,7 +245,6 @@ def test_auc_figure_shows_findings_below_chance(tmp_path):
 
 @pytest.mark.parametrize("weights", ["none", "file"])
 def test_weights_none_trains_the_backbone_in_the_frozen_phase(sample_records, tmp_path, capsys, weights):
-    import keras
 
     from cxr_tf.data.manifest import read_manifest
     from cxr_tf.models import build_model, set_backbone_trainable
