@@ -17,7 +17,14 @@ Policies, written down once:
 - **Limits**: files whose header announces more than ``MAX_PIXELS`` pixels are
   refused before decoding (decompression-bomb guard); truncated PNG/JPEG files (no
   end marker) are refused rather than decoded half-grey.
+- **Plausibility** (``FilmLimits`` / ``check_film``): one rule for the builder and for
+  prediction, so a film that ``predict`` refuses is skipped (and listed) by the
+  builder too: sides ``MIN_SIDE``..``MAX_SIDE`` px, long/short side ratio at most
+  ``MAX_ASPECT``, width × height at most ``max_pixels``, bit depth 1..16. Checked from
+  the PNG/JPEG header before decoding, and again on the decoded array.
 """
+
+import dataclasses
 
 import struct
 import sys
@@ -27,8 +34,60 @@ import cv2
 import numpy as np
 
 MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: 8k x 8k films pass, bombs do not
+MIN_SIDE = 64
+"""Smallest side accepted (pixels). Real films are >= 1,000 px; 64 lets small test films
+and thumbnails through while refusing icons and 1-pixel files."""
+MAX_SIDE = 12_000
+"""Largest side accepted (pixels)."""
+MAX_ASPECT = 4.0
+"""Largest long-side / short-side ratio accepted: a strip is not a chest film."""
+FILM_MAX_PIXELS = 50_000_000
+"""Largest width x height of a plausible film: ~7,000 x 7,000, well above any detector."""
+MAX_BITS = 16
+"""Deepest pixel data accepted (bits stored per sample)."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclasses.dataclass(frozen=True)
+class FilmLimits:
+    """What a plausible chest film is (pixels; ``max_aspect`` long/short side); shared by
+    the builder and by prediction (``cxr_tf.inference.readers.Limits`` adds the file size)."""
+
+    max_pixels: int = FILM_MAX_PIXELS
+    min_side: int = MIN_SIDE
+    max_side: int = MAX_SIDE
+    max_aspect: float = MAX_ASPECT
+    max_bits: int = MAX_BITS
+
+
+def film_problem(width, height, limits=None, bits=None):
+    """Why a ``width`` x ``height`` film (``bits`` per sample, when known) is not a
+    plausible chest film under ``limits`` (``FilmLimits``), as text; None when it is."""
+    limits = limits or FilmLimits()
+    width, height = int(width), int(height)
+    if width < 1 or height < 1:
+        return f"{width} x {height} pixels: an image needs at least one pixel per side"
+    if width * height > limits.max_pixels:
+        return (f"{width} x {height} pixels exceeds the limit of {limits.max_pixels:,} pixels "
+                "(possible decompression bomb); downsample the film before sending it")
+    if max(width, height) > limits.max_side:
+        return f"{width} x {height} pixels; a side above {limits.max_side} px is not a chest film"
+    if min(width, height) < limits.min_side:
+        return (f"{width} x {height} pixels is too small for a chest film (need at least "
+                f"{limits.min_side} px per side)")
+    if max(width, height) / min(width, height) > limits.max_aspect:
+        return f"{width} x {height} pixels; aspect ratio above {limits.max_aspect:g} is not a chest film"
+    if bits is not None and not 1 <= int(bits) <= limits.max_bits:
+        return f"{bits} bits per pixel; a film has 1 to {limits.max_bits}"
+    return None
+
+
+def check_film(width, height, name, limits=None, bits=None):
+    """Raise ImageError naming ``name`` when ``film_problem`` finds one."""
+    problem = film_problem(width, height, limits, bits)
+    if problem is not None:
+        raise ImageError(name, problem)
 
 
 class ImageError(ValueError):
@@ -41,11 +100,13 @@ class ImageError(ValueError):
         self.file, self.reason = str(file), reason
 
 
-def read_image(source, name=None, max_pixels=MAX_PIXELS):
+def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
     """Decode a film into a uint8 (H, W) greyscale array, values 0..255.
 
     source: a path (str or Path) or the file's bytes (PNG, JPEG or anything OpenCV
-    decodes); name: how to call the input in errors (default: the path).
+    decodes); name: how to call the input in errors (default: the path); limits: a
+    ``FilmLimits`` to refuse implausible films (from the header, before decoding, and
+    on the decoded array), or None for the pixel-count guard alone.
     Raises ImageError naming the file and the reason for empty, truncated, oversized,
     non-image or unsupported input.
     """
@@ -59,11 +120,23 @@ def read_image(source, name=None, max_pixels=MAX_PIXELS):
             raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
     if not data:
         raise ImageError(name, "empty file")
-    _check_header(data, name, max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    size = _check_header(data, name, max_pixels if limits is None else min(max_pixels, limits.max_pixels))
+    if limits is not None and size is not None:
+        check_film(*size, name, limits, bits=_png_bits(data))
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV refuses some damaged headers with an exception
+        raise ImageError(name, f"not a decodable image ({str(exc).strip().splitlines()[-1]})") from None
     if image is None:
         raise ImageError(name, "not a decodable image")
+    if limits is not None:
+        check_film(image.shape[1], image.shape[0], name, limits)
     return _to_grey_uint8(image, name)
+
+
+def _png_bits(data):
+    """Bit depth of a PNG's IHDR, or None for other formats."""
+    return data[24] if data.startswith(_PNG_SIGNATURE) and len(data) > 24 else None
 
 
 def _check_header(data, name, max_pixels):
@@ -75,6 +148,7 @@ def _check_header(data, name, max_pixels):
         size = struct.unpack(">II", data[16:24])
         if b"IEND" not in data[-64:]:
             raise ImageError(name, "truncated PNG (no IEND chunk)")
+        _check_png_chunks(data, name)
     elif data.startswith(b"\xff\xd8"):
         size = _jpeg_size(data)
         if b"\xff\xd9" not in data[-64:]:
@@ -83,6 +157,22 @@ def _check_header(data, name, max_pixels):
         raise ImageError(
             name, f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of "
             f"{max_pixels:,} (decompression-bomb guard)")
+    return size
+
+
+def _check_png_chunks(data, name):
+    """Refuse a PNG whose chunk lengths run past the end of the file. Measured: OpenCV
+    spends 4-8 s of CPU on a 20 kB PNG whose IDAT claims 4 GB, so this is checked first."""
+    at = 8
+    while at + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if at + 12 + length > len(data):
+            raise ImageError(name, f"damaged PNG (chunk {kind!r} at byte {at} claims {length:,} bytes; "
+                                   f"the file has {len(data):,})")
+        if kind == b"IEND":
+            return
+        at += 12 + length
+    raise ImageError(name, "damaged PNG (chunks do not end with IEND)")
 
 
 def _jpeg_size(data):
@@ -164,10 +254,11 @@ def encode_png(image):
 
 
 def film_to_png(path, size):
-    """Worker task of the builder: (png_bytes, None) for a readable film, resized to
-    a (size, size) square, or (None, reason) when it cannot be read."""
+    """Worker task of the builder: (png_bytes, None) for a readable, plausible film
+    (``FilmLimits``: the rule prediction applies), resized to a (size, size) square,
+    or (None, reason) when it cannot be read or is implausible."""
     try:
-        return encode_png(to_square(read_image(path), size)), None
+        return encode_png(to_square(read_image(path, limits=FilmLimits()), size)), None
     except ImageError as exc:
         return None, exc.reason
     except Exception as exc:  # a worker must report, never take the whole build down

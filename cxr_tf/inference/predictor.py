@@ -57,6 +57,17 @@ DISPLAY_SIDE = 512
 """Longest side (px) of the film and overlay images ``predict_bytes(images=True)`` returns."""
 
 
+def film_error_text(name, err):
+    """The per-film error message of ``err``: a FilmError's own text (it names the file),
+    else the file, the exception type and its first line (an unforeseen failure while
+    preparing one film is that film's error, not the batch's)."""
+    if isinstance(err, FilmError):
+        return str(err)
+    log.warning("unexpected error preparing %s", name, exc_info=err)
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"{name}: could not be prepared ({type(err).__name__}: {first})"
+
+
 def _data_uri(png):
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -282,8 +293,8 @@ class Predictor:
             name = str(path)
             try:
                 film, x, meta = self.load(path, name=name)
-            except FilmError as err:
-                errors[i] = {"file": name, "error": str(err)}
+            except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
+                errors[i] = {"file": name, "error": film_error_text(name, err)}
                 continue
             loaded.append((name, film, x, meta, i))
         results = self.film_results([item[:4] for item in loaded])
@@ -318,8 +329,8 @@ class Predictor:
         """
         try:
             film, x, meta = self.load(data, name=name)
-        except FilmError as err:
-            return {"file": name, "error": str(err)}
+        except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
+            return {"file": name, "error": film_error_text(name, err)}
         [result] = self.film_results([(name, film, x, meta)])
         if images:
             from cxr_tf.inference.gradcam import overlay_png

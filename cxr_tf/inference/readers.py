@@ -15,38 +15,39 @@ inversion for ``MONOCHROME1`` (where 0 is white). Without a VOI LUT or window th
 film's own min..max is stretched to 0..255. 16-bit (and 12-bit) data therefore
 end up as 8-bit like the training PNGs. Multi-frame files use frame 0.
 
-Limits: ``max_bytes`` (file size, checked before reading a path) and
-``max_pixels`` (width × height, checked from the PNG/JPEG header by
-``cxr_tf.data.images.read_image`` and from Rows/Columns for DICOM, before any pixel is
-decoded, so a small "decompression bomb" claiming 60,000 × 60,000 pixels is
-refused cheaply); then ``min_side`` / ``max_side`` (implausibly small or huge
-films) and ``max_aspect`` (a strip is not a chest film). PNG/JPEG decoding is the
-builder's ``read_image`` (which also refuses truncated files), so inference reads
-pixels exactly as the TFRecord builder did. Every failure raises
-:class:`FilmError` (a ``ValueError``) naming the file and the reason.
+Limits: ``max_bytes`` (file size, checked before reading a path) and the
+plausibility rule shared with the TFRecord builder (``cxr_tf.data.images.FilmLimits``:
+pixel count, side, aspect ratio, bit depth), checked from the PNG/JPEG header and
+from Rows/Columns/BitsStored for DICOM before any pixel is decoded, so a small
+"decompression bomb" claiming 60,000 × 60,000 pixels is refused cheaply. PNG/JPEG
+decoding is the builder's ``read_image`` (which also refuses truncated files), so
+inference reads pixels exactly as the TFRecord builder did.
+
+Nothing a damaged file can do escapes as anything but :class:`FilmError` (a
+``ValueError``) naming the file and the reason: pydicom and OpenCV raise dozens of
+exception types on mutated headers (unknown VRs, bad lengths, codec errors), so every
+failure while parsing or decoding is caught and reported per film. DICOM numeric
+elements (window, rescale) stored as text (e.g. VR LO) are read when the text is a
+number, and refused with the element's name when it is not.
 """
 
 import dataclasses
 import io
-import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from cxr_tf.data.images import ImageError, read_image
+from cxr_tf.data.images import FILM_MAX_PIXELS as MAX_PIXELS
+from cxr_tf.data.images import MAX_ASPECT, MAX_SIDE, MIN_SIDE, FilmLimits, ImageError, film_problem, read_image
+
+__all__ = ["MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MIN_SIDE", "Film", "FilmError", "Limits",
+           "check_size", "read_film", "sniff_format"]
 
 MAX_BYTES = 100 * 2**20
 """Largest file accepted (bytes): a 4,300 × 4,300 16-bit DICOM is ~37 MB uncompressed."""
-MAX_PIXELS = 50_000_000
-"""Largest width × height accepted: ~7,000 × 7,000, well above any detector."""
-MIN_SIDE = 64
-"""Smallest side accepted (pixels). Real films are ≥ 1,000 px; 64 lets small test films
-and thumbnails through while refusing icons and 1-pixel files."""
-MAX_SIDE = 12_000
-"""Largest side accepted (pixels)."""
-MAX_ASPECT = 4.0
-"""Largest long-side / short-side ratio accepted."""
+_NUMERIC_ELEMENTS = ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept")
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -73,14 +74,10 @@ class Film:
 
 
 @dataclasses.dataclass(frozen=True)
-class Limits:
-    """The plausibility limits of ``read_film`` (defaults: the module constants)."""
+class Limits(FilmLimits):
+    """The limits of ``read_film``: the builder's ``FilmLimits`` plus the file size (bytes)."""
 
     max_bytes: int = MAX_BYTES
-    max_pixels: int = MAX_PIXELS
-    min_side: int = MIN_SIDE
-    max_side: int = MAX_SIDE
-    max_aspect: float = MAX_ASPECT
 
 
 def sniff_format(data):
@@ -102,6 +99,25 @@ def read_film(source, name=None, limits=None):
     """
     limits = limits or Limits()
     data, name = _load_bytes(source, name, limits)
+    try:
+        return _decode(data, name, limits)
+    except FilmError:
+        raise
+    except ImageError as err:
+        raise FilmError(str(err)) from None
+    except MemoryError:
+        raise FilmError(f"{name}: too large to decode in memory; downsample the film before sending it") from None
+    except Exception as err:  # noqa: BLE001 - pydicom/OpenCV raise many types on damaged files (see module doc)
+        raise FilmError(f"{name}: damaged or unsupported file ({type(err).__name__}: {_short(err)})") from None
+
+
+def _short(err, limit=200):
+    """The first line of ``err``'s message, at most ``limit`` characters."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _decode(data, name, limits):
     fmt = sniff_format(data)
     if fmt is None:
         raise FilmError(
@@ -114,22 +130,12 @@ def read_film(source, name=None, limits=None):
     return Film(name=name, pixels=pixels, fmt=fmt)
 
 
-def check_size(width, height, name, limits=None):
-    """Raise FilmError when a ``width`` × ``height`` film is implausibly small or huge."""
-    limits = limits or Limits()
-    if width * height > limits.max_pixels:
-        raise FilmError(
-            f"{name}: {width} x {height} pixels exceeds the limit of {limits.max_pixels:,} pixels "
-            "(possible decompression bomb); downsample the film before sending it")
-    if max(width, height) > limits.max_side:
-        raise FilmError(f"{name}: {width} x {height} pixels; a side above {limits.max_side} px is not a chest film")
-    if min(width, height) < limits.min_side:
-        raise FilmError(
-            f"{name}: {width} x {height} pixels is too small for a chest film (need at least "
-            f"{limits.min_side} px per side)")
-    if max(width, height) / min(width, height) > limits.max_aspect:
-        raise FilmError(
-            f"{name}: {width} x {height} pixels; aspect ratio above {limits.max_aspect:g} is not a chest film")
+def check_size(width, height, name, limits=None, bits=None):
+    """Raise FilmError when a ``width`` × ``height`` film (``bits`` per sample) is not
+    plausible: the builder's rule, ``cxr_tf.data.images.film_problem``."""
+    problem = film_problem(width, height, limits or Limits(), bits)
+    if problem is not None:
+        raise FilmError(f"{name}: {problem}")
 
 
 def _load_bytes(source, name, limits):
@@ -164,7 +170,7 @@ def _decode_raster(data, name, limits):
     """PNG/JPEG bytes -> uint8 (H, W) greyscale via the builder's reader, which refuses
     truncated files and, from the header alone, films over ``limits.max_pixels``."""
     try:
-        return read_image(data, name=name, max_pixels=limits.max_pixels)
+        return read_image(data, name=name, limits=limits)
     except ImageError as err:
         raise FilmError(str(err)) from None
 
@@ -173,28 +179,29 @@ def _decode_raster(data, name, limits):
 
 def _read_dicom(data, name, limits):
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as err:
-        raise FilmError(f"{name}: corrupt DICOM ({err})") from None
+    except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error, unknown VRs, ...
+        raise FilmError(f"{name}: corrupt DICOM ({type(err).__name__}: {_short(err)})") from None
     if "PixelData" not in ds:
         raise FilmError(f"{name}: DICOM file has no pixel data (a report or structured document?)")
-    try:
-        width, height = int(ds.Columns), int(ds.Rows)
-    except (AttributeError, TypeError, ValueError):
-        raise FilmError(f"{name}: DICOM file lacks Rows/Columns") from None
-    check_size(width, height, name, limits)
+    width = _dicom_int(ds, "Columns", name)
+    height = _dicom_int(ds, "Rows", name)
+    bits = _dicom_int(ds, "BitsStored", name, default=None)
+    frames = _dicom_int(ds, "NumberOfFrames", name, default=1) or 1
+    check_size(width, height, name, limits, bits)
+    _coerce_numeric(ds, name)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
-        arr = ds.pixel_array
+        # Frame 0 only: a multi-frame file is never decoded whole (its frame count is not trusted).
+        arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, index=0)
     except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad/compressed pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax = getattr(syntax, "name", syntax)
-        raise FilmError(f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}): {err}") from None
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise FilmError(f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}): {_short(err)}") from None
+    if arr.ndim == 3 and frames > 1 and arr.shape[-1] != 3:
         arr = arr[0]
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim == 3 and arr.shape[-1] == 3:
@@ -207,12 +214,63 @@ def _read_dicom(data, name, limits):
         arr = apply_modality_lut(arr, ds)
         value_range = _voi_output_range(ds)
         arr = apply_voi_lut(arr, ds)
-    except (ValueError, NotImplementedError, AttributeError, IndexError) as err:
-        raise FilmError(f"{name}: bad DICOM LUT or window ({err})") from None
-    pixels = _stretch(np.asarray(arr, dtype=np.float64), value_range)
+    except Exception as err:  # noqa: BLE001 - damaged LUT descriptors raise many types
+        raise FilmError(f"{name}: bad DICOM LUT or window ({type(err).__name__}: {_short(err)})") from None
+    arr = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all() or (value_range is not None and not np.isfinite(value_range).all()):
+        raise FilmError(f"{name}: DICOM rescale or window gives non-finite pixel values")
+    pixels = _stretch(arr, value_range)
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels
     return Film(name, pixels, "dicom", *_dicom_meta(ds))
+
+
+def _dicom_int(ds, keyword, name, default=...):
+    """Element ``keyword`` of ``ds`` as int; ``default`` when absent (FilmError when no default)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is ...:
+            raise FilmError(f"{name}: DICOM file lacks {keyword}")
+        return default
+    try:
+        return int(float(str(value).strip()))
+    except (TypeError, ValueError):
+        raise FilmError(f"{name}: DICOM {keyword} is {str(value)[:40]!r}, not a whole number") from None
+
+
+def _coerce_numeric(ds, name):
+    """Window centre/width and rescale slope/intercept as numbers (DS), whatever VR the
+    file gave them: text that parses as a number is used, other text is refused naming
+    the element. Modalities write these as LO/SH/UN text surprisingly often."""
+    from pydicom.valuerep import DSfloat
+
+    for keyword in _NUMERIC_ELEMENTS:
+        if keyword not in ds:
+            continue
+        elem = ds[keyword]
+        value = elem.value
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if value is None or (isinstance(value, str) and not value.strip("\x00 ")):
+            del ds[keyword]  # an empty element says nothing: as if absent
+            continue
+        if isinstance(value, str):
+            parts = value.split("\\")
+        elif isinstance(value, Sequence):  # pydicom's MultiValue
+            parts = [str(v) for v in value]
+        else:
+            parts = [str(value)]
+        values = [p.strip().strip("\x00").strip() for p in parts]
+        try:
+            numbers = [float(v) for v in values if v != ""]
+        except (TypeError, ValueError):
+            raise FilmError(f"{name}: DICOM {keyword} is {str(elem.value)[:40]!r}, not a number; "
+                            "fix the element (VR DS) or remove it") from None
+        if not numbers or not np.isfinite(numbers).all():
+            raise FilmError(f"{name}: DICOM {keyword} is {str(elem.value)[:40]!r}, not a finite number")
+        del ds[keyword]
+        setattr(ds, keyword, [DSfloat(v, auto_format=True) for v in numbers] if len(numbers) > 1
+                else DSfloat(numbers[0], auto_format=True))
 
 
 def _voi_output_range(ds):

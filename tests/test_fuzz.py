@@ -1,0 +1,117 @@
+"""Readers that cannot crash: byte-mutated DICOM headers and PNGs, seeded, must give a
+Film or a FilmError naming the file, never any other exception; and DICOM numeric
+elements written as text are read when they are numbers, refused clearly otherwise."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataelem import DataElement
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from cxr_tf.inference.readers import Film, FilmError, read_film
+
+SAMPLE_FILMS = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+FUZZ_DICOM = 2500
+FUZZ_PNG = 1500
+
+
+def dicom_bytes(rows=96, cols=128, photometric="MONOCHROME2", text=None, **tags):
+    """Part 10 bytes of a 12-bit film (a gradient), written by pydicom; ``text``:
+    {keyword: value} written with VR LO (text), as some modalities do."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientSex, ds.PatientAge, ds.ViewPosition = "DX", "F", "058Y", "PA"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    for key, value in (text or {}).items():
+        tag = pydicom.datadict.tag_for_keyword(key)
+        ds[tag] = DataElement(tag, "LO", value)
+    ds.PixelData = (np.arange(rows * cols, dtype=np.uint32) % 4096).astype("<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def mutate(data, rng, start, stop):
+    """``data`` with a few bytes in [start, stop) overwritten, inserted, deleted or the
+    tail cut: the damage a bad disk, a broken export or a hostile sender does."""
+    buf = bytearray(data)
+    for _ in range(int(rng.integers(1, 6))):
+        if min(stop, len(buf)) <= start:
+            break
+        at = int(rng.integers(start, min(stop, len(buf))))
+        kind = rng.integers(0, 100)
+        if kind < 80:
+            buf[at] = int(rng.integers(0, 256))
+        elif kind < 88:
+            buf[at:at + 4] = bytes([0xFF, 0xFF, 0xFF, 0xFF])  # a huge length / size field
+        elif kind < 93:
+            buf[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 8))).astype(np.uint8))
+        elif kind < 98:
+            del buf[at:at + int(rng.integers(1, 8))]
+        else:
+            del buf[at + 1:]
+    return bytes(buf)
+
+
+def fuzz(seed_data, count, seed, start, stop, name):
+    """Read ``count`` mutations of ``seed_data``; returns (films read, FilmErrors, uncaught [(i, repr)])."""
+    rng = np.random.default_rng(seed)
+    films = errors = 0
+    uncaught = []
+    for i in range(count):
+        data = mutate(seed_data, rng, start, stop)
+        try:
+            film = read_film(data, name=f"{name}-{i}")
+        except FilmError as err:
+            assert f"{name}-{i}" in str(err)
+            errors += 1
+        except Exception as err:  # noqa: BLE001 - what the test is here to count
+            uncaught.append((i, f"{type(err).__name__}: {err}"[:200]))
+        else:
+            assert isinstance(film, Film) and film.pixels.dtype == np.uint8 and film.pixels.ndim == 2
+            films += 1
+    return films, errors, uncaught
+
+
+@pytest.mark.filterwarnings("ignore")  # pydicom warns about every damaged element it can still read
+def test_fuzzed_dicom_headers_never_escape_as_other_exceptions():
+    seed_data = dicom_bytes(WindowCenter=2048, WindowWidth=4096, RescaleSlope=1, RescaleIntercept=0)
+    pixel_start = seed_data.rindex(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data: mutate everything before
+    films, errors, uncaught = fuzz(seed_data, FUZZ_DICOM, 15, 128, pixel_start + 12, "fuzz.dcm")
+    assert not uncaught, f"{len(uncaught)} of {FUZZ_DICOM} escaped: {uncaught[:5]}"
+    assert films > 0 and errors > 0  # the mutations both break files and leave some readable
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_fuzzed_pngs_never_escape_as_other_exceptions():
+    seed_data = SAMPLE_FILMS[0].read_bytes()
+    films, errors, uncaught = fuzz(seed_data, FUZZ_PNG, 16, 0, len(seed_data), "fuzz.png")
+    assert not uncaught, f"{len(uncaught)} of {FUZZ_PNG} escaped: {uncaught[:5]}"
+    assert errors > 0
+
+
+def test_dicom_numbers_written_as_text_are_read():
+    numeric = read_film(dicom_bytes(RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=1000, WindowWidth=1000))
+    text = read_film(dicom_bytes(text={"RescaleSlope": "2", "RescaleIntercept": "-1000 ",
+                                       "WindowCenter": "1000\\1200", "WindowWidth": " 1000.0\\800"}))
+    np.testing.assert_array_equal(text.pixels, numeric.pixels)
+    assert numeric.pixels.std() > 10  # a real picture, not a constant
+
+
+@pytest.mark.parametrize("keyword", ["WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"])
+def test_dicom_text_that_is_not_a_number_is_refused_naming_the_element(keyword):
+    tags = {"WindowCenter": "1000", "WindowWidth": "1000", keyword: "soft tissue"}
+    with pytest.raises(FilmError, match=f"odd.dcm: DICOM {keyword} is 'soft tissue', not a number"):
+        read_film(dicom_bytes(text=tags), name="odd.dcm")
