@@ -1,11 +1,11 @@
 """``python -m cxr_tf.serve --model RUN_DIR [--host 127.0.0.1 --port 8000]``: the triage web
-service (library: ``cxr_tf.inference.service.create_app``). See ``docs/inference.md``."""
+service (library: ``cxr_tf.inference.service.create_app``). See ``docs/service.md``."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 
 from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR
-from cxr_tf.inference.service import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB
+from cxr_tf.inference.service import DEFAULT_MAX_FILES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_MB
 from cxr_tf.inference.triage import DEFAULT_BORDERLINE_K
 
 
@@ -23,6 +23,8 @@ def main(argv=None):
                              "docs/triage.md)")
     parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB)
     parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES)
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help="prediction requests admitted at once; more get 503 with Retry-After")
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -32,7 +34,7 @@ def main(argv=None):
 
     predictor = Predictor(args.model, samples=args.samples, borderline_k=args.borderline_k,
                           auc_floor=args.auc_floor)
-    app = create_app(predictor, args.max_upload_mb, args.max_files)
+    app = create_app(predictor, args.max_upload_mb, args.max_files, args.max_queue)
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True)
 
 
