@@ -1,0 +1,226 @@
+"""The hardened service on a real uvicorn server on loopback: uploads stay in memory and
+are capped while streaming, health answers while films are processed, a full queue
+answers 503, damaged DICOM among good films, no paths in responses, and schemathesis
+against the live /openapi.json with its default checks."""
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from cxr_tf.inference.predictor import Predictor
+from cxr_tf.inference.service import create_app
+from cxr_tf.testing import LiveServer
+from test_fuzz import dicom_bytes
+
+FILMS = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+BOUNDARY = "cxrboundary7d3a"
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return Predictor(tiny_run, samples=5)
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    live = LiveServer(create_app(predictor, max_upload_mb=4, max_files=4, max_queue=4)).start()
+    yield live
+    live.stop()
+
+
+def part_header(name="film.dcm"):
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
+def raw_request(url, path, headers):
+    """A socket with an HTTP/1.1 request line and ``headers`` sent; the body is the caller's."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
+
+
+def answered(sock, wait=0.0):
+    """The status code the server has sent on ``sock`` by now (after ``wait`` s), else None."""
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return None
+    head = sock.recv(65536)
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1") else None
+
+
+def open_temp_files():
+    """Paths under the temp folder that this process (the server) holds open now."""
+    temp = os.path.realpath(tempfile.gettempdir())
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with_target = os.path.join("/proc/self/fd", fd)
+        try:
+            target = os.readlink(with_target)
+        except OSError:
+            continue
+        if target.startswith(temp + "/") or target.startswith("/dev/shm/") or target.startswith("/var/tmp/"):
+            held.append(target)
+    return held
+
+
+def test_two_megabyte_upload_is_never_written_to_a_temp_file(server):
+    """Starlette's own parser spools a part over 1 MB to a (deleted) temp file; ours must not."""
+    film = dicom_bytes(rows=1024, cols=1024)  # 2 MB of 16-bit pixels
+    assert len(film) > 2 << 20
+    body = part_header("big.dcm") + film + f"\r\n--{BOUNDARY}--\r\n".encode()
+    before_open = open_temp_files()
+    sock = raw_request(server.url, "/api/predict", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                                                     "Content-Length": len(body), "Connection": "close"})
+    seen = []
+    for start in range(0, len(body) - 4096, 256 << 10):  # the server parses while the body trickles in
+        sock.sendall(body[start:start + (256 << 10)])
+        time.sleep(0.02)
+        seen += open_temp_files()
+    sock.sendall(body[start + (256 << 10):])
+    status = answered(sock, wait=60)
+    sock.close()
+    assert status == 200
+    assert seen is not None and not [p for p in seen if p not in before_open], seen
+
+
+def test_declared_300_mb_body_is_refused_before_it_is_sent(server):
+    sock = raw_request(server.url, "/api/predict", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                                                     "Content-Length": 300 << 20})
+    assert answered(sock, wait=10) == 413  # nothing of the body sent yet
+    sock.close()
+
+
+def test_streamed_body_is_cut_off_at_the_cap_not_read_to_the_end(server):
+    """Chunked (no Content-Length) 300 MB body: 413 arrives once the film passes its 4 MB cap."""
+    sock = raw_request(server.url, "/api/predict", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                                                     "Transfer-Encoding": "chunked"})
+    chunk = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    sent, status = 0, None
+    first = part_header("huge.dcm")
+    sock.sendall(f"{len(first):x}\r\n".encode() + first + b"\r\n")
+    try:
+        while sent < 300 << 20 and status is None:
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            sent += len(chunk)
+            status = answered(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        status = answered(sock, wait=5)
+    sock.close()
+    assert status == 413
+    assert sent < 32 << 20, f"{sent >> 20} MB sent before the refusal"
+
+
+def test_health_answers_while_predictions_run(server):
+    """Two clients keep 4-film ?images=1 predictions running; health keeps answering, far
+    faster than a prediction takes (with inference on the event loop it waited for each)."""
+    files = [("files", (f.name, f.read_bytes())) for f in FILMS[:4]]
+    predict_ms, running = [], threading.Event()
+    stop = threading.Event()
+
+    def load():
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                running.set()
+                start = time.perf_counter()
+                assert client.post(f"{server.url}/api/predict?images=1", files=files).status_code == 200
+                predict_ms.append((time.perf_counter() - start) * 1000)
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    health_ms = []
+    try:
+        running.wait(30)
+        time.sleep(0.2)
+        with httpx.Client(timeout=30) as client:
+            while len(predict_ms) < 6:
+                start = time.perf_counter()
+                assert client.get(f"{server.url}/api/health").status_code == 200
+                health_ms.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(120)
+    assert len(health_ms) >= 10
+    # Relative, not a timed threshold: health's p95 is a small fraction of one prediction.
+    assert np.percentile(health_ms, 95) < 0.25 * np.median(predict_ms), (health_ms, predict_ms)
+
+
+def test_full_queue_answers_503_with_retry_after(predictor):
+    live = LiveServer(create_app(predictor, max_upload_mb=4, max_files=4, max_queue=1)).start()
+    try:
+        # One request admitted and still uploading holds the only slot.
+        sock = raw_request(live.url, "/api/predict", {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+                                                       "Content-Length": 10_000})
+        sock.sendall(part_header())
+        time.sleep(0.3)
+        resp = httpx.post(f"{live.url}/api/predict", files={"files": ("a.png", FILMS[0].read_bytes())}, timeout=30)
+        assert resp.status_code == 503
+        assert int(resp.headers["Retry-After"]) > 0 and "retry" in resp.json()["detail"]
+        assert httpx.get(f"{live.url}/api/health", timeout=10).status_code == 200
+        sock.close()
+        time.sleep(0.3)  # the slot is released when the upload is abandoned
+        resp = httpx.post(f"{live.url}/api/predict", files={"files": ("a.png", FILMS[0].read_bytes())}, timeout=60)
+        assert resp.status_code == 200
+    finally:
+        live.stop()
+
+
+def test_damaged_dicom_among_good_films_costs_them_nothing(server, predictor, tmp_path):
+    text_window = dicom_bytes(text={"WindowCenter": "2048", "WindowWidth": "4096"})
+    bad_window = dicom_bytes(text={"WindowCenter": "lung", "WindowWidth": "4096"})
+    bad_rescale = dicom_bytes(text={"RescaleSlope": "1,5"})
+    files = [("text.dcm", text_window), ("bad.dcm", bad_window), ("rescale.dcm", bad_rescale),
+             (FILMS[0].name, FILMS[0].read_bytes())]
+    resp = httpx.post(f"{server.url}/api/predict", files=[("files", f) for f in files], timeout=60)
+    assert resp.status_code == 200
+    by_file = {r["file"]: r for r in resp.json()}
+    assert "probabilities" in by_file["text.dcm"] and "probabilities" in by_file[FILMS[0].name]
+    assert "WindowCenter is 'lung', not a number" in by_file["bad.dcm"]["error"]
+    assert "RescaleSlope is '1,5', not a number" in by_file["rescale.dcm"]["error"]
+    # The library path (predict command): the same per-film outcome.
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
+    results = predictor.predict_files([tmp_path / name for name, _ in files])
+    assert ["error" in r for r in results] == [False, True, True, False]
+
+
+def test_responses_carry_no_file_paths(server, tiny_run):
+    text = httpx.get(f"{server.url}/api/model").text
+    assert str(tiny_run) not in text and "run_dir" not in text
+    assert str(tiny_run) not in httpx.get(f"{server.url}/openapi.json").text
+
+
+def test_malformed_and_wrong_type_bodies_are_4xx(server):
+    url = f"{server.url}/api/predict"
+    assert httpx.post(url, content=b"hello", headers={"Content-Type": "text/plain"}).status_code == 415
+    cut = part_header() + b"partial film"
+    resp = httpx.post(url, content=cut, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert resp.status_code == 400 and "malformed" in resp.json()["detail"]
+    assert httpx.post(url + "?images=maybe", files={"files": ("a.png", b"x")}).status_code == 400
+    assert httpx.post(url, files={"other": ("a.png", b"x")}).json()["detail"].startswith("no films")
+
+
+def test_schemathesis_default_checks_pass_against_the_live_service(server, tmp_path):
+    cli = Path(sys.executable).with_name("schemathesis")
+    if not cli.exists():
+        pytest.skip("schemathesis is not installed (pip install 'cxr_tf[test]')")
+    config = Path(__file__).with_name("schemathesis.toml")
+    run = subprocess.run([str(cli), "--config-file", str(config), "run", f"{server.url}/openapi.json", "--max-examples", "25", "--seed", "0",
+                          "--no-color"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)  # its .schemathesis/ cache stays out of the repository
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
