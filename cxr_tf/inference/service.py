@@ -231,9 +231,19 @@ def _request_body(max_files, max_upload_mb):
                            f"each at most {max_upload_mb:g} MB"}}}}}}}
 
 
-def _predict_all(predictor, uploads, images):
-    """Worker-thread task: the worklist of ``uploads`` [(name, bytes)]."""
-    return predictor.worklist([predictor.predict_bytes(name, data, images=images) for name, data in uploads])
+def _predict_all(predictor, uploads, images, answer_format="json"):
+    """Worker-thread task: the JSON response of the worklist of ``uploads`` [(name, bytes)].
+    Rendered here, not on the event loop: with ``images`` the body is megabytes of
+    base64 that would stall every other request while it is encoded."""
+    results = [predictor.predict_bytes(name, data, images=images) for name, data in uploads]
+    data_of = {id(r): data for r, (_, data) in zip(results, uploads)}  # worklist keeps the objects
+    results = predictor.worklist(results)
+    status = 422 if all("error" in r for r in results) else 200
+    if answer_format == "fhir":
+        from cxr_tf.inference.outputs import fhir_answer
+
+        results = [fhir_answer(predictor, r, data_of[id(r)]) for r in results]
+    return JSONResponse(results, status_code=status)
 
 
 def _model_info(predictor):
@@ -303,9 +313,8 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
         try:
             uploads = await read_uploads(request, limit_bytes, max_files)
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(executor, _predict_all, predictor, uploads, images)
+            return await loop.run_in_executor(executor, _predict_all, predictor, uploads, images, format)
         finally:
             admitted -= 1
-        return JSONResponse(results, status_code=422 if all("error" in r for r in results) else 200)
 
     return app
