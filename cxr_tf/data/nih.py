@@ -15,8 +15,10 @@ every error message.
 
 import gzip
 import hashlib
+import io
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,10 +49,30 @@ class TableError(ValueError):
 
 
 def _open_text(path):
+    """The table's text as a stream. Gzip is recognised by its magic bytes, not the name
+    (a plain CSV named ``.gz`` is read as it is); a UTF-8 byte-order mark (Excel's
+    "CSV UTF-8") is dropped. TableError naming the file and the fix for a damaged gzip
+    file or text that is not UTF-8 (the line of the first bad byte)."""
     path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise TableError(f"{path}: cannot read ({err.strerror or err})") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as err:  # truncated download, damaged bytes
+            raise TableError(f"{path}: damaged gzip file ({err}); download the table again or pass the "
+                             "uncompressed CSV") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise TableError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the table "
+                         "as UTF-8 (Excel: \"CSV UTF-8 (Comma delimited)\")") from None
+    if not text.strip():
+        raise TableError(f"{path}: empty file; pass the NIH Data_Entry_2017*.csv(.gz) label table")
+    return io.StringIO(text, newline="")
 
 
 def _expand_header(line):
@@ -87,8 +109,14 @@ def _read_raw(path, required):
             raise TableError(f"{path}: line 1 (header) lacks the required column(s) {missing}; "
                              f"found {header}")
         positions = [header.index(name) for name in required]
-        frame = pd.read_csv(handle, header=None, usecols=positions, dtype=str,
-                            keep_default_na=False, skip_blank_lines=True, skipinitialspace=True)
+        try:
+            frame = pd.read_csv(handle, header=None, usecols=positions, dtype=str,
+                                keep_default_na=False, skip_blank_lines=True, skipinitialspace=True)
+        except pd.errors.EmptyDataError:
+            raise TableError(f"{path}: has a header but no rows; pass the complete table") from None
+        except (pd.errors.ParserError, ValueError) as err:
+            raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); check the file "
+                             "is the NIH label table, comma-separated") from None
     frame = frame[positions]
     frame.columns = list(required)
     return frame, header
