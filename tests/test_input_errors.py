@@ -70,3 +70,83 @@ def test_bit_depth_is_part_of_the_rule():
     assert film_problem(512, 512, bits=32).startswith("32 bits per pixel")
     assert film_problem(512, 512, bits=12) is None
     assert film_problem(512, 512, FilmLimits(max_bits=8), bits=12) is not None
+
+
+# ------------------------------------------------------------------ builder
+
+def children(pid):
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see the worker processes")
+def test_killed_build_leaves_no_worker_processes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "records"
+    script = ("from cxr_tf.data.builder import build_records; "
+              f"build_records(out={str(out)!r}, image_size=64, workers=2, shard_size_mb=0.05, progress=False)")
+    env = {**os.environ, "PYTHONPATH": str(SAMPLE.parents[1])}
+    for attempt in ("first build", "resumed build"):  # a killed build resumes; kill the resumed one too
+        build = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(children(build.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + resource tracker
+            time.sleep(0.05)
+        spawned = children(build.pid)
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+        assert len(spawned) >= 2, f"{attempt}: the worker processes never started"
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in spawned) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in spawned if alive(p)], f"{attempt}: worker processes outlived the killed build"
+
+
+def test_shards_whose_films_are_all_unreadable_are_not_written(tmp_path):
+    from cxr_tf.data.builder import build_records
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    lines = TABLE.read_text().splitlines()
+    rows = lines[1:13]
+    for i, row in enumerate(rows):
+        name = row.split(",")[0]
+        target = data / "images" / name
+        if i % 3 == 0:
+            target.write_bytes(b"not a film")  # unreadable
+        else:
+            target.write_bytes((SAMPLE / "images" / name).read_bytes())
+    (data / "Data_Entry_2017.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    manifest = build_records(data_dir=data, out=tmp_path / "records", image_size=64, workers=0,
+                             shard_size_mb=0.001, progress=False, log=lambda *_: None)
+    shards = sorted((tmp_path / "records").glob("*.tfrecord"))
+    assert shards and all(p.stat().st_size > 0 for p in shards)
+    listed = [name for split in manifest["splits"].values() for name in split["shards"]]
+    assert sorted(listed) == [p.name for p in shards]
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == 8
+    assert len([s for s in manifest["skipped"] if "not a" in s["reason"] or "decod" in s["reason"]]) == 4
+    # A resumed build keeps the empty shards' records and writes nothing new.
+    again = build_records(data_dir=data, out=tmp_path / "records", image_size=64, workers=0,
+                          shard_size_mb=0.001, progress=False, log=lambda *_: None)
+    assert again["build"]["encoded"] == 0 and again["splits"] == manifest["splits"]

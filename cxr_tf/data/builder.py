@@ -22,8 +22,12 @@ How a build runs:
    counts / shards, seed, split method, the label table's SHA-256, every skipped
    input with its reason, and train-split age mean/std for metadata models.
 
-An unreadable film (empty, truncated, not an image, too large) is skipped with its
-reason; it never stops the build.
+An unreadable or implausible film (empty, truncated, not an image, too large, too
+small, a strip: ``cxr_tf.data.images.FilmLimits``, the rule ``predict`` applies) is
+skipped with its reason; it never stops the build. A shard whose films were all
+skipped is not written (no zero-byte shards) and is left out of the manifest.
+Worker processes watch their parent and exit when it dies, so a killed build
+leaves no workers (nor, with them gone, multiprocessing's resource tracker).
 """
 
 import contextlib
@@ -88,7 +92,7 @@ def _worker_pool(workers):
     table. They import OpenCV and NumPy, never TensorFlow. A worker that dies
     (out of memory) breaks the pool with an error instead of hanging the build."""
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=worker_init)
+                                       initializer=worker_init, initargs=(os.getpid(),))
     with _main_module_hidden():
         for _ in range(workers):  # each submit starts one process while none is idle
             pool.submit(int)
@@ -189,8 +193,14 @@ def _prepare_out(out, key, shards, log):
         write_json(plan_path, {"key": key, "shards": shards})
     for leftover in out.glob("*.tmp"):
         leftover.unlink()  # partial shard of a killed build
-    done = {s["name"] for s in shards if (out / s["name"]).is_file() and (state / f"{s['name']}.json").is_file()}
+    done = {s["name"] for s in shards if (state / f"{s['name']}.json").is_file()
+            and ((out / s["name"]).is_file() or not _record(out, s["name"])["images"])}
     return shards, done
+
+
+def _record(out, name):
+    """What went into shard ``name`` ({"images", "skipped", ...}), from ``.build/<name>.json``."""
+    return json.loads((out / PLAN_DIR / f"{name}.json").read_text())
 
 
 def _encoded(jobs, image_size, workers, pool):
@@ -261,7 +271,10 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
                     written.append(name)
             write_json(out / PLAN_DIR / f"{shard['name']}.json",
                         {"shard": shard["name"], "split": shard["split"], "images": written, "skipped": skipped})
-            os.replace(tmp, final)
+            if written:
+                os.replace(tmp, final)
+            else:  # every film of the shard skipped: no zero-byte shard (training refuses those)
+                tmp.unlink()
             _maybe_stop(todo.index(shard) + 1)
     finally:
         bar.close()
@@ -269,14 +282,15 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
 
 
 def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warnings_):
-    records = {s["name"]: json.loads((out / PLAN_DIR / f"{s['name']}.json").read_text()) for s in shards}
+    records = {s["name"]: _record(out, s["name"]) for s in shards}
     labels = key.get("findings", LABELS)
     rows = table.set_index("image_index")
     summary = {}
     for split in splitting.SPLITS:
         names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
         summary[split] = {**splitting.summarise(rows.loc[names], labels),
-                          "shards": [s["name"] for s in shards if s["split"] == split]}
+                          "shards": [s["name"] for s in shards
+                                     if s["split"] == split and records[s["name"]]["images"]]}
     train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
     skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
     skipped += [{"file": str(path), "reason": "no row in the label table"} for path in inventory.files_without_rows]

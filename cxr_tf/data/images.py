@@ -26,8 +26,11 @@ Policies, written down once:
 
 import dataclasses
 
+import os
 import struct
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -270,10 +273,21 @@ def encode_films(paths, size):
     return [film_to_png(path, size) for path in paths]
 
 
-def worker_init():
+def worker_init(parent=None, poll_s=0.5):
     """Initializer of the builder's worker processes: one process per core, so
-    OpenCV's own thread pool is switched off."""
+    OpenCV's own thread pool is switched off; and a daemon thread that ends the worker
+    when its parent dies (``kill -9`` of the build: a pool worker blocked on its task
+    queue would otherwise live on, orphaned, with the resource tracker beside it).
+    parent: the build's pid (passed, not read here: it may already be gone)."""
     cv2.setNumThreads(1)
+    parent = os.getppid() if parent is None else parent
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)  # the parent is gone: nobody will read our results
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def tensorflow_loaded():
