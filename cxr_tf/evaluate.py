@@ -33,9 +33,13 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    result = evaluate_run(args.model, args.records, args.split, args.out, args.batch_size, args.bootstrap,
-                          args.seed, args.threshold_method, args.rechoose_thresholds, args.bins)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_run(args.model, args.records, args.split, args.out, args.batch_size, args.bootstrap,
+                              args.seed, args.threshold_method, args.rechoose_thresholds, args.bins)
+    except (ValueError, FileNotFoundError) as err:  # bad arguments, missing paths, damaged records
+        parser.exit(2, f"error: {err}\n")
     macro = result["macro"]
     ci = macro.get("auc_ci") or [None, None]
     print(f"{result['num_examples']} films, {result['num_patients']} patients, split {result['split']} "

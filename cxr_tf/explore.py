@@ -17,7 +17,10 @@ def main(argv=None):
     source.add_argument("--records", help="records folder written by tools/build_tfrecords.py")
     parser.add_argument("--out", required=True, help="output folder for figures, summary.json, explore.md")
     args = parser.parse_args(argv)
-    summary = explore(args.out, labels=args.labels, records=args.records)
+    try:
+        summary = explore(args.out, labels=args.labels, records=args.records)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
     print(f"{summary['films']:,} films, {summary['patients']:,} patients; "
           f"wrote {', '.join(summary['figures'].values())}, summary.json, explore.md to {args.out}")
     return 0

@@ -68,7 +68,7 @@ def main(argv=None):
     try:
         config = config_from_args(args)
         train(config, run_name=args.run_name, resume=not args.no_resume)
-    except (config_lib.ConfigError, FileNotFoundError) as err:
+    except (config_lib.ConfigError, FileNotFoundError, ValueError) as err:  # incl. damaged records
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -32,8 +32,11 @@ def main(argv=None):
     from cxr_tf.inference.predictor import Predictor
     from cxr_tf.inference.service import create_app
 
-    predictor = Predictor(args.model, samples=args.samples, borderline_k=args.borderline_k,
-                          auc_floor=args.auc_floor)
+    try:
+        predictor = Predictor(args.model, samples=args.samples, borderline_k=args.borderline_k,
+                              auc_floor=args.auc_floor)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
     app = create_app(predictor, args.max_upload_mb, args.max_files, args.max_queue)
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True)
 

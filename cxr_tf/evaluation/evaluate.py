@@ -14,6 +14,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from cxr_tf.evaluation import literature, metrics, plots, report
 from cxr_tf import runs
@@ -116,11 +117,19 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     dataset = make_dataset(records, split, batch_size, image_size=image_size, training=False,
                            multimodal=multimodal, with_ids=True)
     names, pids, ys, ps = [], [], [], []
-    for x, y, ids in dataset:
-        ps.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
-        ys.append(np.asarray(y))
-        names += [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(ids["image_index"])]
-        pids.append(np.asarray(ids["patient_id"]).reshape(-1))
+    try:
+        for x, y, ids in dataset:
+            ps.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+            ys.append(np.asarray(y))
+            names += [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(ids["image_index"])]
+            pids.append(np.asarray(ids["patient_id"]).reshape(-1))
+    except tf.errors.OpError as err:  # damaged records: name the shard and record (TF names a byte offset)
+        from cxr_tf.data.pipeline import locate_damage
+
+        found = locate_damage(records, err, [split])
+        if found is None:
+            raise
+        raise found from None
     if not ps:
         raise ValueError(f"{records}: split {split!r} has no films")
     y_true = np.rint(np.concatenate(ys)).astype(np.int64)
@@ -147,7 +156,10 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
     if not records:
         raise ValueError("no records folder: pass --records (the run's config.json names none)")
     records = Path(records)
-    record_labels = manifest_labels(read_manifest(records))  # FileNotFoundError naming the folder
+    manifest = read_manifest(records)  # FileNotFoundError naming the folder
+    record_labels = manifest_labels(manifest)
+    if split not in manifest["splits"]:
+        raise ValueError(f"--split {split!r}: {records} has the splits {', '.join(sorted(manifest['splits']))}")
     if record_labels != run.labels:
         raise ValueError(f"{records}: its findings {list(record_labels)} differ from the run's "
                          f"{list(run.labels)} ({run.path / runs.LABELS_FILE}); evaluate on records built "

@@ -31,6 +31,10 @@ class EpochLog(keras.callbacks.Callback):
         row = {"phase": self.phase, "epoch": epoch}
         for key, value in (logs or {}).items():
             row[key] = float(np.asarray(value))
+        if "learning_rate" not in row and getattr(self.model, "optimizer", None) is not None:
+            # Keras logs the rate only when a callback before this one adds it: record the
+            # rate this epoch ran at (ReduceLROnPlateau changes it after this row is written).
+            row["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         rows = [r for r in rows if int(r["epoch"]) < epoch] + [row]
         columns = ["phase", "epoch"]
         for r in rows:

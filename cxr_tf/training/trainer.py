@@ -194,6 +194,9 @@ def train(config, run_name=None, resume=True):
     """
     started = time.time()
     config = config_lib.validate(config)
+    if run_name is not None and (Path(run_name).name != str(run_name) or str(run_name) in ("", ".", "..")):
+        raise ValueError(f"--run-name {run_name!r}: give a folder name (no '/', '..'); the run goes under "
+                         f"--out ({config['out']})")
     # A multi-worker strategy must exist before any other TensorFlow op runs.
     strategy = distribute.get_strategy(config["strategy"])
     from cxr_tf.data import pipeline as data
@@ -221,6 +224,9 @@ def train(config, run_name=None, resume=True):
     # Where augmentation runs is decided once per run and recorded: a run started on a GPU
     # host ("auto" -> in the model) and resumed on a CPU host keeps it, so its backup fits.
     in_model = state.setdefault("augment_in_model", augment_in_model(config))
+    # Training time is counted across restarts: this session starts where the last one's stopped.
+    started -= float(state.get("seconds", 0.0))
+    state.pop("error", None)
     runs.write_state(work_dir, {**state, "status": "running"})
     if resumed:
         print(f"fit: resuming {run_dir} (phases done: {', '.join(state['phases_done']) or 'none'})", flush=True)
@@ -246,7 +252,10 @@ def train(config, run_name=None, resume=True):
         where = "in the train step" if trainer is not model else "in the tf.data pipeline"
         print(f"fit: augmentation {'off' if config['augment'] is False else where}", flush=True)
         _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
-                    set_backbone_trainable)
+                    set_backbone_trainable, started)
+    except tf.errors.OpError as err:
+        _stop_on_damage(err, records, work_dir, state, started)
+        raise
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -258,7 +267,11 @@ def train(config, run_name=None, resume=True):
             work_dir.parent.rmdir()
         print(f"fit: {distribute.task_label()} done; the chief writes {run_dir}", flush=True)
         return run_dir
-    _finish(run_dir, config, records, manifest, multimodal, started)
+    try:
+        _finish(run_dir, config, records, manifest, multimodal, started)
+    except tf.errors.OpError as err:
+        _stop_on_damage(err, records, work_dir, state, started)
+        raise
     return run_dir
 
 
@@ -275,8 +288,22 @@ def _from_scratch(config, phase_name):
     return True
 
 
+def _stop_on_damage(err, records, work_dir, state, started):
+    """Damaged records stop training with a RecordsError naming the shard and the first
+    damaged record (TensorFlow's DataLossError names only a byte offset), and leave the
+    run resumable (status "interrupted", not "running") once the shard is rebuilt."""
+    from cxr_tf.data.pipeline import locate_damage
+
+    found = locate_damage(records, err)
+    if found is None:
+        return
+    runs.write_state(work_dir, {**state, "status": "interrupted", "error": str(found),
+                                "seconds": round(time.time() - started, 1)})
+    raise found from None
+
+
 def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
-                set_backbone_trainable):
+                set_backbone_trainable, started=None):
     """Train ``trainer`` (``model`` or ``model`` behind the augmenter) phase by phase;
     the best checkpoint holds ``model`` itself."""
     best_path = work_dir / runs.MODEL
@@ -318,6 +345,9 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
             keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=config["backup_every"],
                                              delete_checkpoint=False),
         ]
+        if started is not None:  # training time so far, kept across restarts (state.json "seconds")
+            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: runs.write_state(
+                work_dir, {**state, "status": "running", "seconds": round(time.time() - started, 1)})))
         callbacks += fault
         if config["tensorboard"] and is_chief(strategy):
             callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard" / name)))
@@ -327,6 +357,8 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
                   initial_epoch=initial_epoch, steps_per_epoch=steps, validation_steps=val_steps,
                   callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
         state["phases_done"].append(name)
+        if started is not None:
+            state["seconds"] = round(time.time() - started, 1)
         runs.write_state(work_dir, {**state, "status": "running"})
         shutil.rmtree(backup_dir, ignore_errors=True)
     if not best_path.is_file():
@@ -365,7 +397,8 @@ def _finish(run_dir, config, records, manifest, multimodal, started):
     model.export(str(savedmodel), verbose=False)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     runs.write_state(run_dir, {"status": "complete",
-                               "phases_done": [p["name"] for p in config["phases"] if p["epochs"] > 0]})
+                               "phases_done": [p["name"] for p in config["phases"] if p["epochs"] > 0],
+                               "seconds": round(time.time() - started, 1)})
     runs.mark_latest(run_dir)
     test_auc = splits["test"]["macro_auc"] if splits["test"] else None
     minutes, seconds = divmod(int(time.time() - started), 60)
