@@ -97,7 +97,7 @@ def test_fuzzed_dicom_headers_never_escape_as_other_exceptions():
 @pytest.mark.filterwarnings("ignore")
 def test_fuzzed_pngs_never_escape_as_other_exceptions():
     seed_data = SAMPLE_FILMS[0].read_bytes()
-    films, errors, uncaught = fuzz(seed_data, FUZZ_PNG, 16, 0, len(seed_data), "fuzz.png")
+    _, errors, uncaught = fuzz(seed_data, FUZZ_PNG, 16, 0, len(seed_data), "fuzz.png")
     assert not uncaught, f"{len(uncaught)} of {FUZZ_PNG} escaped: {uncaught[:5]}"
     assert errors > 0
 

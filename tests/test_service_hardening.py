@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from test_fuzz import dicom_bytes
 
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer
-from test_fuzz import dicom_bytes
 
 FILMS = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
 BOUNDARY = "cxrboundary7d3a"
@@ -71,7 +71,7 @@ def open_temp_files():
             target = os.readlink(with_target)
         except OSError:
             continue
-        if target.startswith(temp + "/") or target.startswith("/dev/shm/") or target.startswith("/var/tmp/"):
+        if target.startswith((temp + "/", "/dev/shm/", "/var/tmp/")):
             held.append(target)
     return held
 
@@ -221,6 +221,6 @@ def test_schemathesis_default_checks_pass_against_the_live_service(server, tmp_p
         pytest.skip("schemathesis is not installed (pip install 'cxr_tf[test]')")
     config = Path(__file__).with_name("schemathesis.toml")
     run = subprocess.run([str(cli), "--config-file", str(config), "run", f"{server.url}/openapi.json", "--max-examples", "25", "--seed", "0",
-                          "--no-color"], capture_output=True, text=True, timeout=300,
+                          "--no-color"], capture_output=True, text=True, timeout=300, check=False,
                          cwd=tmp_path)  # its .schemathesis/ cache stays out of the repository
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

@@ -40,7 +40,15 @@ import cv2
 import numpy as np
 
 from cxr_tf.data.images import FILM_MAX_PIXELS as MAX_PIXELS
-from cxr_tf.data.images import MAX_ASPECT, MAX_SIDE, MIN_SIDE, FilmLimits, ImageError, film_problem, read_image
+from cxr_tf.data.images import (
+    MAX_ASPECT,
+    MAX_SIDE,
+    MIN_SIDE,
+    FilmLimits,
+    ImageError,
+    film_problem,
+    read_image,
+)
 
 __all__ = ["MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MIN_SIDE", "Film", "FilmError", "Limits",
            "check_size", "read_film", "sniff_format"]
