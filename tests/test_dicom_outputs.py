@@ -126,7 +126,7 @@ def test_service_answers_fhir(tiny_run, films):
         outcome = next(r for r in resp.json() if r["resourceType"] == "OperationOutcome")
         assert "notes.png" in outcome["issue"][0]["diagnostics"]
         bad = httpx.post(f"{live.url}/api/predict?format=xml", files=files[:1], timeout=60)
-        assert bad.status_code == 422
+        assert bad.status_code == 400 and "format" in bad.json()["detail"]  # 422 means: no film readable
     finally:
         live.stop()
 
