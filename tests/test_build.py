@@ -128,7 +128,10 @@ def test_broken_inputs_are_skipped_with_reasons(messy_data_dir, tmp_path):
     assert_matches_table(examples, nih.read_label_table(messy_data_dir / "Data_Entry_2017.csv"), 32)
     reasons = {Path(s["file"]).name: s["reason"] for s in manifest["skipped"]}
     assert reasons == {"90000002_000.png": "empty file", "90000003_000.png": "truncated PNG (no IEND chunk)",
-                       "90000004_000.png": "not a decodable image", "90000005_000.png": "not a decodable image",
+                       # its zeroed middle breaks the chunk lengths: refused before decoding
+                       "90000004_000.png": "damaged PNG (chunk b'IDAT' at byte 52 claims 8,192 bytes; the file has "
+                                           "4,224)",
+                       "90000005_000.png": "not a decodable image",
                        "90000009_000.png": "no row in the label table"}
     assert manifest["rows_without_files"]["count"] == 2
     assert (out / "rows_without_files.txt").read_text().split() == ["90000006_000.png", "90000007_000.png"]
