@@ -259,8 +259,8 @@ class Predictor:
             try:
                 loaded.append((name, *self.load(source, name=name)))
                 out.append(None)
-            except FilmError as err:
-                out.append(({"file": name, "error": str(err)}, None))
+            except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
+                out.append(({"file": name, "error": film_error_text(name, err)}, None))
         done = iter(zip(self.film_results(loaded), loaded))
         for i, item in enumerate(out):
             if item is None:  # a readable film: its result, in the order they were loaded
