@@ -100,36 +100,42 @@ def test_export_parity(exports, fmt):
     assert written["macro_auc"]["keras"] > 0.7  # learned something, so the AUC delta means something
     if fmt == "litert-int8":
         assert abs(written["macro_auc"]["delta"]) <= 0.01
-        assert written["size_bytes"] < exports["litert"][1]["size_bytes"] / 2.5  # head stays float32
+        int8, float32 = (exports[f][0] / "backbone.tflite" for f in ("litert-int8", "litert"))
+        assert int8.stat().st_size < float32.stat().st_size / 3  # the head (head.npz) stays float32
     else:
         assert written["max_abs_diff"] <= 1e-4
     assert written["ms_per_film"]["export"] > 0 and written["size_bytes"] > 0
 
 
 @pytest.mark.parametrize("fmt", ["litert-int8", "onnx"])
-def test_mc_dropout_on_exported_backends(exports, fmt):
+def test_mc_dropout_on_exported_backends(exports, learned_run, fmt):
+    import keras
+
     from cxr_tf.inference.export import PortableModel
+    from cxr_tf.inference.uncertainty import MCSampler
 
     model = PortableModel(exports[fmt][0], seed=0)
     x = np.stack([to_square(read_image(f), 32) for f in FILMS[:4]]).astype(np.float32)[..., None]
-    mean, std = model(x, samples=30)
-    assert mean.shape == std.shape == (4, 14) and (std > 0).any()
+    mean, std = model(x, samples=400)
+    assert mean.shape == std.shape == (4, 14) and (std > 0.01).any()
     assert model.backbone_calls == 4  # the backbone ran once per film; only the head was sampled
-    assert np.abs(mean - model.deterministic(x)).max() < 0.1
+    keras_mean, keras_std = MCSampler(keras.models.load_model(learned_run / "model.keras"), seed=0)(x, samples=400)
+    # the same distribution as Keras' MC dropout: 400 draws put both means within a few hundredths
+    assert np.abs(mean - keras_mean).max() < 0.06 and np.abs(std - keras_std).max() < 0.06
 
 
 def test_predict_command_on_the_onnx_backend(exports, learned_run, capsys):
     from cxr_tf import predict
 
     films = [str(f) for f in FILMS[:3]]
-    assert predict.main(["--model", str(learned_run), "--json", "--samples", "5", *films]) == 0
+    assert predict.main(["--model", str(learned_run), "--json", "--samples", "400", *films]) == 0
     keras_out = {r["file"]: r for r in json.loads(capsys.readouterr().out)}
-    assert predict.main(["--model", str(learned_run), "--json", "--samples", "5", "--backend", "onnx",
+    assert predict.main(["--model", str(learned_run), "--json", "--samples", "400", "--backend", "onnx",
                          "--export", str(exports["onnx"][0]), *films]) == 0
     onnx_out = {r["file"]: r for r in json.loads(capsys.readouterr().out)}
     for film in films:
         a, b = keras_out[film]["probabilities"], onnx_out[film]["probabilities"]
-        assert max(abs(a[k] - b[k]) for k in a) < 0.1  # both are 5-draw MC means of the same model
+        assert max(abs(a[k] - b[k]) for k in a) < 0.06  # both are 400-draw MC means of the same model
         assert any(v > 0 for v in onnx_out[film]["uncertainty"].values())
 
 

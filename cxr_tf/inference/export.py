@@ -154,26 +154,43 @@ def _backbone_function(backbone):
     return fn, names
 
 
+def _backbone_savedmodel(backbone, folder):
+    """Write the backbone as a SavedModel with one signature ``serving_default``:
+    (image[, meta]) -> {"features"}; returns the input names. The LiteRT converter
+    reads this (converting a concrete function directly leaves its variables unfrozen)."""
+    import keras
+
+    fn, names = _backbone_function(backbone)
+    archive = keras.export.ExportArchive()
+    archive.track(backbone)
+    archive.add_endpoint("serving_default", fn)
+    archive.write_out(str(folder), verbose=False)
+    return names
+
+
 def to_litert(backbone, path, representative=None):
     """Write the backbone as a LiteRT flatbuffer; int8 when ``representative`` (the
     backbone's inputs, a float32 array or {"image", "meta"}) is given."""
+    import tempfile
+
     import tensorflow as tf
 
-    fn, names = _backbone_function(backbone)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], backbone)
-    if representative is not None:
-        def samples():
-            images = representative["image"] if isinstance(representative, dict) else representative
-            for i in range(len(images)):
-                if isinstance(representative, dict):
-                    yield {"image": images[i:i + 1], "meta": representative["meta"][i:i + 1]}
-                else:
-                    yield {"image": images[i:i + 1]}
+    with tempfile.TemporaryDirectory() as tmp:
+        names = _backbone_savedmodel(backbone, Path(tmp) / "backbone")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "backbone"))
+        if representative is not None:
+            def samples():
+                images = representative["image"] if isinstance(representative, dict) else representative
+                for i in range(len(images)):
+                    if isinstance(representative, dict):
+                        yield {"image": images[i:i + 1], "meta": representative["meta"][i:i + 1]}
+                    else:
+                        yield {"image": images[i:i + 1]}
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = samples
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    Path(path).write_bytes(converter.convert())
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = samples
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        Path(path).write_bytes(converter.convert())
     return names
 
 
