@@ -190,7 +190,18 @@ def to_litert(backbone, path, representative=None):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = samples
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        Path(path).write_bytes(converter.convert())
+        try:
+            flatbuffer = converter.convert()
+        except Exception as err:  # noqa: BLE001  the converter raises several types for one cause
+            if representative is None:
+                raise
+            # an op without an int8 kernel: keep it float (the rest stays int8) and say so
+            log.warning("int8 conversion with int8 kernels only failed (%s); ops without an int8 kernel "
+                        "stay float32", str(err).splitlines()[0][:300])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+            flatbuffer = converter.convert()
+        Path(path).write_bytes(flatbuffer)
     return names
 
 
