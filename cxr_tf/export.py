@@ -7,6 +7,7 @@ the validation split, per-finding and macro AUC of both, size, CPU ms per film) 
 warns when the macro AUC drops by more than 0.01. Exit code 2 for a usage error.
 """
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import json
 import sys

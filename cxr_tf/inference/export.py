@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.data.jsonfile import write_json
-from cxr_tf.data.labels import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -334,16 +333,16 @@ def _macro(aucs):
     return float(np.mean(values)) if values else None
 
 
-def parity(reference, candidate, y_true, one_reference, one_candidate):
+def parity(reference, candidate, y_true, one_reference, one_candidate, labels):
     """The parity report of an export against model.keras on the same films.
 
     reference, candidate: probabilities (N, 14); one_*: zero-argument callables
-    predicting one film (timed). Returns {"films", "max_abs_diff", "auc": {"keras",
+    predicting one film (timed); labels: the run's findings in output order. Returns {"films", "max_abs_diff", "auc": {"keras",
     "export"} per finding, "macro_auc": {"keras", "export", "delta"}, "ms_per_film":
     {"keras", "export"}, "warning"}."""
     from cxr_tf.evaluation.metrics import roc_auc
 
-    auc_ref, auc_exp = roc_auc(y_true, reference), roc_auc(y_true, candidate)
+    auc_ref, auc_exp = roc_auc(y_true, reference, labels), roc_auc(y_true, candidate, labels)
     macro_ref, macro_exp = _macro(auc_ref), _macro(auc_exp)
     delta = None if macro_ref is None or macro_exp is None else macro_exp - macro_ref
     warning = None
@@ -368,14 +367,15 @@ def export_run(run_dir, fmt, out=None, records=None):
     (plus "folder", "size_bytes", "format")."""
     import tensorflow as tf
 
-    from cxr_tf.evaluation.evaluate import load_run
+    from cxr_tf import runs
     from cxr_tf.inference.uncertainty import split_model
     from cxr_tf.models.savedmodel import export_savedmodel
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    model, config, labels = load_run(run_dir)
+    run = runs.Run(run_dir)
+    model, config, labels = run.model, run.config, list(run.labels)
     out = Path(out) if out is not None else export_dir(run_dir, fmt)
     out.mkdir(parents=True, exist_ok=True)
     image_size = int(model.inputs[0].shape[1])
@@ -418,7 +418,7 @@ def export_run(run_dir, fmt, out=None, records=None):
                                     for s in range(0, len(images), 32)])
         one_candidate = lambda: portable.deterministic(images[:1], None if meta is None else meta[:1])  # noqa: E731
     write_json(out / "export.json", info)
-    report = parity(reference, candidate, y_true, lambda: keras_one(one_x), one_candidate)
+    report = parity(reference, candidate, y_true, lambda: keras_one(one_x), one_candidate, labels)
     report.update({"format": fmt, "folder": str(out), "size_bytes": folder_bytes(out / GRAPH_FILES[fmt])
                    + (folder_bytes(out / "head.npz") if (out / "head.npz").is_file() else 0),
                    "keras_size_bytes": folder_bytes(run_dir / "model.keras")})
