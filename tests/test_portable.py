@@ -182,3 +182,25 @@ def test_wheel_installs_and_runs_build_fit_predict_from_an_empty_folder(tmp_path
     out = json.loads(run("cxr-tf-predict", "--model", run_dir, "--json", "--samples", "3", "film.png"))
     assert out[0]["file"] == "film.png" and len(out[0]["probabilities"]) == 14
     assert "usage" in run("cxr-tf-export", "--help").lower()
+
+
+def test_int8_export_runs_without_tensorflow(exports, tmp_path):
+    # the clinic-PC case: NumPy + the LiteRT runtime, TensorFlow and Keras not importable
+    x = np.stack([to_square(read_image(f), 32) for f in FILMS[:3]]).astype(np.float32)[..., None]
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys\n"
+        "for name in ('tensorflow', 'keras', 'tf_keras'):\n    sys.modules[name] = None\n"
+        "import numpy as np\n"
+        "from cxr_tf.inference.export import PortableModel\n"
+        f"model = PortableModel({str(exports['litert-int8'][0])!r}, seed=0)\n"
+        "mean, std = model(np.load('x.npy'), samples=20)\n"
+        "np.save('p.npy', model.deterministic(np.load('x.npy'))); print(float(std.max()))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) > 0  # MC dropout sampled
+    from cxr_tf.inference.export import PortableModel
+
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), PortableModel(exports["litert-int8"][0]).deterministic(x),
+                               atol=1e-6)
