@@ -1,7 +1,7 @@
 """What each export costs and saves against model.keras on CPU: size, ms per film
 (batch 1), films per second at batch 32, macro AUC delta on the validation split.
 
-    python tools/bench_export.py --model RUN [--formats litert litert-int8 onnx] [--repeats 20]
+    python tools/bench_export.py --model RUN [--formats litert litert-int8 onnx] [--repeats 20] [--reuse]
     python tools/bench_export.py --train densenet121 --image-size 64 --out /tmp/bench   # train first
 
 ``--train ARCH`` first trains ARCH briefly on synthetic planted-finding films
@@ -19,6 +19,7 @@ batch 1; size ratio = model.keras bytes / export bytes).
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -58,7 +59,7 @@ def train_synthetic(arch, image_size, out, epochs, learning_rate, batch_size):
     return train(config)
 
 
-def bench(run_dir, formats, repeats):
+def bench(run_dir, formats, repeats, reuse=False):
     """{name: {"bytes", "ms", "fps32", "auc_delta"}} for "keras" and each format."""
     import keras
     import tensorflow as tf
@@ -76,7 +77,11 @@ def bench(run_dir, formats, repeats):
                       "fps32": 32 / _median_seconds(lambda: keras_fn(batch).numpy(), max(3, repeats // 4)),
                       "auc_delta": 0.0, "macro_auc": None}}
     for fmt in formats:
-        report = export_run(run_dir, fmt)
+        parity_file = export_dir(run_dir, fmt) / "parity.json"
+        if reuse and parity_file.is_file():  # an earlier export of this run: time it, do not convert again
+            report = json.loads(parity_file.read_text())
+        else:
+            report = export_run(run_dir, fmt)
         portable = PortableModel(export_dir(run_dir, fmt))
         rows["keras"]["macro_auc"] = report["macro_auc"]["keras"]
         rows[fmt] = {"bytes": report["size_bytes"],
@@ -98,12 +103,14 @@ def main(argv=None):
     parser.add_argument("--out", default="bench_export", help="folder for --train's records and run")
     parser.add_argument("--formats", nargs="+", default=["litert", "litert-int8", "onnx"])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--reuse", action="store_true",
+                        help="time exports already in RUN/export/<format> (with parity.json) instead of converting")
     args = parser.parse_args(argv)
     if not args.model and not args.train:
         parser.error("pass --model RUN or --train ARCH")
     run_dir = args.model or train_synthetic(args.train, args.image_size, args.out, args.epochs, args.learning_rate,
                                             args.batch_size)
-    rows = bench(run_dir, args.formats, args.repeats)
+    rows = bench(run_dir, args.formats, args.repeats, reuse=args.reuse)
     base = rows["keras"]
     print(f"run {run_dir}  (validation macro AUC of model.keras: {base['macro_auc']:.4f})")
     print(f"{'format':<12} {'size MB':>8} {'x smaller':>9} {'ms/film':>8} {'speedup':>8} {'films/s@32':>10} "

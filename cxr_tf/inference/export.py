@@ -207,9 +207,14 @@ def to_litert(backbone, path, representative=None):
 def to_onnx(backbone, path):
     """Write the backbone as ONNX (tf2onnx, opset 17)."""
     import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     fn, names = _backbone_function(backbone)
-    tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17, output_path=str(path))
+    # freeze first: tf2onnx.convert.from_function leaves some Keras variables (the mean and
+    # variance of EfficientNet's Normalization layer) as graph inputs instead of constants
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+                                   output_names=[t.name for t in frozen.outputs], opset=17, output_path=str(path))
     return names
 
 
