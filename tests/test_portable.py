@@ -76,7 +76,9 @@ def test_serve_bytes_matches_predict_on_real_films(learned_run):
     served = loaded.signatures["serve_bytes"](image_bytes=tf.constant(data))
     served = np.asarray(next(iter(served.values())))
     predictor = Predictor(learned_run, samples=1)
-    expected = np.stack([predictor.probabilities(predictor.load(d, name=f"film{i}")[1]) for i, d in enumerate(data)])
+    # the deterministic pass on the pixels predict prepares (Predictor.load)
+    expected = np.concatenate([predictor.sampler.deterministic(predictor.load(d, name=f"film{i}")[1])
+                               for i, d in enumerate(data)])
     assert np.abs(served - expected).max() <= 1e-5
     assert np.ptp(expected, axis=0).max() > 0.01  # the films differ, so a wrong pixel path would show
 
@@ -119,6 +121,8 @@ def test_mc_dropout_on_exported_backends(exports, learned_run, fmt):
     mean, std = model(x, samples=400)
     assert mean.shape == std.shape == (4, 14) and (std > 0.01).any()
     assert model.backbone_calls == 4  # the backbone ran once per film; only the head was sampled
+    seeded = [model(x[order], samples=10, seeds=[7, 8, 9, 10][:len(order)]) for order in ([0, 1, 2, 3], [0, 1])]
+    np.testing.assert_array_equal(seeded[0][0][:2], seeded[1][0])  # a film's draws depend on its seed only
     keras_mean, keras_std = MCSampler(keras.models.load_model(learned_run / "model.keras"), seed=0)(x, samples=400)
     # the same distribution as Keras' MC dropout: 400 draws put both means within a few hundredths
     assert np.abs(mean - keras_mean).max() < 0.06 and np.abs(std - keras_std).max() < 0.06
