@@ -63,13 +63,18 @@ def main(argv=None):
     parser.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,
                         help="validation AUC the run (macro) and a critical finding (its own) must reach to "
                              f"call a film urgent (default {DEFAULT_AUC_FLOOR:.2f}; docs/triage.md)")
+    parser.add_argument("--backend", choices=("keras", "litert", "onnx"), default="keras",
+                        help="keras (model.keras, default), litert or onnx (an export of `python -m cxr_tf.export`)")
+    parser.add_argument("--export", metavar="DIR", help="export folder for --backend litert|onnx "
+                        "(default RUN/export/litert-int8, else RUN/export/litert; RUN/export/onnx)")
     args = parser.parse_args(argv)
     if bool(args.format) != bool(args.out):
         parser.error("--format and --out go together")
     try:
         predictor = Predictor(args.model, samples=args.samples,
                               uncertainty_threshold=args.uncertainty_threshold, critical=args.critical,
-                              seed=args.seed, borderline_k=args.borderline_k, auc_floor=args.auc_floor)
+                              seed=args.seed, borderline_k=args.borderline_k, auc_floor=args.auc_floor,
+                              backend=args.backend, export=args.export)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for note in predictor.notes:

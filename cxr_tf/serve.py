@@ -21,6 +21,9 @@ def main(argv=None):
     parser.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,
                         help=f"validation AUC needed to call a film urgent (default {DEFAULT_AUC_FLOOR:.2f}; "
                              "docs/triage.md)")
+    parser.add_argument("--backend", choices=("keras", "litert", "onnx"), default="keras",
+                        help="keras (model.keras, default), litert or onnx (an export of `python -m cxr_tf.export`)")
+    parser.add_argument("--export", metavar="DIR", help="export folder for --backend litert|onnx (default under RUN/export/)")
     parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB)
     parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES)
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
@@ -34,7 +37,7 @@ def main(argv=None):
 
     try:
         predictor = Predictor(args.model, samples=args.samples, borderline_k=args.borderline_k,
-                              auc_floor=args.auc_floor)
+                              auc_floor=args.auc_floor, backend=args.backend, export=args.export)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     app = create_app(predictor, args.max_upload_mb, args.max_files, args.max_queue)

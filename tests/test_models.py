@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import inputs_for
 from cxr_tf.data.labels import NUM_LABELS
-from cxr_tf.models.layers import BackbonePreprocess, MCDropout
+from cxr_tf.models.layers import BackbonePreprocess, preprocess
+from cxr_tf.inference.uncertainty import MCSampler
 from cxr_tf.models import ARCHITECTURES, build_model, is_backbone_layer, set_backbone_trainable
 from cxr_tf.data.synthetic import make_films
 
@@ -99,12 +100,15 @@ def test_freeze_unfreeze(arch_model):
 def test_mc_dropout_samples_head_only(arch_model, films):
     arch, model = arch_model
     mc = build_model(arch, image_size=SIZE, mc_dropout=True)
+    assert [type(l) for l in mc.layers] == [type(l) for l in model.layers]  # plain Dropout: flag has no effect
     mc.set_weights(model.get_weights())
-    assert any(isinstance(l, MCDropout) for l in mc.layers)
+    assert all(type(l).__module__.startswith("keras.") for l in mc.layers)  # built-in layers only
     bns = [l for l in mc.layers if isinstance(l, keras.layers.BatchNormalization)]
     before = [w.numpy().copy() for bn in bns for w in (bn.moving_mean, bn.moving_variance)]
     x = inputs_for(arch, films[0][:2])
-    a, b = np.asarray(mc(x)), np.asarray(mc(x))
+    sampler = MCSampler(mc, batch_size=2)
+    images, meta = (x["image"], x["meta"]) if isinstance(x, dict) else (x, None)
+    a, b = sampler(images, samples=2, meta=meta)[0], sampler(images, samples=2, meta=meta)[0]
     assert not np.array_equal(a, b)  # dropout in the head resamples (random-init outputs differ only slightly)
     after = [w.numpy() for bn in bns for w in (bn.moving_mean, bn.moving_variance)]
     for u, v in zip(before, after):
@@ -121,6 +125,10 @@ def test_preprocess_matches_keras_applications():
     np.testing.assert_allclose(BackbonePreprocess("torch")(x), torch, atol=1e-4)
     np.testing.assert_allclose(BackbonePreprocess("caffe")(x), caffe, atol=1e-3)
     np.testing.assert_allclose(BackbonePreprocess("raw")(x), raw, atol=1e-4)
+    image = keras.Input((8, 8, 1))
+    for mode, expected, atol in (("torch", torch, 1e-4), ("caffe", caffe, 1e-3), ("raw", raw, 1e-4)):
+        built_in = keras.Model(image, preprocess(image, mode, name=f"p_{mode}"))
+        np.testing.assert_allclose(built_in(x), expected, atol=atol)  # same values as the old custom layer
 
 
 @pytest.mark.slow

@@ -83,13 +83,20 @@ class Predictor:
     so two Predictors with one seed give equal results, and another seed gives other draws.
     borderline_k: |p − t| < k·std is borderline. auc_floor: validation AUC the run (macro)
     and each critical finding must reach to raise "urgent" (``cxr_tf.inference.evidence``).
+    backend: "keras" (model.keras), "litert" or "onnx" (an export of
+    ``cxr_tf.inference.export``: ``export`` names its folder, default
+    ``RUN/export/litert-int8`` or ``litert``, ``RUN/export/onnx``); MC dropout samples the
+    head on every backend, with the same per-film seeds. Grad-CAM always uses model.keras.
     """
 
     def __init__(self, run_dir, samples=DEFAULT_SAMPLES, uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD,
                  critical=DEFAULT_CRITICAL, limits=None, batch_size=16, seed=None,
-                 borderline_k=DEFAULT_BORDERLINE_K, auc_floor=DEFAULT_AUC_FLOOR):
-        from cxr_tf.inference.uncertainty import MCSampler
+                 borderline_k=DEFAULT_BORDERLINE_K, auc_floor=DEFAULT_AUC_FLOOR, backend="keras", export=None):
+        from cxr_tf.inference.export import BACKENDS
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+        self.backend = backend
         if samples < 1:
             raise ValueError(f"samples={samples}: need at least 1 Monte-Carlo pass")
         self.run = runs.Run(run_dir)
@@ -105,14 +112,30 @@ class Predictor:
         self.limits = limits or Limits()
         self.config = self.run.config
         self.thresholds, self.thresholds_source = self.run.thresholds, self.run.thresholds_source
-        self.model = self.run.model
         # the run's part of every film's MC seed: the same weights give the same draws
         self.run_key = hashlib.sha256((self.run_dir / runs.MODEL).read_bytes()).digest()
         self.arch = self.run.arch
-        self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
-        self.multimodal = len(self.model.inputs) > 1
+        if backend == "keras":
+            from cxr_tf.inference.uncertainty import MCSampler
+
+            self.export_dir = None
+            self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
+            self.multimodal = len(self.model.inputs) > 1
+            self.sampler = MCSampler(self.model, batch_size=batch_size, seed=seed)
+        else:
+            from cxr_tf.inference.export import PortableModel, find_export
+
+            self.export_dir = Path(export) if export is not None else find_export(self.run_dir, backend)
+            self.sampler = PortableModel(self.export_dir, seed=seed)  # same interface as MCSampler
+            expected = {"litert": ("litert", "litert-int8"), "onnx": ("onnx",)}[backend]
+            if self.sampler.format not in expected:
+                raise ValueError(f"{self.export_dir} is a {self.sampler.format} export, not {backend}")
+            if list(self.sampler.info.get("labels", self.labels)) != list(self.labels):
+                raise ValueError(f"{self.export_dir}/export.json labels differ from {self.run_dir}/labels.json: "
+                                 "the export is of another run; export this run again")
+            self.image_size = self.sampler.image_size
+            self.multimodal = self.sampler.multimodal
         self._manifest = self._find_manifest() if self.multimodal else None
-        self.sampler = MCSampler(self.model, batch_size=batch_size, seed=seed)
         if seed is not None:  # part of every film's seed (film_results reseeds per film)
             self.run_key += int(seed).to_bytes(16, "little", signed=True)
         self.evidence = run_evidence(self.run.metrics or None, self.critical, auc_floor,
@@ -123,6 +146,12 @@ class Predictor:
         self.overlay_paths = {}  # {film: {finding: path}} of the last predict_files(gradcam_dir=...)
         for note in self.notes:
             log.warning(note)
+
+    @property
+    def model(self):
+        """The run's Keras model (``cxr_tf.runs.Run.model``: loaded on first use, so a portable
+        backend loads it only for Grad-CAM)."""
+        return self.run.model
 
     # ------------------------------------------------------------------ run folder
 
@@ -159,6 +188,8 @@ class Predictor:
             "run_dir": str(self.run_dir),
             "arch": self.arch,
             "image_size": self.image_size,
+            "backend": self.backend,
+            "export": None if self.export_dir is None else str(self.export_dir),
             "labels": list(self.labels),
             "thresholds": self.thresholds,
             "thresholds_source": self.thresholds_source,

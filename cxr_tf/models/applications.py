@@ -8,7 +8,7 @@ the returned model under their Keras names (Grad-CAM layers are found by name).
 import keras
 from keras import layers
 
-from cxr_tf.models.layers import BackbonePreprocess
+from cxr_tf.models.layers import preprocess
 from cxr_tf.models.heads import application_weights, classification_head, image_input, load_weights_file
 
 BACKBONES = {
@@ -24,7 +24,7 @@ def backbone_output(name, image, weights, layer=None):
     its layer ``layer`` (default: the last feature map, stride 32)."""
     constructor, mode, last = BACKBONES[name]
     size = image.shape[1]
-    x = BackbonePreprocess(mode, name=f"preprocess_{name}")(image)
+    x = preprocess(image, mode, name=f"preprocess_{name}")
     base = constructor(include_top=False, weights=application_weights(weights), input_tensor=x,
                        input_shape=(size, size, 3))
     return base.get_layer(layer or last).output

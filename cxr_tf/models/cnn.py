@@ -4,7 +4,7 @@
 import keras
 from keras import layers
 
-from cxr_tf.models.layers import BackbonePreprocess
+from cxr_tf.models.layers import preprocess
 from cxr_tf.models.heads import (
     check_from_scratch, classification_head, image_input, load_weights_file, meta_input,
 )
@@ -16,7 +16,7 @@ def build_simple_cnn(image_size=224, num_labels=14, weights=None, dropout=0.5, m
     Grad-CAM layer: "conv3_relu"."""
     check_from_scratch("simple_cnn", weights)
     image = image_input(image_size)
-    x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
+    x = preprocess(image, "unit", channels=1, name="preprocess")
     for i, filters in enumerate((32, 64, 128), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         # BatchNorm (not in the study's baseline) makes it train in a few epochs from scratch
@@ -37,7 +37,7 @@ def build_multimodal(image_size=224, num_labels=14, weights=None, dropout=0.5, m
     "block4_relu"."""
     check_from_scratch("multimodal", weights)
     image, meta = image_input(image_size), meta_input()
-    x = BackbonePreprocess("unit", channels=1, name="preprocess")(image)
+    x = preprocess(image, "unit", channels=1, name="preprocess")
     for i, filters in enumerate((32, 64, 128, 256), start=1):
         x = layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv1")(x)
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv2")(x)

@@ -22,7 +22,7 @@ Grad-CAM layer), pooled ("features"), then dropout 0.5 and Dense sigmoid.
 import keras
 from keras import layers
 
-from cxr_tf.models.layers import BackbonePreprocess, cross_attention
+from cxr_tf.models.layers import preprocess, cross_attention
 from cxr_tf.models.heads import application_weights, classification_head, image_input, load_weights_file
 
 DENSENET_TAP = "pool4_conv"
@@ -39,11 +39,11 @@ def build_fusion(image_size=224, num_labels=14, weights=None, dropout=0.5, mc_dr
     image = image_input(image_size)
     backbone_weights = application_weights(weights)
 
-    x = BackbonePreprocess("torch", name="preprocess_densenet121")(image)
+    x = preprocess(image, "torch", name="preprocess_densenet121")
     dense = keras.applications.DenseNet121(include_top=False, weights=backbone_weights, input_tensor=x,
                                            input_shape=(image_size, image_size, 3))
     d = dense.get_layer(DENSENET_TAP).output                       # (B, S/16, S/16, 512)
-    y = BackbonePreprocess("raw", name="preprocess_efficientnetb3")(image)
+    y = preprocess(image, "raw", name="preprocess_efficientnetb3")
     eff = keras.applications.EfficientNetB3(include_top=False, weights=backbone_weights, input_tensor=y,
                                             input_shape=(image_size, image_size, 3))
     e = eff.get_layer(EFFICIENTNET_TAP).output                     # (B, ~S/16, ~S/16, 816)

@@ -7,7 +7,6 @@ import keras
 from keras import layers
 
 from cxr_tf.data.labels import META_DIM
-from cxr_tf.models.layers import MCDropout
 
 
 
@@ -26,9 +25,13 @@ def classification_head(features, num_labels, dropout, mc_dropout, hidden=512):
 
     dropout -> Dense ``hidden`` ReLU -> dropout -> Dense sigmoid "predictions"
     (``hidden`` 0 or None gives dropout -> Dense sigmoid). The dropout layers are
-    ``MCDropout`` when ``mc_dropout`` is true, so the head alone can be sampled.
+    built-in ``Dropout`` whatever ``mc_dropout`` says, so model.keras stays loadable
+    without cxr_tf; Monte-Carlo sampling swaps them for always-on dropout in a clone
+    of the head at inference time (``cxr_tf.inference.uncertainty``). ``mc_dropout``
+    is kept for the configs' sake and has no effect on the graph.
     """
-    drop = MCDropout if mc_dropout else layers.Dropout
+    del mc_dropout  # sampling is the inference layer's job (see above)
+    drop = layers.Dropout
     x = drop(dropout, name="head_dropout_1")(features)
     if hidden:
         x = layers.Dense(hidden, activation="relu", name="head_dense")(x)

@@ -1,11 +1,19 @@
-"""Custom layers of cxr_tf, all registered serializable (package ``cxr_tf``), so
-``keras.models.load_model("model.keras")`` needs no ``custom_objects``.
+"""Layers of cxr_tf models.
 
-- ``MCDropout``: dropout that is always on, for Monte-Carlo sampling without
-  switching BatchNormalization to batch statistics.
-- ``BackbonePreprocess``: raw greyscale 0..255 (H, W, 1) -> 3 channels scaled the
-  way each ImageNet backbone expects (``keras.applications.*.preprocess_input``
-  reproduced in-graph), so a SavedModel client sends pixels and nothing else.
+New models hold built-in Keras layers only, so a run's ``model.keras`` loads with
+plain ``keras.models.load_model`` (safe mode, no ``custom_objects``) in a Python
+where cxr_tf is not installed (``docs/deployment.md``):
+
+- ``preprocess``: raw greyscale 0..255 (H, W, 1) -> the backbone's input range, as
+  built-in ``Concatenate`` (grey -> R = G = B) + ``Rescaling`` (per-channel scale
+  and offset) layers, so a SavedModel client sends pixels and nothing else.
+
+The two custom layers stay registered (package ``cxr_tf``) so model.keras files
+written before the switch still load through cxr_tf:
+
+- ``MCDropout``: dropout that is always on. Only the MC sampler's head clone uses
+  it now (``cxr_tf.inference.uncertainty``); models are built with plain Dropout.
+- ``BackbonePreprocess``: the former single-layer form of ``preprocess``.
 - ``cross_attention``: one direction of the fusion network's cross-attention
   (multi-head attention + residual + LayerNorm), built from stock Keras layers.
 """
@@ -75,6 +83,37 @@ class BackbonePreprocess(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "channels": self.channels}
+
+
+def preprocess(image, mode, channels=3, name="preprocess"):
+    """(B, H, W, 1) raw pixels 0..255 -> (B, H, W, channels) in the backbone's range,
+    with built-in layers only (same values as ``BackbonePreprocess(mode, channels)``).
+
+    The last layer is named ``name``; with 3 channels the grey -> RGB copy is
+    ``{name}_rgb``. torch: (x/255 - mean) / std as one multiply-add per channel;
+    caffe: x - BGR mean (R = G = B, so the RGB -> BGR flip is the identity); raw:
+    the pixels as they are; unit: x/255.
+    """
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"preprocess mode={mode!r}: expected one of {PREPROCESS_MODES}")
+    if channels not in (1, 3):
+        raise ValueError(f"preprocess channels={channels}: expected 1 or 3")
+    x = image
+    if channels == 3:
+        last = mode == "raw"
+        x = layers.Concatenate(axis=-1, name=name if last else f"{name}_rgb")([image, image, image])
+        if last:
+            return x
+    if mode == "torch":
+        scale = [1.0 / (255.0 * s) for s in _TORCH_STD[:channels]]
+        offset = [-m / s for m, s in zip(_TORCH_MEAN[:channels], _TORCH_STD[:channels])]
+    elif mode == "caffe":
+        scale, offset = 1.0, [-m for m in _CAFFE_MEAN_BGR[:channels]]
+    elif mode == "unit":
+        scale, offset = 1.0 / 255.0, 0.0
+    else:  # raw, one channel
+        scale, offset = 1.0, 0.0
+    return layers.Rescaling(scale, offset, name=name)(x)
 
 
 def cross_attention(query, context, num_heads, key_dim, name):

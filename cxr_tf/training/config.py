@@ -28,8 +28,21 @@ from cxr_tf.training.callbacks import MONITORS
 from cxr_tf.training.losses import LOSSES
 from cxr_tf.training.optimizers import OPTIMIZERS
 
-PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
-"""The repository's ``pipelines/`` folder (next to the ``cxr_tf`` package)."""
+PACKAGED_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+"""``cxr_tf/pipelines/``: the configs an installed wheel carries (copied from the
+checkout's ``pipelines/`` at build time by ``setup.py``; absent in a checkout)."""
+CHECKOUT_PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+"""The repository's ``pipelines/`` folder (next to the ``cxr_tf`` package): the one source edited."""
+
+
+def default_pipelines_dir():
+    """The installed package's configs when present, else the checkout's ``pipelines/``
+    (so ``cxr-tf-fit --arch NAME`` works from any folder after ``pip install``)."""
+    return PACKAGED_PIPELINES if PACKAGED_PIPELINES.is_dir() else CHECKOUT_PIPELINES
+
+
+PIPELINES_DIR = default_pipelines_dir()
+"""Where ``pipelines/<arch>.yaml`` are read from (see ``default_pipelines_dir``)."""
 BASE = "base"
 """``pipelines/base.yaml``: the layer under every architecture's file (not an architecture)."""
 

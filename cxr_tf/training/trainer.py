@@ -42,6 +42,7 @@ from cxr_tf.training.resume import agree_on_run_dir, is_chief
 from cxr_tf.training import config as config_lib
 from cxr_tf.training import distribute
 from cxr_tf.training.auc import MacroAUC
+from cxr_tf.models.savedmodel import export_savedmodel
 
 
 
@@ -394,7 +395,7 @@ def _finish(run_dir, config, records, manifest, multimodal, started):
     training_curves(run_dir / runs.HISTORY, run_dir / runs.CURVES)
     savedmodel = run_dir / runs.SAVEDMODEL
     shutil.rmtree(savedmodel, ignore_errors=True)
-    model.export(str(savedmodel), verbose=False)
+    export_savedmodel(model, savedmodel)  # signatures serve (pixels) and serve_bytes (encoded films)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     runs.write_state(run_dir, {"status": "complete",
                                "phases_done": [p["name"] for p in config["phases"] if p["epochs"] > 0],

@@ -1,0 +1,210 @@
+"""Portable installs and models (docs/deployment.md): model.keras without cxr_tf, the
+SavedModel's serve_bytes signature, LiteRT / ONNX exports with parity.json, predict on
+the exported backends, and the wheel installed into a fresh virtual environment.
+
+Small on purpose: simple_cnn at 32 px (the ``learned_run`` fixture), a few real films."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr_tf.data.images import read_image, to_square
+
+REPO = Path(__file__).resolve().parents[1]
+FILMS = sorted((REPO / "cxr_tf" / "sample" / "images").glob("*.png"))[:16]
+
+
+def clean_env(**extra):
+    """The environment without PYTHONPATH (so the checkout is not importable)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CONFIG")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    return env
+
+
+def film_bytes():
+    """Encoded real films covering every resize path of serve_bytes at 32 px: the NIH
+    PNGs as shipped (128 px, 4x area), 64 px PNGs (OpenCV's 2x fast path), a 100 px one
+    (non-integer area weights), a non-square colour JPEG and a 16-bit PNG."""
+    out = [f.read_bytes() for f in FILMS[:8]]
+    for f in FILMS[8:12]:
+        out.append(cv2.imencode(".png", to_square(read_image(f), 64))[1].tobytes())
+    grey = read_image(FILMS[12])
+    out.append(cv2.imencode(".png", to_square(grey, 100))[1].tobytes())
+    colour = cv2.cvtColor(grey[:, 16:], cv2.COLOR_GRAY2BGR)
+    colour[..., 0] //= 2  # not grey: exercises the luma weights
+    out.append(cv2.imencode(".jpg", colour, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    out.append(cv2.imencode(".png", read_image(FILMS[13]).astype(np.uint16) * 64 + 100)[1].tobytes())
+    return out
+
+
+# --------------------------------------------------------------------------- model.keras
+def test_model_keras_loads_and_predicts_without_cxr_tf(learned_run, tmp_path):
+    import keras
+
+    x = np.stack([to_square(read_image(f), 32) for f in FILMS[:6]]).astype(np.float32)[..., None]
+    np.save(tmp_path / "x.npy", x)
+    expected = keras.models.load_model(learned_run / "model.keras", compile=False).predict(x, verbose=0)
+    script = (
+        "import sys; sys.modules['cxr_tf'] = None\n"  # any import of cxr_tf now fails
+        "try:\n    import cxr_tf\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('cxr_tf importable')\n"
+        "import numpy as np, keras\n"
+        f"m = keras.models.load_model({str(learned_run / 'model.keras')!r}, compile=False, safe_mode=True)\n"
+        "np.save('p.npy', m.predict(np.load('x.npy'), verbose=0))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=clean_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- TF Serving signature
+def test_serve_bytes_matches_predict_on_real_films(learned_run):
+    import tensorflow as tf
+
+    from cxr_tf.inference.predictor import Predictor
+
+    loaded = tf.saved_model.load(str(learned_run / "savedmodel"))  # written by fit
+    assert {"serve", "serve_bytes"} <= set(loaded.signatures)
+    assert [s.name for s in loaded.signatures["serve_bytes"].structured_input_signature[1].values()] == ["image_bytes"]
+    data = film_bytes()
+    served = loaded.signatures["serve_bytes"](image_bytes=tf.constant(data))
+    served = np.asarray(next(iter(served.values())))
+    predictor = Predictor(learned_run, samples=1)
+    # the deterministic pass on the pixels predict prepares (Predictor.load)
+    expected = np.concatenate([predictor.sampler.deterministic(predictor.load(d, name=f"film{i}")[1])
+                               for i, d in enumerate(data)])
+    assert np.abs(served - expected).max() <= 1e-5
+    assert np.ptp(expected, axis=0).max() > 0.01  # the films differ, so a wrong pixel path would show
+
+
+# --------------------------------------------------------------------------- exports
+@pytest.fixture(scope="module")
+def exports(learned_run, tmp_path_factory):
+    """{format: (folder, parity dict)} of the three portable exports of learned_run."""
+    from cxr_tf.inference.export import export_run
+
+    root = tmp_path_factory.mktemp("exports")
+    return {fmt: (root / fmt, export_run(learned_run, fmt, out=root / fmt)) for fmt in ("litert", "litert-int8", "onnx")}
+
+
+@pytest.mark.parametrize("fmt", ["litert", "litert-int8", "onnx"])
+def test_export_parity(exports, fmt):
+    folder, report = exports[fmt]
+    written = json.loads((folder / "parity.json").read_text())
+    assert written["max_abs_diff"] == report["max_abs_diff"] and written["films"] == 96
+    assert set(written["auc"]["export"]) == set(written["auc"]["keras"]) and len(written["auc"]["keras"]) == 14
+    assert written["macro_auc"]["keras"] > 0.7  # learned something, so the AUC delta means something
+    if fmt == "litert-int8":
+        assert abs(written["macro_auc"]["delta"]) <= 0.01
+        int8, float32 = (exports[f][0] / "backbone.tflite" for f in ("litert-int8", "litert"))
+        assert int8.stat().st_size < float32.stat().st_size / 3  # the head (head.npz) stays float32
+    else:
+        assert written["max_abs_diff"] <= 1e-4
+    assert written["ms_per_film"]["export"] > 0 and written["size_bytes"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["litert-int8", "onnx"])
+def test_mc_dropout_on_exported_backends(exports, learned_run, fmt):
+    import keras
+
+    from cxr_tf.inference.export import PortableModel
+    from cxr_tf.inference.uncertainty import MCSampler
+
+    model = PortableModel(exports[fmt][0], seed=0)
+    x = np.stack([to_square(read_image(f), 32) for f in FILMS[:4]]).astype(np.float32)[..., None]
+    mean, std = model(x, samples=400)
+    assert mean.shape == std.shape == (4, 14) and (std > 0.01).any()
+    assert model.backbone_calls == 4  # the backbone ran once per film; only the head was sampled
+    seeded = [model(x[order], samples=10, seeds=[7, 8, 9, 10][:len(order)]) for order in ([0, 1, 2, 3], [0, 1])]
+    np.testing.assert_array_equal(seeded[0][0][:2], seeded[1][0])  # a film's draws depend on its seed only
+    keras_mean, keras_std = MCSampler(keras.models.load_model(learned_run / "model.keras"), seed=0)(x, samples=400)
+    # the same distribution as Keras' MC dropout: 400 draws put both means within a few hundredths
+    assert np.abs(mean - keras_mean).max() < 0.06 and np.abs(std - keras_std).max() < 0.06
+
+
+def test_predict_command_on_the_onnx_backend(exports, learned_run, capsys):
+    from cxr_tf import predict
+
+    films = [str(f) for f in FILMS[:3]]
+    assert predict.main(["--model", str(learned_run), "--json", "--samples", "400", *films]) == 0
+    keras_out = {r["file"]: r for r in json.loads(capsys.readouterr().out)}
+    assert predict.main(["--model", str(learned_run), "--json", "--samples", "400", "--backend", "onnx",
+                         "--export", str(exports["onnx"][0]), *films]) == 0
+    onnx_out = {r["file"]: r for r in json.loads(capsys.readouterr().out)}
+    for film in films:
+        a, b = keras_out[film]["probabilities"], onnx_out[film]["probabilities"]
+        assert max(abs(a[k] - b[k]) for k in a) < 0.06  # both are 400-draw MC means of the same model
+        assert any(v > 0 for v in onnx_out[film]["uncertainty"].values())
+
+
+def test_backend_without_export_is_a_clear_error(learned_run, capsys):
+    from cxr_tf import predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--model", str(learned_run), "--backend", "litert", str(FILMS[0])])
+    assert exit_info.value.code == 2
+    assert "cxr_tf.export" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the wheel
+def test_wheel_installs_and_runs_build_fit_predict_from_an_empty_folder(tmp_path):
+    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(REPO)], check=True, env=clean_env(), cwd=tmp_path, timeout=300)
+    [wheel] = dist.glob("cxr_tf-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # the heavy dependencies (TensorFlow, ...) are reused from this interpreter, not downloaded again
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
+                   env=clean_env(), cwd=work, timeout=300)
+    bin_dir = venv / "bin"
+
+    def run(*args):
+        result = subprocess.run([str(bin_dir / args[0]), *map(str, args[1:])], cwd=work, env=clean_env(),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{args[0]}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        return result.stdout
+
+    where = subprocess.run([str(python), "-c", "import cxr_tf; print(cxr_tf.__file__)"], cwd=work, env=clean_env(),
+                           capture_output=True, text=True, check=True).stdout
+    assert str(venv) in where  # the installed wheel, not the checkout
+    run("cxr-tf-build", "--out", "records", "--image-size", "32", "--no-progress")
+    run("cxr-tf-fit", "--arch", "simple_cnn", "--records", "records", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "32", "--out", "runs", "--set", "augment=false", "--set", "verbose=0")
+    [run_dir] = [p for p in (work / "runs").iterdir() if p.is_dir()]
+    (work / "film.png").write_bytes(FILMS[0].read_bytes())
+    out = json.loads(run("cxr-tf-predict", "--model", run_dir, "--json", "--samples", "3", "film.png"))
+    assert out[0]["file"] == "film.png" and len(out[0]["probabilities"]) == 14
+    assert "usage" in run("cxr-tf-export", "--help").lower()
+
+
+def test_int8_export_runs_without_tensorflow(exports, tmp_path):
+    # the clinic-PC case: NumPy + the LiteRT runtime, TensorFlow and Keras not importable
+    x = np.stack([to_square(read_image(f), 32) for f in FILMS[:3]]).astype(np.float32)[..., None]
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys\n"
+        "for name in ('tensorflow', 'keras', 'tf_keras'):\n    sys.modules[name] = None\n"
+        "import numpy as np\n"
+        "from cxr_tf.inference.export import PortableModel\n"
+        f"model = PortableModel({str(exports['litert-int8'][0])!r}, seed=0)\n"
+        "mean, std = model(np.load('x.npy'), samples=20)\n"
+        "np.save('p.npy', model.deterministic(np.load('x.npy'))); print(float(std.max()))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) > 0  # MC dropout sampled
+    from cxr_tf.inference.export import PortableModel
+
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), PortableModel(exports["litert-int8"][0]).deterministic(x),
+                               atol=1e-6)
