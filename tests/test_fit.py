@@ -125,7 +125,7 @@ def test_learns_synthetic_films(synthetic_records, tmp_path):
     assert metrics["val"]["macro_auc"] >= 0.9, metrics["val"]
     assert metrics["test"]["macro_auc"] >= 0.85, metrics["test"]
     best = best_epoch(read_history(run / "history.csv"))
-    assert metrics["best_epoch"] == best["epoch"] + 1
+    assert metrics["training"]["best_epoch"] == best["epoch"] + 1
 
 
 def test_augmentation_in_the_train_step_saves_the_plain_model(sample_records, tmp_path, capsys):
