@@ -25,13 +25,13 @@ from cxr_tf.evaluation.thresholds import (DEFAULT_THRESHOLD_METHOD, FALLBACK_THR
 
 # --------------------------------------------------------------------------- arrays -> outputs
 def write_predictions(path, image_index, patient_id, y_prob, y_true, labels=LABELS):
-    """predictions.csv: image_index, patient_id, p_<finding> x14 (6 decimals), y_<finding> x14."""
+    """predictions.csv: image_index, patient_id, p_<finding> (float32 exactly, 9 significant digits), y_<finding> x14."""
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image_index", "patient_id", *(f"p_{n}" for n in labels), *(f"y_{n}" for n in labels)])
         for i in range(len(y_true)):
-            writer.writerow([image_index[i], int(patient_id[i]), *(f"{v:.6f}" for v in y_prob[i]),
+            writer.writerow([image_index[i], int(patient_id[i]), *(f"{v:.9g}" for v in y_prob[i]),
                              *(int(v) for v in y_true[i])])
     return path
 
