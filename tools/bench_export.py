@@ -20,24 +20,16 @@ batch 1; size ratio = model.keras bytes / export bytes).
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_mc import median_seconds  # noqa: E402  (the same timing as the MC benchmark)
 
-def _median_seconds(fn, repeats):
-    fn()  # warm-up: tracing and first-call allocation are not what we measure
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
 
 
 def train_synthetic(arch, image_size, out, epochs, learning_rate, batch_size):
@@ -73,8 +65,8 @@ def bench(run_dir, formats, repeats, reuse=False):
     batch = rng.integers(0, 256, (32, size, size, 1)).astype(np.float32)
     keras_fn = tf.function(lambda v: model(v, training=False))
     rows = {"keras": {"bytes": folder_bytes(run_dir / "model.keras"),
-                      "ms": 1000 * _median_seconds(lambda: keras_fn(batch[:1]).numpy(), repeats),
-                      "fps32": 32 / _median_seconds(lambda: keras_fn(batch).numpy(), max(3, repeats // 4)),
+                      "ms": 1000 * median_seconds(lambda: keras_fn(batch[:1]).numpy(), repeats),
+                      "fps32": 32 / median_seconds(lambda: keras_fn(batch).numpy(), max(3, repeats // 4)),
                       "auc_delta": 0.0, "macro_auc": None}}
     for fmt in formats:
         parity_file = export_dir(run_dir, fmt) / "parity.json"
@@ -85,8 +77,8 @@ def bench(run_dir, formats, repeats, reuse=False):
         portable = PortableModel(export_dir(run_dir, fmt))
         rows["keras"]["macro_auc"] = report["macro_auc"]["keras"]
         rows[fmt] = {"bytes": report["size_bytes"],
-                     "ms": 1000 * _median_seconds(lambda: portable.deterministic(batch[:1]), repeats),
-                     "fps32": 32 / _median_seconds(lambda: portable.deterministic(batch), max(3, repeats // 4)),
+                     "ms": 1000 * median_seconds(lambda: portable.deterministic(batch[:1]), repeats),
+                     "fps32": 32 / median_seconds(lambda: portable.deterministic(batch), max(3, repeats // 4)),
                      "auc_delta": report["macro_auc"]["delta"], "macro_auc": report["macro_auc"]["export"],
                      "max_abs_diff": report["max_abs_diff"]}
     return rows

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 
-def _median_seconds(fn, repeats):
+def median_seconds(fn, repeats):
     fn()  # warm-up: tracing and first-call allocation are not what we measure
     times = []
     for _ in range(repeats):
@@ -55,9 +55,9 @@ def bench(arch="fusion", image_size=224, batch_size=8, samples=25, repeats=5, se
         return np.mean(probs, axis=0), np.std(probs, axis=0)
 
     return {
-        "single": _median_seconds(lambda: single_fn(x).numpy(), repeats),
-        "mc": _median_seconds(lambda: sampler(images, samples=samples, meta=meta), repeats),
-        "naive": _median_seconds(naive, repeats),
+        "single": median_seconds(lambda: single_fn(x).numpy(), repeats),
+        "mc": median_seconds(lambda: sampler(images, samples=samples, meta=meta), repeats),
+        "naive": median_seconds(naive, repeats),
     }
 
 
