@@ -65,6 +65,18 @@ def resolve_run_dir(model=None):
     return run_dir
 
 
+def records_candidates(run_dir, config):
+    """Where the records folder named in a run's config may be: that path when absolute, else
+    that path under the current folder, the run folder and the two folders above it."""
+    named = config.get("records")
+    if not named:
+        return []
+    named, run_dir = Path(named), Path(run_dir)
+    if named.is_absolute():
+        return [named]
+    return [Path.cwd() / named, run_dir / named, run_dir.parent / named, run_dir.parents[1] / named]
+
+
 def mark_latest(run_dir):
     """Point ``<run_dir>/../latest`` at ``run_dir``."""
     run_dir = Path(run_dir)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_tf import runs
 from cxr_tf.data.jsonfile import write_json
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,9 @@ class ExportError(ValueError):
 def find_records(run_dir, config, records=None):
     """The records folder of a run (``records`` when given, else the run's config
     ``records`` resolved against the current folder and the run folder)."""
-    if records is not None:
-        candidates = [Path(records)]
-    else:
-        named = config.get("records")
-        if not named:
-            raise ExportError(f"{run_dir}/config.json names no records folder: pass --records DIR")
-        named = Path(named)
-        candidates = [named] if named.is_absolute() else [Path.cwd() / named, run_dir / named,
-                                                          run_dir.parent / named, run_dir.parents[1] / named]
+    candidates = [Path(records)] if records is not None else runs.records_candidates(run_dir, config)
+    if not candidates:
+        raise ExportError(f"{run_dir}/config.json names no records folder: pass --records DIR")
     for candidate in candidates:
         if (candidate / "manifest.json").is_file():
             return candidate
@@ -333,11 +328,6 @@ def ms_per_film(predict, one, repeats=20):
     return float(np.median(times))
 
 
-def _macro(aucs):
-    values = [v for v in aucs.values() if v is not None]
-    return float(np.mean(values)) if values else None
-
-
 def parity(reference, candidate, y_true, one_reference, one_candidate, labels):
     """The parity report of an export against model.keras on the same films.
 
@@ -345,10 +335,10 @@ def parity(reference, candidate, y_true, one_reference, one_candidate, labels):
     predicting one film (timed); labels: the run's findings in output order. Returns {"films", "max_abs_diff", "auc": {"keras",
     "export"} per finding, "macro_auc": {"keras", "export", "delta"}, "ms_per_film":
     {"keras", "export"}, "warning"}."""
-    from cxr_tf.evaluation.metrics import roc_auc
+    from cxr_tf.evaluation.metrics import auc_summary
 
-    auc_ref, auc_exp = roc_auc(y_true, reference, labels), roc_auc(y_true, candidate, labels)
-    macro_ref, macro_exp = _macro(auc_ref), _macro(auc_exp)
+    ref, exp = auc_summary(y_true, reference, labels), auc_summary(y_true, candidate, labels)
+    auc_ref, auc_exp, macro_ref, macro_exp = ref["auc"], exp["auc"], ref["macro_auc"], exp["macro_auc"]
     delta = None if macro_ref is None or macro_exp is None else macro_exp - macro_ref
     warning = None
     if delta is not None and delta < -AUC_DROP_WARNING:

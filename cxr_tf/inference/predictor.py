@@ -169,13 +169,7 @@ class Predictor:
 
     def _find_manifest(self):
         """The records manifest (training age statistics for the meta input), or a note and None."""
-        places = [self.run_dir]
-        records = self.config.get("records")
-        if records:
-            records = Path(records)
-            places += [records] if records.is_absolute() else [Path.cwd() / records, self.run_dir / records,
-                                                               self.run_dir.parents[1] / records]
-        for place in places:
+        for place in [self.run_dir, *runs.records_candidates(self.run_dir, self.config)]:
             if (place / MANIFEST).is_file():
                 return read_manifest(place)
         self.notes.append("no records manifest.json found for this multimodal run: the age input is set to the "
