@@ -52,6 +52,22 @@ def tiny_run(tmp_path_factory):
                          split_method="synthetic")
 
 
+@pytest.fixture(scope="session")
+def two_positive_run(tiny_run, tmp_path_factory):
+    """A copy of ``tiny_run`` whose thresholds call Effusion and Mass positive on every film
+    (threshold 0.0) and nothing else (1.0). The untrained model's probabilities sit near 0.5
+    (0.46..0.55, MC std <= 0.03 measured), so with 0.5 thresholds whether a film has any
+    positive finding, and so any heatmap to check, was chance (a CI failure)."""
+    import shutil
+
+    from cxr_tf import runs
+    from cxr_tf.data.labels import LABELS
+
+    run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("two_positive") / "run"))
+    runs.write_thresholds({f: 0.0 if f in ("Effusion", "Mass") else 1.0 for f in LABELS}, run / runs.THRESHOLDS)
+    return run
+
+
 def settle_batch_norm(model, inputs):
     """Set every BatchNormalization layer's moving mean/variance to the statistics of
     ``inputs`` (what ``model`` takes: an image batch, or a dict with "meta") under the

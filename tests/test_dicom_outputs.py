@@ -46,7 +46,8 @@ def dciodvfy_errors(path):
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
-def test_sr_heatmaps_match_json_and_validate(tmp_path, tiny_run, films, capsys):
+def test_sr_heatmaps_match_json_and_validate(tmp_path, two_positive_run, films, capsys):
+    tiny_run = two_positive_run
     dx, ds, png = films
     assert run_predict(tiny_run, tmp_path / "json", "json", dx) == 0
     expected = json.loads((tmp_path / "json" / "chest.json").read_text())
@@ -70,9 +71,11 @@ def test_sr_heatmaps_match_json_and_validate(tmp_path, tiny_run, films, capsys):
     for label, values in content["findings"].items():
         assert values["probability"] == pytest.approx(expected["probabilities"][label], abs=1e-6)
         assert values["uncertainty"] == pytest.approx(expected["uncertainty"][label], abs=1e-6)
-        assert values["threshold"] == 0.5 and values["positive"] == (label in expected["findings"])
+        assert values["threshold"] == (0.0 if label in ("Effusion", "Mass") else 1.0)
+        assert values["positive"] == (label in expected["findings"])
     heatmaps = sorted((tmp_path / "sr").glob("chest_*.sc.dcm"))
-    assert sorted(p.name for p in heatmaps) == sorted(f"chest_{f}.sc.dcm" for f in expected["findings"])
+    assert sorted(expected["findings"]) == ["Effusion", "Mass"]
+    assert sorted(p.name for p in heatmaps) == ["chest_Effusion.sc.dcm", "chest_Mass.sc.dcm"]
     for path in heatmaps:
         sc = pydicom.dcmread(path)
         assert sc.StudyInstanceUID == ds.StudyInstanceUID and sc.PatientID == ds.PatientID

@@ -123,9 +123,14 @@ def test_mc_dropout_on_exported_backends(exports, learned_run, fmt):
     assert model.backbone_calls == 4  # the backbone ran once per film; only the head was sampled
     seeded = [model(x[order], samples=10, seeds=[7, 8, 9, 10][:len(order)]) for order in ([0, 1, 2, 3], [0, 1])]
     np.testing.assert_array_equal(seeded[0][0][:2], seeded[1][0])  # a film's draws depend on its seed only
-    keras_mean, keras_std = MCSampler(keras.models.load_model(learned_run / "model.keras"), seed=0)(x, samples=400)
-    # the same distribution as Keras' MC dropout: 400 draws put both means within a few hundredths
-    assert np.abs(mean - keras_mean).max() < 0.06 and np.abs(std - keras_std).max() < 0.06
+    # the same distribution as Keras' MC dropout. Measured (onnx, 4 films x 14 findings): two Keras
+    # samplers with different seeds differ by up to 0.042 at 400 draws, 0.016 at 4,000, 0.008 at
+    # 20,000, and NumPy vs Keras the same; 10,000 draws keep the noise well under 0.03. The export's
+    # own deterministic gap (parity max_abs_diff: int8 quantisation) is allowed on top.
+    mean, std = model(x, samples=10_000)
+    keras_mean, keras_std = MCSampler(keras.models.load_model(learned_run / "model.keras"), seed=0)(x, samples=10_000)
+    tolerance = 0.03 + exports[fmt][1]["max_abs_diff"]
+    assert np.abs(mean - keras_mean).max() < tolerance and np.abs(std - keras_std).max() < tolerance
 
 
 def test_predict_command_on_the_onnx_backend(exports, learned_run, capsys):
