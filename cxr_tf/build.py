@@ -1,9 +1,11 @@
 """``python -m cxr_tf.build`` (or ``python tools/build_tfrecords.py`` in a checkout): build
-TFRecord shards + manifest.json from the NIH ChestX-ray14 release (library:
-``cxr_tf.data.builder.build_records``). With no flags it builds the embedded sample (150 real
-NIH films, 128 px) into ``records/``. Re-running after an interrupted build resumes it.
+TFRecord shards + manifest.json from a chest X-ray release: NIH ChestX-ray14 (the default),
+CheXpert, MIMIC-CXR-JPG, PadChest or VinDr-CXR (library: ``cxr_tf.data.builder.build_records``;
+docs/datasets.md). With no flags it builds the embedded sample (150 real NIH films, 128 px)
+into ``records/``. Re-running after an interrupted build resumes it.
 
     python -m cxr_tf.build --data-dir /data/nih --out records --image-size 256
+    python -m cxr_tf.build --dataset chexpert --data-dir /data/CheXpert-v1.0-small --out chexpert_records
 """
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
@@ -16,20 +18,33 @@ from pathlib import Path
 
 
 def parse_args(argv=None):
+    from cxr_tf.data.datasets import DATASETS
+    from cxr_tf.data.datasets.base import UNCERTAIN_POLICIES
+
     parser = argparse.ArgumentParser(
-        description="Build sharded TFRecords and manifest.json from NIH ChestX-ray14 "
-                    "(no flags: the embedded 150-film sample into records/).")
+        description="Build sharded TFRecords and manifest.json from a chest X-ray release "
+                    "(no flags: the embedded 150-film NIH sample into records/).")
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default="nih",
+                        help="the release in --data-dir (default nih; docs/datasets.md)")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder searched recursively for the PNG films (default: the embedded sample)")
+                        help="the release's folder, searched recursively for its films (default: the embedded "
+                             "NIH sample)")
     parser.add_argument("--labels", type=Path, default=None,
-                        help="label table CSV (.csv or .csv.gz; default: Data_Entry_2017*.csv* in --data-dir)")
+                        help="the release's main label table when it is not in --data-dir (NIH: "
+                             "Data_Entry_2017*.csv*)")
+    parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
+                        help="what an uncertain label (CheXpert, MIMIC-CXR: -1.0) becomes: ignore = missing "
+                             "(default), ones = positive, zeros = negative")
+    parser.add_argument("--laterals", action="store_true",
+                        help="keep lateral views (default: frontal PA/AP films only; laterals are listed)")
     parser.add_argument("--official-lists", type=Path, default=None,
                         help="folder with train_val_list.txt and test_list.txt (default: --data-dir)")
     parser.add_argument("--out", type=Path, default=Path("records"), help="output folder (default: records)")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square films in pixels (default 256)")
     parser.add_argument("--split", choices=("stratified", "official"), default="stratified",
                         help="stratified: patient-grouped iterative stratification (default); "
-                             "official: the NIH lists, val carved from train_val by patient")
+                             "official: the release's split (NIH: its lists), val carved from train by "
+                             "patient when it has none")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="test share for --split stratified (default 0.2)")
@@ -38,7 +53,8 @@ def parse_args(argv=None):
                         help="decoding processes (default: all cores; 1 decodes in the main process)")
     parser.add_argument("--shard-size-mb", type=float, default=128, help="target shard size in MB (default 128)")
     parser.add_argument("--findings", nargs="+", metavar="FINDING",
-                        help="label set of the records: these NIH findings, in this order (default: all 14)")
+                        help="label set of the records: these findings of the release, in this order "
+                             "(default: all that cxr_tf/resources/findings.csv maps)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -51,7 +67,8 @@ def main(argv=None):
         build_records(data_dir=args.data_dir, labels=args.labels, out=args.out, image_size=args.image_size,
                       split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                       seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
-                      official_lists=args.official_lists, findings=args.findings, progress=not args.no_progress)
+                      official_lists=args.official_lists, findings=args.findings, progress=not args.no_progress,
+                      dataset=args.dataset, uncertain=args.uncertain, laterals=args.laterals)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import TEST_DATA
-from cxr_tf.data import builder as build, images, nih
+from cxr_tf.data import builder as build, images
+from cxr_tf.data.datasets import nih
 from cxr_tf.data.labels import LABELS
 from cxr_tf.data.records import parse_example, parse_shard_name
 

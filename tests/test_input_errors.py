@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr_tf.data import nih
+from cxr_tf.data.datasets import nih
 from cxr_tf.data.images import FilmLimits, film_problem, film_to_png
 from cxr_tf.inference.readers import FilmError, read_film
 

@@ -1,4 +1,4 @@
-"""cxr_tf.data.nih on the real NIH tables and films shipped in tests/data (see tests/data/README.md)."""
+"""cxr_tf.data.datasets.nih on the real NIH tables and films shipped in tests/data (see tests/data/README.md)."""
 
 import gzip
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TEST_DATA
-from cxr_tf.data import nih
+from cxr_tf.data.datasets import nih
 from cxr_tf.data.builder import SAMPLE_DIR
 from cxr_tf.data.labels import LABELS
 

@@ -10,7 +10,8 @@ import gzip
 import shutil
 
 from conftest import TEST_DATA
-from cxr_tf.data import nih, splits
+from cxr_tf.data import splits
+from cxr_tf.data.datasets import nih
 from cxr_tf.data.labels import LABELS
 
 FULL = TEST_DATA / "nih"

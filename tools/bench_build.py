@@ -118,7 +118,7 @@ def main(argv=None):
 
     import tensorflow as tf  # noqa: F401, PLC0415 (imported before any timing: both writers need it)
 
-    from cxr_tf.data import nih  # noqa: PLC0415
+    from cxr_tf.data.datasets import nih  # noqa: PLC0415
     from cxr_tf.data.builder import build_records, default_workers  # noqa: PLC0415
 
     labels = args.labels or nih.find_label_table(args.data_dir)

@@ -208,7 +208,7 @@ def main(argv=None):
               f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)")
         paths = sorted(str(p) for p in args.data_dir.rglob("*.png"))
         if args.labels:  # only the films of the table, as the builder does
-            from cxr_tf.data.nih import read_label_table
+            from cxr_tf.data.datasets.nih import read_label_table
 
             known = set(read_label_table(args.labels)["image_index"])
             paths = [p for p in paths if Path(p).name in known]

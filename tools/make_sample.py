@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr_tf.data import nih  # noqa: E402
+from cxr_tf.data.datasets import nih  # noqa: E402
 from cxr_tf.data.images import encode_png, read_image, to_square  # noqa: E402
 
 

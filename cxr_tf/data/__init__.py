@@ -2,7 +2,7 @@
 the records manifest, the builder, the tf.data pipeline and augmentation.
 
 The pipeline's public functions are importable from here (``from cxr_tf.data import
-make_dataset``); they load lazily, so that importing ``cxr_tf.data.nih`` or the builder never
+make_dataset``); they load lazily, so that importing ``cxr_tf.data.datasets.nih`` or the builder never
 imports TensorFlow (the builder's worker processes stay TensorFlow-free).
 """
 

@@ -1,10 +1,12 @@
-"""The TFRecord builder: NIH table + image folders -> ``{split}-{i:05d}-of-{n:05d}.tfrecord``
+"""The TFRecord builder: a dataset release (label tables + films) -> ``{split}-{i:05d}-of-{n:05d}.tfrecord``
 shards + ``manifest.json``. ``tools/build_tfrecords.py`` is its command line.
 
 How a build runs:
 
-1. Read the label table (``cxr_tf.data.nih``), find the image files, match them; rows
-   without a file and files without a row are counted and listed.
+1. The dataset's adapter (``cxr_tf.data.datasets``: nih, chexpert, mimic-cxr, padchest,
+   vindr-cxr) reads the release's tables and matches them with the films on disk; rows
+   without a file, files without a row and rows left out on purpose (lateral views) are
+   counted and listed. Missing labels stay missing (-1 in the records).
 2. Split by patient (``cxr_tf.data.splits``); a patient in two splits stops the build.
 3. Plan every shard up front: each split's rows, shuffled with the seed, cut into
    ``ceil(bytes / shard_size_mb)`` contiguous shards (bytes estimated from
@@ -46,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.data import nih, splits as splitting
+from cxr_tf.data import datasets, harmonise, splits as splitting
+from cxr_tf.data.datasets.base import MISSING, file_sha256, patient_number
 from cxr_tf.data.images import encode_films, worker_init
 from cxr_tf.data.jsonfile import write_json
 from cxr_tf.data.labels import LABELS
@@ -99,31 +102,41 @@ def _worker_pool(workers):
     return pool
 
 
-def check_findings(findings):
-    """The label set to build (tuple): NIH's 14 when None, else the given names, each one of
-    NIH's findings, no repeats. ValueError naming the bad ones."""
+def check_findings(findings, available=LABELS):
+    """The label set to build (tuple): all of ``available`` (the release's labels) when None,
+    else the given names, each one of them, no repeats. ValueError naming the bad ones."""
     if findings is None:
-        return LABELS
+        return tuple(available)
     findings = tuple(findings)
-    unknown = [f for f in findings if f not in LABELS]
+    unknown = [f for f in findings if f not in available]
     if unknown or not findings or len(set(findings)) != len(findings):
-        raise ValueError(f"findings {list(findings)}: give distinct names from {', '.join(LABELS)}"
+        raise ValueError(f"findings {list(findings)}: give distinct names from {', '.join(available)}"
                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return findings
 
 
-def resolve_inputs(data_dir=None, labels=None, official_lists=None):
-    """(data_dir, labels, official_lists) as Paths: the embedded sample when
-    data_dir is None; the table and the lists found in data_dir when not given."""
+def resolve_inputs(data_dir=None, labels=None, official_lists=None, dataset="nih"):
+    """(data_dir, labels or None, official_lists) as Paths: the embedded NIH sample when
+    data_dir is None; the lists folder defaults to data_dir. ValueError when ``data_dir``
+    is not ``dataset``'s release but looks like another's (the folder is named, and the
+    ``--dataset`` that fits)."""
+    adapter = datasets.get(dataset)
     if data_dir is None:
+        if dataset != "nih":
+            raise ValueError(f"--dataset {dataset} needs --data-dir: the folder of the {adapter.TITLE} release")
         data_dir = SAMPLE_DIR
         labels = labels if labels is not None else SAMPLE_LABELS
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the NIH images")
-    labels = Path(labels) if labels is not None else nih.find_label_table(data_dir)
+        raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the "
+                                f"{adapter.TITLE} release")
+    if labels is None and not adapter.looks_like(data_dir):
+        others = {name: what for name, what in datasets.recognise(data_dir).items() if name != dataset}
+        seen = "; ".join(f"it holds {what}: pass --dataset {name}" for name, what in others.items())
+        raise ValueError(f"{data_dir} is not the {adapter.TITLE} release (--dataset {dataset}): "
+                         + (seen or f"none of its files were found there ({adapter.__doc__.strip().splitlines()[0]})"))
     official_lists = Path(official_lists) if official_lists is not None else data_dir
-    return data_dir, labels, official_lists
+    return data_dir, (Path(labels) if labels is not None else None), official_lists
 
 
 def plan_shards(table, splits, image_size, shard_size_mb, seed):
@@ -150,7 +163,7 @@ def plan_shards(table, splits, image_size, shard_size_mb, seed):
 
 
 def _plan_key(labels_sha, files, image_size, split, val_fraction, test_fraction, seed, shard_size_mb,
-              lists_sha, findings):
+              lists_sha, findings, release):
     files_sha = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
     key = {"version": PLAN_VERSION, "label_table_sha256": labels_sha, "files_sha256": files_sha,
            "image_size": int(image_size), "split_method": split, "val_fraction": float(val_fraction),
@@ -158,6 +171,8 @@ def _plan_key(labels_sha, files, image_size, split, val_fraction, test_fraction,
            "official_lists_sha256": lists_sha}
     if tuple(findings) != LABELS:  # NIH's 14 keep the key of builds made before label subsets existed
         key["findings"] = list(findings)
+    if release.dataset != "nih":  # likewise NIH builds keep their key
+        key.update(dataset=release.dataset, options=release.options)
     return key
 
 
@@ -247,8 +262,11 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
 
     from cxr_tf.data.records import serialize_example  # noqa: PLC0415
 
-    fields = zip(table["path"].astype(str), table[list(findings)].to_numpy(np.int64), table["patient_id"],
-                 table["age"], table["sex"], table["view"], table["follow_up"])
+    # missing labels (NaN) and unknown ages are stored as -1 (cxr_tf.data.records)
+    labels = np.nan_to_num(table[list(findings)].to_numpy(np.float64), nan=MISSING).astype(np.int64)
+    fields = zip(table["path"].astype(str), labels, table["patient_id"].map(patient_number),
+                 np.nan_to_num(table["age"].to_numpy(np.float64), nan=MISSING).astype(np.int64),
+                 table["sex"], table["view"], table["follow_up"])
     rows = dict(zip(table["image_index"], fields))
     jobs = [rows[name][0] for shard in todo for name in shard["images"]]
     results = _encoded(jobs, image_size, workers, pool)
@@ -281,9 +299,9 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
     return len(jobs)
 
 
-def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warnings_):
+def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warnings_, findings):
     records = {s["name"]: _record(out, s["name"]) for s in shards}
-    labels = key.get("findings", LABELS)
+    labels = findings
     rows = table.set_index("image_index")
     summary = {}
     for split in splitting.SPLITS:
@@ -292,12 +310,15 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
                           "shards": [s["name"] for s in shards
                                      if s["split"] == split and records[s["name"]]["images"]]}
     train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
+    train_ages = train_ages.dropna()
     skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
     skipped += [{"file": str(path), "reason": "no row in the label table"} for path in inventory.files_without_rows]
     skipped += [{"file": str(ignored), "reason": f"duplicate file name; used {used}"}
                 for ignored, used in inventory.duplicates]
     return {
-        "labels": list(labels), "image_size": key["image_size"], "splits": summary,
+        "dataset": inventory.dataset, "labels": list(labels),
+        "harmonised": harmonise.mapping(inventory.dataset, labels), "options": inventory.options,
+        "image_size": key["image_size"], "splits": summary,
         "seed": key["seed"], "split_method": key["split_method"],
         "val_fraction": key["val_fraction"], "test_fraction": key["test_fraction"],
         "label_table": str(labels_path), "label_table_sha256": key["label_table_sha256"],
@@ -306,6 +327,7 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
         "rows_without_files": {"count": len(inventory.rows_without_files),
                                "list": "rows_without_files.txt" if inventory.rows_without_files else None,
                                "first": inventory.rows_without_files[:10]},
+        "excluded": {reason: {"count": len(names), "first": names[:10]} for reason, names in inventory.excluded.items()},
         # standardising constants for metadata models; std 1 when undefined or zero
         "metadata": {"age_mean": float(train_ages.mean()) if len(train_ages) else 0.0,
                      "age_std": float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0},
@@ -315,19 +337,25 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
 
 def build_records(data_dir=None, labels=None, out="records", image_size=256, split="stratified",
                   val_fraction=0.1, test_fraction=0.2, seed=0, workers=None, shard_size_mb=128,
-                  official_lists=None, findings=None, progress=True, log=print):
+                  official_lists=None, findings=None, progress=True, log=print, dataset="nih",
+                  uncertain="ignore", laterals=False):
     """Build TFRecord shards and ``manifest.json`` into ``out``; returns the manifest (dict).
 
-    data_dir: folder searched recursively for the PNG films (None: the embedded
-    sample of 150 real films, 128 px); labels: the NIH label table (default: the
-    ``Data_Entry_2017*.csv*`` found in data_dir); official_lists: folder with
-    ``train_val_list.txt`` / ``test_list.txt`` (default: data_dir); image_size:
-    side of the square 8-bit greyscale PNGs written (pixels); split: ``stratified``
-    or ``official``; val_fraction / test_fraction: of patients (official: val of
-    all films, test from the NIH list); workers: decoding processes (default: all
+    dataset: the release's adapter (``cxr_tf.data.datasets.DATASETS``; default NIH);
+    data_dir: the release's folder, searched recursively for its films (None: the embedded
+    NIH sample of 150 real films, 128 px); labels: the release's main label table when it
+    is not where the release puts it (NIH: ``Data_Entry_2017*.csv*`` in data_dir);
+    official_lists: folder with NIH's ``train_val_list.txt`` / ``test_list.txt`` (default:
+    data_dir); image_size: side of the square 8-bit greyscale PNGs written (pixels); split:
+    ``stratified`` or ``official`` (NIH: the lists; other releases: their own split, val
+    carved from train by patient when the release has none); val_fraction / test_fraction:
+    of patients (official: val of all films); workers: decoding processes (default: all
     cores; 0 or 1 decodes in this process); shard_size_mb: target shard size; findings: the
-    label set of the records (a subset of NIH's 14 in the order given; default all 14).
-    Re-running with the same arguments resumes an interrupted build.
+    label set of the records (release names, in the order given; default every finding of
+    the release that ``cxr_tf/resources/findings.csv`` maps); uncertain: CheXpert-style
+    uncertain labels -> ``ignore`` (missing), ``ones`` or ``zeros``; laterals: keep lateral
+    views (default frontal only). Re-running with the same arguments resumes an
+    interrupted build.
     """
     started = time.perf_counter()
     image_size = int(image_size)
@@ -335,28 +363,28 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
         raise ValueError(f"image_size must be 8..4096 pixels, got {image_size}")
     if split not in splitting.METHODS:
         raise ValueError(f"unknown split method {split!r}; choose one of {', '.join(splitting.METHODS)}")
-    findings = check_findings(findings)
     workers = default_workers() if workers is None else int(workers)
-    data_dir, labels_path, lists_dir = resolve_inputs(data_dir, labels, official_lists)
+    data_dir, labels, lists_dir = resolve_inputs(data_dir, labels, official_lists, dataset)
+    release = datasets.get(dataset).read(data_dir, labels, uncertain=uncertain, laterals=laterals)
+    findings = check_findings(findings, release.labels)
+    if release.table.empty:
+        raise FileNotFoundError(
+            f"none of the films listed in {release.label_table} was found under {data_dir} "
+            f"({len(release.rows_without_files)} row(s) without a file, e.g. {release.rows_without_files[:3]}); "
+            f"put the {datasets.get(dataset).TITLE} films there as the release lays them out (or pass --data-dir)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pool = _worker_pool(workers) if workers > 1 else None
     try:
-        table = nih.read_label_table(labels_path)
-        inventory = nih.match_files(table, data_dir)
-        if inventory.table.empty:
-            raise FileNotFoundError(
-                f"none of the {len(table)} images of {labels_path} was found under {data_dir}; "
-                f"put the NIH images_*/images/*.png folders there (or pass --data-dir)")
-        matched = inventory.table
+        matched = release.table
         assignment = splitting.make_split(matched, split, val_fraction, test_fraction, seed, lists_dir, findings)
         lists_sha = None
-        if split == "official":
+        if split == "official" and not splitting.has_release_split(matched):
             found = splitting.find_official_lists(lists_dir)
-            lists_sha = {k: nih.file_sha256(p) for k, p in found.items()}
-        key = _plan_key(nih.file_sha256(labels_path), matched["image_index"], image_size, split,
+            lists_sha = {k: file_sha256(p) for k, p in found.items()}
+        key = _plan_key(file_sha256(release.label_table), matched["image_index"], image_size, split,
                         val_fraction, test_fraction if split == "stratified" else 0.0, seed, shard_size_mb,
-                        lists_sha, findings)
+                        lists_sha, findings, release)
         shards, done = _prepare_out(out, key, plan_shards(matched, assignment, image_size, shard_size_mb, seed),
                                     log)
         planned = _planned_splits(shards, matched)  # what will be written: checked once more
@@ -371,8 +399,11 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    manifest = _manifest(out, shards, matched, inventory, key, labels_path, data_dir, warnings_)
-    (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in inventory.rows_without_files))
+    manifest = _manifest(out, shards, matched, release, key, release.label_table, data_dir, warnings_, findings)
+    (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in release.rows_without_files))
+    excluded = [f"{name}\t{reason}\n" for reason, names in release.excluded.items() for name in names]
+    if excluded:
+        (out / "excluded.txt").write_text("".join(excluded))
     seconds = time.perf_counter() - started
     manifest["build"] = {"seconds": round(seconds, 3), "encoded": encoded, "resumed_shards": len(done),
                          "images_per_s": round(encoded / encode_seconds, 2) if encoded else None,
@@ -393,6 +424,8 @@ def format_summary(manifest, out):
     rate = f"{build['images_per_s']:.1f} images/s" if build.get("images_per_s") else "nothing to encode"
     lines.append(f"  skipped {len(manifest['skipped'])} input file(s); "
                  f"{manifest['rows_without_files']['count']} table row(s) without a file")
+    for reason, excluded in manifest.get("excluded", {}).items():
+        lines.append(f"  excluded {excluded['count']} film(s): {reason} (listed in excluded.txt)")
     lines.append(f"  {build.get('encoded', 0)} films encoded in {build.get('seconds', 0):.1f} s ({rate}, "
                  f"{build.get('workers')} workers); {build.get('resumed_shards', 0)} shards kept from before")
     for warning in manifest.get("warnings", []):

@@ -83,8 +83,9 @@ def _split_info(manifest, split, where="manifest"):
 
 
 def label_prevalence(manifest, split="train"):
-    """Fraction of films with each finding in ``split``: float32 (K,), the manifest's label order,
-    from the manifest's ``label_counts`` (no pass over the data). ``manifest``: the
+    """Fraction of films with each finding in ``split`` among those where it is labelled
+    (missing labels left out): float32 (K,), the manifest's label order, from the manifest's
+    ``label_counts`` and ``label_known`` (no pass over the data). ``manifest``: the
     dict of ``read_manifest`` or a records folder."""
     manifest = _manifest_of(manifest)
     info = _split_info(manifest, split)
@@ -96,7 +97,9 @@ def label_prevalence(manifest, split="train"):
     total = int(info["num_examples"])
     if total <= 0:
         raise ValueError(f"manifest split {split!r} has no examples")
-    return np.array([counts[label] for label in labels], dtype=np.float32) / total
+    known = info.get("label_known") or {}  # films whose label is not missing (older manifests: all)
+    known = np.array([max(known.get(label, total), 1) for label in labels], dtype=np.float32)
+    return np.array([counts[label] for label in labels], dtype=np.float32) / known
 
 
 def _age_stats(manifest):
@@ -150,8 +153,10 @@ def _check_label_count(shard, num_labels, records_dir):
 
 def meta_tensor(age, sex, view, age_mean, age_std):
     """Graph version of ``meta_vector``: tensors (or Python values) of any batch
-    shape -> float32 (..., META_DIM). Unknown sex or view -> zeros in that one-hot."""
-    age = tf.clip_by_value(tf.cast(age, tf.float32), *AGE_RANGE)
+    shape -> float32 (..., META_DIM). Unknown age (negative: the records' -1) -> the mean;
+    unknown sex or view -> zeros in that one-hot."""
+    age = tf.cast(age, tf.float32)
+    age = tf.clip_by_value(tf.where(age < 0, tf.cast(age_mean, tf.float32), age), *AGE_RANGE)  # -1: unknown
     sex = tf.strings.upper(tf.strings.strip(tf.convert_to_tensor(sex, tf.string)))
     view = tf.strings.upper(tf.strings.strip(tf.convert_to_tensor(view, tf.string)))
     return tf.stack([

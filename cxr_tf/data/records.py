@@ -7,13 +7,16 @@ One example is one film:
 feature    type     meaning
 ========== ======== ==========================================================
 image      bytes    PNG, 8-bit greyscale, square, the manifest's ``image_size``
-labels     int64×K  multi-hot in the manifest's ``labels`` order (K = 14 for NIH)
-image_index bytes   NIH file name, e.g. ``00000001_000.png``
-patient_id int64    NIH patient id
-age        int64    years
-sex        bytes    ``M`` or ``F``
-view       bytes    ``PA`` or ``AP``
-follow_up  int64    NIH follow-up number
+labels     int64×K  in the manifest's ``labels`` order (K = 14 for NIH): 1 positive,
+                    0 negative, -1 missing (not labelled, not mentioned, or uncertain under
+                    the ``ignore`` policy: ``cxr_tf.data.datasets.base.MISSING``)
+image_index bytes   the film's identity in its release (NIH: ``00000001_000.png``)
+patient_id int64    the release's patient id (a hash of it when it is not a number:
+                    ``cxr_tf.data.datasets.base.patient_number``)
+age        int64    years, -1 unknown
+sex        bytes    ``M``, ``F`` or empty (unknown)
+view       bytes    ``PA``, ``AP``, ``LATERAL``, ``LL`` or empty (unknown)
+follow_up  int64    NIH follow-up number (0 where the release has none)
 ========== ======== ==========================================================
 
 Shards are named ``{split}-{i:05d}-of-{n:05d}.tfrecord`` (``shard_name``), and
@@ -57,8 +60,8 @@ def _ints(values):
 def serialize_example(png, labels, image_index, patient_id, age, sex, view, follow_up):
     """One film as a serialized ``tf.train.Example`` (bytes).
 
-    png: PNG bytes of the square 8-bit greyscale film; labels: K ints in {0, 1}, in the
-    records' label order.
+    png: PNG bytes of the square 8-bit greyscale film; labels: K ints in {1, 0, -1 missing},
+    in the records' label order.
     """
     if len(labels) == 0:
         raise ValueError(f"{image_index}: no labels")

@@ -6,9 +6,13 @@
   their films is; an extra column marks patients with only ``No Finding`` films.
   Test patients are drawn first, then validation patients from the rest.
   Fractions are of patients, which makes film fractions close to them.
-- ``official``: the NIH lists (``train_val_list.txt``, ``test_list.txt``); the
-  validation split is carved out of train_val by patient, with the same
-  stratification, sized ``val_fraction`` of all films.
+- ``official``: the release's own split. NIH: its lists (``train_val_list.txt``,
+  ``test_list.txt``); other releases: the ``split`` column their adapter fills
+  (``cxr_tf.data.datasets``). When the release names no validation films, the
+  validation split is carved out of train by patient, with the same stratification,
+  sized ``val_fraction`` of all films.
+
+Missing labels (NaN) count as negative for stratification only (they are stored missing).
 
 Every split is checked in code (``check_no_patient_overlap``): a patient in two
 splits raises ``LeakageError`` before anything is written. Seeded with a local
@@ -36,7 +40,7 @@ class LeakageError(ValueError):
 def make_split(table, method="stratified", val_fraction=0.1, test_fraction=0.2, seed=0,
                official_lists=None, labels=LABELS):
     """Split name (``train``/``val``/``test``) for every row of ``table`` (a table of
-    ``cxr_tf.data.nih.read_label_table``), as a str Series aligned with ``table.index``.
+    ``cxr_tf.data.datasets.nih.read_label_table``), as a str Series aligned with ``table.index``.
 
     ``official_lists``: folder holding the two NIH list files (method ``official``;
     ``test_fraction`` is then ignored: the NIH list fixes the test set). ``labels``: the
@@ -47,6 +51,8 @@ def make_split(table, method="stratified", val_fraction=0.1, test_fraction=0.2, 
     _check_fractions(val_fraction, test_fraction if method == "stratified" else 0.0)
     if method == "stratified":
         splits = stratified_split(table, val_fraction, test_fraction, seed, labels)
+    elif has_release_split(table):
+        splits = release_split(table, val_fraction, seed, labels)
     else:
         if official_lists is None:
             raise ValueError("split 'official' needs the folder of train_val_list.txt and test_list.txt "
@@ -54,6 +60,38 @@ def make_split(table, method="stratified", val_fraction=0.1, test_fraction=0.2, 
         splits = official_split(table, official_lists, val_fraction, seed, labels)
     check_no_patient_overlap(table["patient_id"], splits)
     return splits
+
+
+def has_release_split(table):
+    """True when the adapter filled the table's ``split`` column (the release has a split)."""
+    return "split" in table and table["split"].notna().any()
+
+
+def release_split(table, val_fraction=0.1, seed=0, labels=LABELS):
+    """The release's own split (column ``split``); validation carved out of train by patient
+    (``val_fraction`` of all films) when the release has no validation films. ValueError
+    naming the films the release leaves out of its split."""
+    splits = table["split"].astype(object)
+    unassigned = splits.isna() | ~splits.isin(SPLITS)
+    if unassigned.any():
+        raise ValueError(f"{int(unassigned.sum())} film(s) have no official split in the release, e.g. "
+                         f"{table['image_index'][unassigned.to_numpy()].head(5).tolist()}; use --split stratified")
+    splits = pd.Series(splits.to_numpy(), index=table.index, dtype=object)
+    if val_fraction > 0 and not (splits == "val").any():
+        _carve_val(table, splits, val_fraction, seed, labels)
+    return splits
+
+
+def _carve_val(table, splits, val_fraction, seed, labels):
+    """Move ``val_fraction`` of all films, by patient and stratified, from train to val (in place)."""
+    train = (splits == "train").to_numpy()
+    pool = table[train]
+    share = val_fraction * len(table) / max(len(pool), 1)
+    if share >= 1.0:
+        raise ValueError(f"val_fraction {val_fraction} asks for more films than the training split holds")
+    patients, matrix = patient_label_matrix(pool, labels)
+    chosen = set(patients[_draw_patients(matrix, share, seed)].tolist())
+    splits[train & table["patient_id"].isin(chosen).to_numpy()] = "val"
 
 
 def _check_fractions(val_fraction, test_fraction):
@@ -69,7 +107,7 @@ def patient_label_matrix(table, labels=LABELS):
     """(patient_ids (P,), uint8 (P, K + 1)): per patient, any-positive per finding of
     ``labels``, plus a last column for patients with none of them."""
     grouped = table.groupby("patient_id", sort=True)[list(labels)].max()
-    matrix = grouped.to_numpy(np.uint8)
+    matrix = (grouped.fillna(0) > 0).to_numpy(np.uint8)
     healthy = (matrix.sum(axis=1) == 0).astype(np.uint8)[:, None]
     return grouped.index.to_numpy(), np.hstack([matrix, healthy])
 
@@ -141,13 +179,7 @@ def official_split(table, lists_dir, val_fraction=0.1, seed=0, labels=LABELS):
                              f"e.g. {shown}; use lists that match the label table or --split stratified")
     splits = pd.Series(np.where(in_test, "test", "train"), index=table.index, dtype=object)
     if val_fraction > 0:
-        pool = table[~in_test]
-        share = val_fraction * len(table) / max(len(pool), 1)
-        if share >= 1.0:
-            raise ValueError(f"val_fraction {val_fraction} asks for more films than train_val holds")
-        patients, labels = patient_label_matrix(pool, labels)
-        chosen = set(patients[_draw_patients(labels, share, seed)].tolist())
-        splits[~in_test & table["patient_id"].isin(chosen).to_numpy()] = "val"
+        _carve_val(table, splits, val_fraction, seed, labels)
     return splits
 
 
@@ -162,9 +194,11 @@ def check_no_patient_overlap(patient_ids, splits):
 
 
 def summarise(rows, labels=LABELS):
-    """{"num_examples", "num_patients", "label_counts"} of the table rows of one split."""
+    """{"num_examples", "num_patients", "label_counts" (positives), "label_known" (films whose
+    label is not missing)} of the table rows of one split."""
     return {"num_examples": int(len(rows)), "num_patients": int(rows["patient_id"].nunique()),
-            "label_counts": {label: int(rows[label].sum()) for label in labels}}
+            "label_counts": {label: int((rows[label] == 1).sum()) for label in labels},
+            "label_known": {label: int(rows[label].notna().sum()) for label in labels}}
 
 
 def missing_label_warnings(table, splits, names=("val", "test"), labels=LABELS):
@@ -176,7 +210,7 @@ def missing_label_warnings(table, splits, names=("val", "test"), labels=LABELS):
         if not len(rows):
             messages.append(f"split {name!r} is empty")
             continue
-        absent = [label for label in labels if not rows[label].any()]
+        absent = [label for label in labels if not (rows[label] == 1).any()]
         if absent:
             messages.append(f"split {name!r} has no positive film for: {', '.join(absent)}")
     for message in messages:

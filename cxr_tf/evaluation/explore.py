@@ -3,7 +3,7 @@
     python -m cxr_tf.explore --labels /data/nih/Data_Entry_2017_v2020.csv.gz --out explore/
     python -m cxr_tf.explore --records records/ --out explore/
 
-From a label table (read with ``cxr_tf.data.nih.read_label_table``, either NIH layout)
+From a label table (read with ``cxr_tf.data.datasets.nih.read_label_table``, either NIH layout)
 or a records folder (the TFRecords' metadata features; images are not decoded),
 writes: label distribution (per split for records), label co-occurrence, findings
 per film, age, sex and view-position distributions, ``summary.json`` and
@@ -27,7 +27,7 @@ and left out of the age histogram, not silently clipped."""
 def table_from_labels(path):
     """Per-film DataFrame (image_index, patient_id, age, sex, view, 14 label columns)
     from an NIH label table."""
-    from cxr_tf.data.nih import read_label_table
+    from cxr_tf.data.datasets.nih import read_label_table
 
     table = read_label_table(path)
     return table[["image_index", "patient_id", "age", "sex", "view", *LABELS]]

@@ -248,8 +248,8 @@ def overlay_png(film, cam, text=None, max_side=None, boxes=()):
 def read_boxes(path):
     """The NIH box table as a DataFrame (``image_index``, ``label``, ``x``, ``y``,
     ``w``, ``h`` in 1024 × 1024 pixels); ``Infiltrate`` is spelled ``Infiltration``.
-    One reader for the package: ``cxr_tf.data.nih.read_bbox_table``."""
-    from cxr_tf.data.nih import read_bbox_table
+    One reader for the package: ``cxr_tf.data.datasets.nih.read_bbox_table``."""
+    from cxr_tf.data.datasets.nih import read_bbox_table
 
     return read_bbox_table(path)
 

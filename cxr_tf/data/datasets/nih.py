@@ -13,18 +13,15 @@ naive split. Rows are numbered as lines of the file (the header is line 1) in
 every error message.
 """
 
-import gzip
-import hashlib
-import io
 import os
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxr_tf.data.datasets.base import Release, TableError, file_sha256, find_files, open_text
 from cxr_tf.data.labels import LABELS, NO_FINDING
 
 # raw column name -> our name; all seven are required
@@ -42,37 +39,6 @@ VIEWS = ("PA", "AP")
 _BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # BBox_List_2017 vs the label table
 _AGE_RE = re.compile(r"^(\d+)([YMD]?)$")
 _AGE_UNIT_DAYS = {"Y": 365.25, "M": 365.25 / 12, "D": 1.0, "": 365.25}  # days per unit
-
-
-class TableError(ValueError):
-    """A label or bounding-box table that cannot be used; names file, line and value."""
-
-
-def _open_text(path):
-    """The table's text as a stream. Gzip is recognised by its magic bytes, not the name
-    (a plain CSV named ``.gz`` is read as it is); a UTF-8 byte-order mark (Excel's
-    "CSV UTF-8") is dropped. TableError naming the file and the fix for a damaged gzip
-    file or text that is not UTF-8 (the line of the first bad byte)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise TableError(f"{path}: cannot read ({err.strerror or err})") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as err:  # truncated download, damaged bytes
-            raise TableError(f"{path}: damaged gzip file ({err}); download the table again or pass the "
-                             "uncompressed CSV") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise TableError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the table "
-                         "as UTF-8 (Excel: \"CSV UTF-8 (Comma delimited)\")") from None
-    if not text.strip():
-        raise TableError(f"{path}: empty file; pass the NIH Data_Entry_2017*.csv(.gz) label table")
-    return io.StringIO(text, newline="")
 
 
 def _expand_header(line):
@@ -102,7 +68,7 @@ def _read_raw(path, required):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label table {path} not found; pass the NIH Data_Entry_2017*.csv(.gz)")
-    with _open_text(path) as handle:
+    with open_text(path, "pass the NIH Data_Entry_2017*.csv(.gz) label table") as handle:
         header = _expand_header(handle.readline())
         missing = [name for name in required if name not in header]
         if missing:
@@ -218,15 +184,6 @@ def label_matrix(table):
     return table[list(LABELS)].to_numpy(np.uint8)
 
 
-def file_sha256(path):
-    """Hex SHA-256 of a file's bytes (the label table's identity in the manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_label_table(data_dir):
     """The label table inside a data folder (searched recursively): the
     ``Data_Entry_2017*.csv*`` file, else any ``Data_Entry*.csv*``; among several,
@@ -249,18 +206,7 @@ def find_images(data_dir, suffixes=(".png",)):
     sorted path order); ``duplicates`` lists (ignored_path, used_path) for names
     found more than once.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the NIH images")
-    found, seen = [], set()
-    for root, dirs, names in os.walk(data_dir, followlinks=True):
-        stat = os.stat(root)
-        if (stat.st_dev, stat.st_ino) in seen:  # a symlink cycle, or a folder linked twice
-            dirs[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, n) for n in names if n.lower().endswith(suffixes)]
+    found = find_files(data_dir, suffixes)
     files, duplicates = {}, []
     for path in sorted(found):
         name = os.path.basename(path)
@@ -321,3 +267,36 @@ def read_bbox_table(path):
         row = int(np.flatnonzero(unknown.to_numpy())[0])
         raise TableError(f"{path}: line {row + 2}: unknown finding {boxes['label'].iloc[row]!r}")
     return boxes[["image_index", "label", "x", "y", "w", "h", "line"]]
+
+
+# --------------------------------------------------------------------------- the adapter
+NAME = "nih"
+TITLE = "NIH ChestX-ray14"
+
+
+def looks_like(data_dir):
+    """What marks ``data_dir`` as the NIH release (its label table), or None."""
+    try:
+        return f"the NIH label table {find_label_table(data_dir).name}"
+    except FileNotFoundError:
+        return None
+
+
+def read(data_dir, labels=None, uncertain="ignore", laterals=False):
+    """The NIH release under ``data_dir`` as a ``cxr_tf.data.datasets.base.Release``:
+    every finding known (0/1: the NIH labels are text-mined with no "uncertain" and no
+    "not mentioned"), all views frontal (PA/AP), no official split in the table (the
+    official lists are read by ``cxr_tf.data.splits.official_split``). ``uncertain`` and
+    ``laterals`` do not apply."""
+    labels_path = Path(labels) if labels is not None else find_label_table(data_dir)
+    inventory = match_files(read_label_table(labels_path), data_dir)
+    table = inventory.table
+    release = table[["image_index", "path"]].copy()
+    release["patient_id"] = table["patient_id"].astype(str)
+    release["age"] = table["age"].astype(np.float64)
+    release["sex"], release["view"], release["split"] = table["sex"], table["view"], None
+    release["follow_up"] = table["follow_up"]
+    for label in LABELS:
+        release[label] = table[label].astype(np.float64)
+    return Release(NAME, LABELS, release, labels_path, inventory.rows_without_files,
+                   inventory.files_without_rows, inventory.duplicates)

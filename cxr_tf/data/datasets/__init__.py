@@ -1,0 +1,31 @@
+"""Dataset adapters: one module per public chest X-ray release, each reading the release
+exactly as published and returning the same ``Release`` (``cxr_tf.data.datasets.base``
+documents the interface). ``get(name)`` is the registry; ``recognise(data_dir)`` names the
+releases a folder looks like (to say so when ``--dataset`` is wrong).
+
+Pure pandas/numpy: importing an adapter never imports TensorFlow.
+"""
+
+from importlib import import_module
+
+DATASETS = {
+    "nih": "cxr_tf.data.datasets.nih",
+}
+"""Registry: ``--dataset`` name -> adapter module."""
+
+
+def get(name):
+    """The adapter module of dataset ``name``; ValueError listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return import_module(DATASETS[name])
+
+
+def recognise(data_dir):
+    """{name: what was found} for every dataset whose release files ``data_dir`` holds."""
+    found = {}
+    for name in DATASETS:
+        what = get(name).looks_like(data_dir)
+        if what:
+            found[name] = what
+    return found

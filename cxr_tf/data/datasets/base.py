@@ -1,0 +1,201 @@
+"""What every dataset adapter returns (``Release``) and the helpers they share. Pure
+pandas/numpy (no TensorFlow: the builder's worker processes import the data layer).
+
+An adapter is one module of ``cxr_tf.data.datasets`` with:
+
+``NAME``            the registry key (``"chexpert"``), also the column of ``findings.csv``
+``TITLE``           the release's name as its authors give it
+``looks_like(data_dir) -> str | None``
+                    a short description of the files that make ``data_dir`` this dataset's
+                    release (e.g. ``"train.csv with a Path column"``), None when they are absent;
+                    the builder uses it to name the dataset of a folder given the wrong
+                    ``--dataset``
+``read(data_dir, labels=None, uncertain="ignore", laterals=False, **options) -> Release``
+                    the release matched against the films on disk; ``labels``: the main
+                    label table when it is not where the release puts it; ``uncertain``:
+                    what an uncertain label becomes (``UNCERTAIN_POLICIES``; datasets without
+                    uncertain labels ignore it); ``laterals``: keep lateral views (default:
+                    frontal films only, the laterals counted and listed as excluded)
+
+Labels in a ``Release`` table are floats: 1.0 positive, 0.0 negative, NaN missing (not
+mentioned, not labelled, or uncertain under the ``ignore`` policy). The records store them
+as int64 1 / 0 / -1 (``MISSING``).
+"""
+
+import gzip
+import hashlib
+import io
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MISSING = -1
+"""A missing label in the records and in every label array (y_true) of the package."""
+
+UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
+"""CheXpert's uncertain label (-1.0) becomes missing, positive or negative: the U-Ignore,
+U-Ones and U-Zeros policies of Irvin et al. (2019)."""
+
+TABLE_COLUMNS = ("image_index", "path", "patient_id", "age", "sex", "view", "split", "follow_up")
+"""The columns every ``Release.table`` has, before its label columns:
+
+image_index  str, unique: the film's identity in this release (NIH file name, CheXpert path, ...)
+path         Path of the film on disk
+patient_id   str: the release's patient identifier (the split keeps a patient's films together)
+age          float years, NaN unknown
+sex          "M", "F" or "" (unknown)
+view         "PA", "AP", "LATERAL", "LL" or "" (unknown); the metadata input uses PA / AP
+split        the release's official split ("train", "val", "test") or None where it has none
+follow_up    int, the film's order among the patient's visits where the release says, else 0
+"""
+
+SEXES = ("M", "F", "")
+FRONTAL = ("PA", "AP")
+
+
+class TableError(ValueError):
+    """A label table that cannot be used; names the file, line and value, and the fix."""
+
+
+@dataclass
+class Release:
+    """One dataset's films and labels, matched against the files on disk.
+
+    dataset: the adapter's NAME; labels: the release's own finding names, the order of the
+    label columns of ``table`` (``TABLE_COLUMNS`` + one float column per label);
+    label_table: the main label file (its SHA-256 identifies the build);
+    rows_without_files: image_index values listed but not found; files_without_rows:
+    film paths found but not listed; duplicates: (ignored, used) path pairs;
+    excluded: {reason: [image_index, ...]} of rows left out on purpose (lateral views,
+    films a release marks unusable); options: what the adapter applied
+    (e.g. {"uncertain": "ignore", "laterals": False}), recorded in the manifest.
+    """
+
+    dataset: str
+    labels: tuple
+    table: pd.DataFrame
+    label_table: Path
+    rows_without_files: list = field(default_factory=list)
+    files_without_rows: list = field(default_factory=list)
+    duplicates: list = field(default_factory=list)
+    excluded: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.labels = tuple(self.labels)
+        missing = [c for c in (*TABLE_COLUMNS, *self.labels) if c not in self.table.columns]
+        if missing:
+            raise ValueError(f"{self.dataset} adapter: its table lacks the column(s) {missing}")
+
+
+def open_text(path, hint):
+    """A label table's text as a stream. Gzip is recognised by its magic bytes, not the
+    name (a plain CSV named ``.gz`` is read as it is); a UTF-8 byte-order mark (Excel's
+    "CSV UTF-8") is dropped. ``hint``: what to pass instead of an empty file. TableError naming the file and the fix for a damaged gzip
+    file or text that is not UTF-8 (the line of the first bad byte)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise TableError(f"{path}: cannot read ({err.strerror or err})") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as err:  # truncated download, damaged bytes
+            raise TableError(f"{path}: damaged gzip file ({err}); download the table again or pass the "
+                             "uncompressed CSV") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise TableError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the table "
+                         "as UTF-8 (Excel: \"CSV UTF-8 (Comma delimited)\")") from None
+    if not text.strip():
+        raise TableError(f"{path}: empty file; {hint}")
+    return io.StringIO(text, newline="")
+
+
+def patient_number(patient_id):
+    """The int64 the records store for a patient identifier (str): the number itself when
+    it is all digits and fits, else the first 63 bits of its BLAKE2b hash (stable across
+    runs and machines). Two patients colliding is a 1-in-10^18 event per pair."""
+    text = str(patient_id).strip()
+    if text.isdigit() and int(text) < 2**63:
+        return int(text)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes (a label table's identity in the manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_files(data_dir, suffixes):
+    """Every file under ``data_dir`` (recursively, following links once, hidden folders
+    skipped) whose name ends with one of ``suffixes`` (lower-case), as sorted str paths."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the release")
+    found, seen = [], set()
+    for root, dirs, names in os.walk(data_dir, followlinks=True):
+        stat = os.stat(root)
+        if (stat.st_dev, stat.st_ino) in seen:  # a symlink cycle, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, n) for n in names if n.lower().endswith(tuple(suffixes))]
+    return sorted(found)
+
+
+def match_paths(table, data_dir, relative, suffixes):
+    """Match a table's films to the files under ``data_dir`` by their path relative to it.
+
+    ``relative``: Series of relative paths (str, "/"-separated) aligned with ``table``.
+    Returns (matched table with a ``path`` column, rows_without_files (image_index list),
+    files_without_rows (str paths with one of ``suffixes`` that no row names))."""
+    data_dir = Path(data_dir)
+    on_disk = {os.path.relpath(p, data_dir).replace(os.sep, "/"): p for p in find_files(data_dir, suffixes)}
+    present = relative.isin(on_disk.keys()).to_numpy()
+    matched = table[present].copy()
+    matched["path"] = relative[present].map(lambda r: Path(on_disk[r])).to_numpy()
+    listed = set(relative)
+    return (matched.reset_index(drop=True), table["image_index"][~present].tolist(),
+            sorted(p for r, p in on_disk.items() if r not in listed))
+
+
+def apply_uncertain(values, policy):
+    """Float array of labels with the uncertain value -1.0 replaced by the policy's
+    (``ignore`` -> NaN, ``ones`` -> 1.0, ``zeros`` -> 0.0)."""
+    if policy not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain={policy!r}: choose one of {', '.join(UNCERTAIN_POLICIES)}")
+    replacement = {"ignore": np.nan, "ones": 1.0, "zeros": 0.0}[policy]
+    values = np.asarray(values, np.float64).copy()
+    values[values == -1.0] = replacement
+    return values
+
+
+def keep_views(table, laterals):
+    """(table of the films kept, {reason: [image_index, ...]} of those left out): frontal
+    views (``FRONTAL``) only unless ``laterals``; a film of unknown view is kept (and
+    said so by its empty ``view``)."""
+    if laterals:
+        return table.reset_index(drop=True), {}
+    lateral = ~table["view"].isin((*FRONTAL, "")).to_numpy()
+    excluded = {}
+    if lateral.any():
+        excluded["lateral view (pass --laterals to keep)"] = table["image_index"][lateral].tolist()
+    return table[~lateral].reset_index(drop=True), excluded
+
+
+def fail_at(path, line, column, value, what, fix):
+    """A TableError naming the file, line, column and value, and what to do."""
+    return TableError(f"{path}: line {line}: column {column!r}: {what} {value!r}; {fix}")
