@@ -32,7 +32,13 @@ def build_parser():
     parser.add_argument("--epochs", type=_epochs_arg, help="epochs of every phase, or N1,N2 per phase")
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--image-size", type=int, help="side in pixels (<= the records' size)")
-    parser.add_argument("--records", help="records folder (tools/build_tfrecords.py output)")
+    parser.add_argument("--records", help="records folder (tools/build_tfrecords.py output), or several "
+                                          "comma-separated: trained on together over their shared vocabulary")
+    parser.add_argument("--ratio", help="with several records folders: sampling proportions, e.g. 1,1 "
+                                        "(default: their sizes)")
+    parser.add_argument("--findings", nargs="+", metavar="FINDING",
+                        help="train on these findings (common names, docs/datasets.md; default: every finding "
+                             "the records label)")
     parser.add_argument("--out", help="folder that receives the run folder (default saved_models)")
     parser.add_argument("--weights", help="imagenet | none | path of a weights file")
     parser.add_argument("--loss", help=f"{' | '.join(config_lib.LOSSES)}")
@@ -53,7 +59,7 @@ def config_from_args(args):
     overrides = config_lib.parse_assignments(args.set)
     named = {"batch_size": args.batch_size, "image_size": args.image_size, "records": args.records,
              "out": args.out, "weights": args.weights, "loss.name": args.loss, "seed": args.seed,
-             "strategy": args.strategy}
+             "strategy": args.strategy, "records_ratio": args.ratio, "findings": args.findings}
     if args.mixed_precision is not None:
         value = args.mixed_precision.lower()
         named["mixed_precision"] = {"on": True, "true": True, "off": False, "false": False}.get(value, value)

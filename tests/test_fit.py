@@ -20,6 +20,7 @@ from cxr_tf.training import config as config_lib
 from cxr_tf import fit as fit_cli
 from cxr_tf.training import trainer as fit
 from cxr_tf.data.jsonfile import write_json
+from cxr_tf.data.sources import Sources
 from cxr_tf.evaluation.metrics import auc_summary
 from cxr_tf.training.callbacks import STOP_AFTER_STEPS, best_epoch, read_history
 from cxr_tf.training.resume import choose_run_dir
@@ -80,8 +81,7 @@ def test_command_runs_from_a_clean_folder_and_writes_every_output(sample_records
 
     # model.keras reloads and predicts what fit measured; the SavedModel export agrees.
     model = keras.models.load_model(run / "model.keras")
-    test = fit.eval_dataset(sample_records, json.loads((Path(sample_records) / "manifest.json").read_text()),
-                            "test", config, multimodal=False)
+    test = fit.eval_dataset(Sources(sample_records), "test", config, multimodal=False)
     y_true, y_prob = fit._arrays(model, test)
     assert auc_summary(y_true, y_prob)["macro_auc"] == pytest.approx(metrics["test"]["macro_auc"], abs=1e-6)
     images = next(iter(test))[0]

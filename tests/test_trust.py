@@ -246,7 +246,7 @@ def test_auc_figure_shows_findings_below_chance(tmp_path):
 @pytest.mark.parametrize("weights", ["none", "file"])
 def test_weights_none_trains_the_backbone_in_the_frozen_phase(sample_records, tmp_path, capsys, weights):
 
-    from cxr_tf.data.manifest import read_manifest
+    from cxr_tf.data.sources import Sources
     from cxr_tf.models import build_model, set_backbone_trainable
     from cxr_tf.training import config as config_lib
     from cxr_tf.training import distribute
@@ -263,9 +263,8 @@ def test_weights_none_trains_the_backbone_in_the_frozen_phase(sample_records, tm
     model = build_model("simple_cnn", image_size=32, weights=None)
     model.set_weights(start.get_weights())
     before = model.get_layer("conv1").get_weights()[0].copy()
-    manifest = read_manifest(sample_records)
     strategy = distribute.get_strategy("default")
-    train_ds, val_ds, _, _ = fit._datasets(config, sample_records, manifest, False, strategy, False)
+    train_ds, val_ds, _, _ = fit._datasets(config, Sources(sample_records), False, strategy, False)
     fit._run_phases(model, model, config, make_loss(config["loss"]), strategy, train_ds, val_ds, None, None,
                     tmp_path, {"phases_done": []}, set_backbone_trainable)
     out = capsys.readouterr().out

@@ -62,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf.data.augment import build_augmenter
+from cxr_tf.data.harmonise import label_columns
 from cxr_tf.data.manifest import MANIFEST, manifest_labels, read_manifest
 from cxr_tf.data.records import parse_example, parse_shard_name
 
@@ -236,16 +237,20 @@ def _reader(files, training, seed):
     return ds.interleave(read, cycle_length=1, num_parallel_calls=None)
 
 
-def _cache(ds, cache, split, stored, training, multimodal):
+def _cache(ds, cache, split, stored, training, multimodal, source=""):
+    """``source``: the records folder's name when several are read together (one cache each)."""
     if cache in (None, False):
         return ds
     if cache is True or cache == "memory":
         return ds.cache()
     path = Path(cache)
+    tag = f"{source}-" if source else ""
     if path.is_dir() or str(cache).endswith(os.sep):
         path.mkdir(parents=True, exist_ok=True)
         kind = ("train" if training else "eval") + ("-meta" if multimodal else "")
-        path = path / f"{split}-{stored}px-{kind}.cache"
+        path = path / f"{tag}{split}-{stored}px-{kind}.cache"
+    elif tag:
+        path = path.with_name(f"{path.name}-{tag[:-1]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return ds.cache(str(path))
 
@@ -263,10 +268,14 @@ def input_threads():
 
 def make_dataset(records_dir, split, batch_size, image_size=224, training=None, multimodal=False,
                  with_ids=False, cache=None, augment=None, shuffle_buffer=4096, seed=None,
-                 num_workers=None, deterministic=None):
+                 num_workers=None, deterministic=None, labels=None, weights=None):
     """The ``tf.data.Dataset`` of one split (see the module docstring for the chain).
 
-    records_dir: folder with the shards and ``manifest.json``. split: "train", "val"
+    records_dir: folder with the shards and ``manifest.json``, or a list of such folders read
+    as one (``labels`` then required: their common label set, ``cxr_tf.data.harmonise``;
+    same stored image size). Several folders: training samples films from them at random in
+    the proportions ``weights`` (default: their sizes) and never ends (``repeat`` is inside:
+    take the steps of an epoch); evaluation reads them one after the other. split: "train", "val"
     or "test". batch_size: GLOBAL batch size (split across replicas by tf.distribute).
     image_size: S, the side fed to the model (<= the stored size). training: defaults
     to ``split == "train"``; True = shuffle + drop remainder + augmentation.
@@ -282,41 +291,44 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     and augmentation draws. num_workers: for the auto-shard policy; default from
     TF_CONFIG. deterministic: element order; default: not training (a seed alone does
     not make a parallel training pipeline's order repeatable; pass True for that).
+    labels: the label set to yield, as common finding names (``cxr_tf.data.harmonise``):
+    each records label mapped to its common name, and -1 (missing) for a name these
+    records do not label; default: the records' own labels, unchanged.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     training = (split == "train") if training is None else bool(training)
     deterministic = (not training) if deterministic is None else bool(deterministic)
-    manifest = read_manifest(records_dir)
-    files, stored = _check_request(manifest, records_dir, split, image_size)
-    num_examples = int(manifest["splits"][split].get("num_examples", 0))
-    if training and 0 < num_examples < batch_size:
-        raise ValueError(f"split {split!r} has {num_examples} films, fewer than batch_size={batch_size}: "
-                         "training drops the last partial batch and would yield nothing")
+    folders = list(records_dir) if isinstance(records_dir, (list, tuple)) else [records_dir]
+    if len(folders) > 1 and labels is None:
+        raise ValueError("several records folders need labels= (their common label set)")
+    # one folder: fewer films than a batch yields nothing (checked); several are repeated
+    sources = [_films(folder, split, batch_size if len(folders) == 1 else 1, image_size, training, multimodal, with_ids, cache, shuffle_buffer,
+                      seed, deterministic, labels) for folder in folders]
+    stored = {size for _, size, _ in sources}
+    if len(stored) > 1:
+        raise ValueError(f"the records folders {[str(f) for f in folders]} store films of different sizes "
+                         f"{sorted(stored)} px; build them with the same --image-size")
+    stored = stored.pop()
     image_size = int(image_size)
-    num_labels = len(manifest_labels(manifest))
-    age_stats = _age_stats(manifest) if multimodal else None
+    if len(sources) == 1:
+        ds = sources[0][0]
+    elif training:
+        counts = [float(count) for _, _, count in sources]
+        weights = counts if weights is None else [float(w) for w in weights]
+        if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"weights {weights}: give one non-negative proportion per records folder")
+        ds = tf.data.Dataset.sample_from_datasets([d.repeat() for d, _, _ in sources],
+                                                  [w / sum(weights) for w in weights], seed=seed)
+    else:
+        ds = sources[0][0]
+        for other, _, _ in sources[1:]:
+            ds = ds.concatenate(other)
     augment_batch = None
     if training and augment is not False:
         augmenter = build_augmenter(augment if augment is not True else None, image_size, seed=seed)
         # XLA: one fused program per batch shape, ~3x the plain ops on CPU (cxr_tf.data.augment)
         augment_batch = tf.function(lambda images: augmenter(images, training=True), jit_compile=True)
-
-    def to_element(record, shard):
-        ex = _decode(record, shard, stored, num_labels)
-        out = {"image": ex["image"], "labels": tf.cast(ex["labels"], tf.float32)}
-        if multimodal:
-            out["meta"] = meta_tensor(ex["age"], ex["sex"], ex["view"], *age_stats)
-        if with_ids:
-            out["image_index"], out["patient_id"] = ex["image_index"], ex["patient_id"]
-        return out
-
-    ds = _reader(files, training, seed)
-    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = _cache(ds, cache, split, stored, training, multimodal)
-    if training:
-        buffer = max(1, min(int(shuffle_buffer), num_examples or int(shuffle_buffer)))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(int(batch_size), drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=deterministic)
 
@@ -341,8 +353,45 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     options.deterministic = deterministic
     options.threading.private_threadpool_size = input_threads()
     workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
-    options.experimental_distribute.auto_shard_policy = auto_shard_policy(len(files), workers)
+    num_files = sum(len(read_manifest(f)["splits"][split]["shards"]) for f in folders)
+    options.experimental_distribute.auto_shard_policy = auto_shard_policy(num_files, workers)
     return ds.with_options(options)
+
+
+def _films(records_dir, split, batch_size, image_size, training, multimodal, with_ids, cache, shuffle_buffer,
+           seed, deterministic, labels):
+    """(dataset of single decoded films (dicts), stored size, number of films) of one records
+    folder's split: read, parsed, labels mapped to ``labels``, cached, shuffled when training."""
+    manifest = read_manifest(records_dir)
+    files, stored = _check_request(manifest, records_dir, split, image_size)
+    num_examples = int(manifest["splits"][split].get("num_examples", 0))
+    if training and 0 < num_examples < batch_size:
+        raise ValueError(f"split {split!r} of {records_dir} has {num_examples} films, fewer than "
+                         f"batch_size={batch_size}: training drops the last partial batch and would yield nothing")
+    num_labels = len(manifest_labels(manifest))
+    columns = None if labels is None else label_columns(manifest, labels)
+    age_stats = _age_stats(manifest) if multimodal else None
+
+    def to_element(record, shard):
+        ex = _decode(record, shard, stored, num_labels)
+        y = ex["labels"]
+        if columns is not None:  # the records' labels -> ``labels``; -1 where they have none
+            y = tf.gather(tf.concat([y, tf.constant([-1], tf.int64)], 0),
+                          [c if c >= 0 else num_labels for c in columns])
+        out = {"image": ex["image"], "labels": tf.cast(y, tf.float32)}
+        if multimodal:
+            out["meta"] = meta_tensor(ex["age"], ex["sex"], ex["view"], *age_stats)
+        if with_ids:
+            out["image_index"], out["patient_id"] = ex["image_index"], ex["patient_id"]
+        return out
+
+    ds = _reader(files, training, seed)
+    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = _cache(ds, cache, split, stored, training, multimodal, Path(records_dir).name if labels else "")
+    if training:
+        buffer = max(1, min(int(shuffle_buffer), num_examples or int(shuffle_buffer)))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds, stored, num_examples
 
 
 # ---------------------------------------------------------------- verification

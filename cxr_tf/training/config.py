@@ -125,6 +125,33 @@ def _weights(value, key, source):
     raise ConfigError(f"{_where(key, source)}={value!r}: allowed values are imagenet, none or a file path")
 
 
+def _findings(value, key, source):
+    """None (every finding of the records), or a list of finding names (common names)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected null or a list of finding names")
+    return value
+
+
+def _ratio(value, key, source):
+    """None (sample records folders by their sizes), or one non-negative number per folder."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        numbers = None
+    if not numbers or min(numbers) < 0 or sum(numbers) <= 0:
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected null or non-negative proportions, one per "
+                          "records folder (e.g. [1, 1]), not all zero")
+    return numbers
+
+
 def _mixed_precision(value, key, source):
     if isinstance(value, str) and value.lower() in ("true", "false", "on", "off"):
         value = value.lower() in ("true", "on")
@@ -198,6 +225,8 @@ SCHEMA = {
     "augment_on": _choice(*AUGMENT_ON),
     "threshold_method": _choice(*THRESHOLD_METHODS),
     "records": _str,
+    "records_ratio": _ratio,
+    "findings": _findings,
     "out": _str,
     "seed": _int(0),
     "mixed_precision": _mixed_precision,

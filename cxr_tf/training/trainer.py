@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import runs
-from cxr_tf.data.manifest import manifest_labels
+from cxr_tf.data.sources import Sources
 from cxr_tf.training.callbacks import (MONITORS, AtomicModelCheckpoint, EpochLog, best_epoch, read_history,
                                        stop_after_steps)
 from cxr_tf.training.optimizers import make_optimizer
@@ -100,19 +100,18 @@ def _arrays(model, dataset):
 
 
 # --------------------------------------------------------------------------- training
-def _num_batches(manifest, split, batch_size, training):
-    n = int(manifest["splits"][split]["num_examples"])
+def _num_batches(sources, split, batch_size, training):
+    n = sources.num_examples(split)
     return n // batch_size if training else math.ceil(n / batch_size)
 
 
-def eval_dataset(records, manifest, split, config, multimodal, cache=None):
-    """The deterministic evaluation dataset of ``split``, with its batch count known to
-    Keras (progress bars; no "ran out of data" warnings)."""
-    from cxr_tf.data.pipeline import make_dataset
-
-    ds = make_dataset(records, split, batch_size=config["batch_size"], image_size=config["image_size"],
-                      training=False, multimodal=multimodal, cache=cache)
-    steps = _num_batches(manifest, split, config["batch_size"], training=False)
+def eval_dataset(sources, split, config, multimodal, cache=None):
+    """The deterministic evaluation dataset of ``split`` (``sources``: a
+    ``cxr_tf.data.sources.Sources``), with its batch count known to Keras (progress bars; no
+    "ran out of data" warnings)."""
+    ds = sources.dataset(split, config["batch_size"], image_size=config["image_size"], training=False,
+                         multimodal=multimodal, cache=cache)
+    steps = _num_batches(sources, split, config["batch_size"], training=False)
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
 
@@ -126,58 +125,59 @@ def augment_in_model(config):
     return config["augment_on"] == "model"
 
 
-def _datasets(config, records, manifest, multimodal, strategy, in_model):
+def _datasets(config, sources, multimodal, strategy, in_model):
     """(train, val, steps_per_epoch, validation_steps). Multi-worker: repeated datasets
     with fixed step counts, so every worker runs the same number of steps. With the
     augmentation in the model, the training films come un-augmented at the stored size
-    (``in_model``: the model's random resized crop takes them to ``image_size``)."""
-    from cxr_tf.data.pipeline import make_dataset
-
+    (``in_model``: the model's random resized crop takes them to ``image_size``). Several
+    records folders: an epoch is as many films as their training splits hold together,
+    sampled from them in the configured proportions."""
     cache = config["cache"] or None
-    train_ds = make_dataset(records, "train", batch_size=config["batch_size"],
-                            image_size=int(manifest["image_size"]) if in_model else config["image_size"],
-                            training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
-                            seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache)
-    steps = _num_batches(manifest, "train", config["batch_size"], training=True)
+    train_ds = sources.dataset("train", config["batch_size"],
+                               image_size=sources.image_size if in_model else config["image_size"],
+                               training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
+                               seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache)
+    steps = _num_batches(sources, "train", config["batch_size"], training=True)
+    if len(sources.folders) > 1:
+        train_ds = train_ds.take(steps)  # sampled from repeated folders: endless until cut to an epoch
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
-    val_ds = eval_dataset(records, manifest, "val", config, multimodal,
+    val_ds = eval_dataset(sources, "val", config, multimodal,
                           cache=cache if cache in (True, "memory") else None)
     if not distribute.is_multiworker(strategy):
         return train_ds, val_ds, None, None
     return train_ds.repeat(), val_ds.repeat(), steps, len(val_ds)
 
 
-def _check_records(config, records, manifest):
+def _check_records(config, sources):
     """ConfigError when the records cannot feed this config (before any training)."""
-    where = records / "manifest.json"
-    splits = manifest["splits"]
     for split in ("train", "val"):
-        if int(splits.get(split, {}).get("num_examples", 0)) <= 0:
-            raise config_lib.ConfigError(f"{where}: split {split!r} is missing or empty; fit needs train and val "
-                                         "(and test for metrics.json); rebuild the records")
-    stored = int(manifest["image_size"])
+        folder = sources.missing_split(split)
+        if folder is not None:
+            raise config_lib.ConfigError(f"{folder / 'manifest.json'}: split {split!r} is missing or empty; fit needs "
+                                         "train and val (and test for metrics.json); rebuild the records")
+    stored = sources.image_size
     if config["image_size"] > stored:
         raise config_lib.ConfigError(f"image_size={config['image_size']} is larger than the {stored} px stored in "
-                                     f"{records}; pass --image-size {stored} or less, or rebuild the records "
+                                     f"{sources}; pass --image-size {stored} or less, or rebuild the records "
                                      f"with tools/build_tfrecords.py --image-size {config['image_size']}")
     if config["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise config_lib.ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard), "
                                      "which tensorflow-cpu does not bring")
-    n_train = int(splits["train"]["num_examples"])
+    n_train = sources.num_examples("train")
     if config["batch_size"] > n_train:
         raise config_lib.ConfigError(f"batch_size={config['batch_size']} is larger than the {n_train} training "
-                                     f"films in {records}; pass --batch-size {n_train} or less")
+                                     f"films in {sources}; pass --batch-size {n_train} or less")
 
 
-def _resolved_config(config, records, manifest, strategy, run_dir):
+def _resolved_config(config, sources, strategy, run_dir):
     return {
         **config,
-        "records": str(records),
+        **sources.describe(),
         "out": str(Path(config["out"]).expanduser().resolve()),
-        "split_method": manifest.get("split_method"),
-        "records_image_size": int(manifest["image_size"]),
-        "num_examples": {s: int(v.get("num_examples", 0)) for s, v in manifest["splits"].items()},
-        "labels": list(manifest_labels(manifest)),
+        "split_method": sources.split_method,
+        "records_image_size": sources.image_size,
+        "num_examples": {s: sources.num_examples(s) for s in ("train", "val", "test")},
+        "labels": list(sources.labels),
         "run_dir": str(run_dir),
         "num_replicas": int(strategy.num_replicas_in_sync),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
@@ -203,23 +203,23 @@ def train(config, run_name=None, resume=True):
     from cxr_tf.data import pipeline as data
     from cxr_tf.training.losses import make_loss
 
-    records = Path(config["records"]).expanduser().resolve()
-    manifest = data.read_manifest(records)  # FileNotFoundError naming the folder and the fix
-    _check_records(config, records, manifest)
-    labels = manifest_labels(manifest)
+    # FileNotFoundError naming a folder without records, ValueError for folders that do not fit together
+    sources = Sources(config["records"], config["findings"], config["records_ratio"])
+    _check_records(config, sources)
+    labels = sources.labels
     from cxr_tf.models import build_model, set_backbone_trainable
 
     spec = _architecture(config["arch"])
     multimodal = _multimodal(spec)
     chief = is_chief(strategy)
 
-    signature = config_lib.resume_signature({**config, "records": str(records)})
+    signature = config_lib.resume_signature({**config, "records": str(sources)})
     out = Path(config["out"]).expanduser().resolve()
     run_dir, resumed = agree_on_run_dir(strategy, out, config["arch"], signature, run_name, resume)
     work_dir = run_dir if chief else run_dir / "workers" / distribute.task_label()
     work_dir.mkdir(parents=True, exist_ok=True)
     if chief and not resumed:
-        runs.write_config(run_dir, _resolved_config(config, records, manifest, strategy, run_dir))
+        runs.write_config(run_dir, _resolved_config(config, sources, strategy, run_dir))
         runs.write_labels(run_dir, labels)
     state = runs.read_state(work_dir, {"status": "running", "phases_done": []})
     # Where augmentation runs is decided once per run and recorded: a run started on a GPU
@@ -236,9 +236,9 @@ def train(config, run_name=None, resume=True):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision_policy(config["mixed_precision"]))
     try:
-        prevalence = data.label_prevalence(manifest, "train") if config["loss"]["name"] == "weighted_bce" else None
+        prevalence = sources.prevalence("train") if config["loss"]["name"] == "weighted_bce" else None
         loss = make_loss(config["loss"], prevalence)
-        train_ds, val_ds, steps, val_steps = _datasets(config, records, manifest, multimodal, strategy, in_model)
+        train_ds, val_ds, steps, val_steps = _datasets(config, sources, multimodal, strategy, in_model)
         with strategy.scope():
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=len(labels),
                                 head_units=config["head_units"],
@@ -255,7 +255,7 @@ def train(config, run_name=None, resume=True):
         _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
                     set_backbone_trainable, started)
     except tf.errors.OpError as err:
-        _stop_on_damage(err, records, work_dir, state, started)
+        _stop_on_damage(err, sources, work_dir, state, started)
         raise
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -269,9 +269,9 @@ def train(config, run_name=None, resume=True):
         print(f"fit: {distribute.task_label()} done; the chief writes {run_dir}", flush=True)
         return run_dir
     try:
-        _finish(run_dir, config, records, manifest, multimodal, started)
+        _finish(run_dir, config, sources, multimodal, started)
     except tf.errors.OpError as err:
-        _stop_on_damage(err, records, work_dir, state, started)
+        _stop_on_damage(err, sources, work_dir, state, started)
         raise
     return run_dir
 
@@ -289,13 +289,13 @@ def _from_scratch(config, phase_name):
     return True
 
 
-def _stop_on_damage(err, records, work_dir, state, started):
+def _stop_on_damage(err, sources, work_dir, state, started):
     """Damaged records stop training with a RecordsError naming the shard and the first
     damaged record (TensorFlow's DataLossError names only a byte offset), and leave the
     run resumable (status "interrupted", not "running") once the shard is rebuilt."""
     from cxr_tf.data.pipeline import locate_damage
 
-    found = locate_damage(records, err)
+    found = next((f for f in (locate_damage(folder, err) for folder in sources.folders) if f is not None), None)
     if found is None:
         return
     runs.write_state(work_dir, {**state, "status": "interrupted", "error": str(found),
@@ -366,7 +366,7 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
         raise RuntimeError(f"no checkpoint was written to {best_path}: validation {config['monitor']} was never finite")
 
 
-def _finish(run_dir, config, records, manifest, multimodal, started):
+def _finish(run_dir, config, sources, multimodal, started):
     """Chief only: evaluate model.keras, export it and write the remaining outputs."""
     from cxr_tf.evaluation.metrics import auc_summary
     from cxr_tf.evaluation.plots import training_curves
@@ -374,10 +374,10 @@ def _finish(run_dir, config, records, manifest, multimodal, started):
 
     # Evaluate and export what is shipped: the best checkpoint, reloaded outside any
     # distribution strategy (so the chief does it alone).
-    labels = manifest_labels(manifest)
+    labels = sources.labels
     print(f"fit: evaluating {run_dir / runs.MODEL} on val and test, exporting savedmodel/", flush=True)
     model = runs.load_model(run_dir)
-    y_val, p_val = _arrays(model, eval_dataset(records, manifest, "val", config, multimodal))
+    y_val, p_val = _arrays(model, eval_dataset(sources, "val", config, multimodal))
     thresholds = choose_thresholds(y_val, p_val, method=config["threshold_method"], labels=labels)
     runs.write_thresholds(thresholds, run_dir / runs.THRESHOLDS)
     best = best_epoch(read_history(run_dir / runs.HISTORY), config["monitor"])
@@ -386,11 +386,11 @@ def _finish(run_dir, config, records, manifest, multimodal, started):
                 "best_val_auc_keras": best.get("val_auc")}
     splits = {"val": runs.split_block(auc_summary(y_val, p_val, labels), "fit"), "test": None}
     extra = {}
-    if int(manifest["splits"].get("test", {}).get("num_examples", 0)) > 0:
-        y_test, p_test = _arrays(model, eval_dataset(records, manifest, "test", config, multimodal))
+    if sources.missing_split("test") is None:
+        y_test, p_test = _arrays(model, eval_dataset(sources, "test", config, multimodal))
         splits["test"] = runs.split_block(auc_summary(y_test, p_test, labels), "fit")
     else:
-        extra["note"] = f"{records} has no test split: no test metrics"
+        extra["note"] = f"{sources.missing_split('test')} has no test split: no test metrics"
     runs.write_metrics(run_dir / runs.METRICS, labels, splits, training=training, **extra)
     training_curves(run_dir / runs.HISTORY, run_dir / runs.CURVES)
     savedmodel = run_dir / runs.SAVEDMODEL

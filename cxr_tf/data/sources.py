@@ -1,0 +1,102 @@
+"""The records a run trains or is evaluated on: one records folder, or several read as one
+(``python -m cxr_tf.fit --records nih_records,chexpert_records``).
+
+``Sources`` gives what training needs without caring how many folders there are: the label
+set (common finding names, ``cxr_tf.data.harmonise``: the union of the folders' findings, or
+a chosen list), the stored film size (the same in every folder), films and label prevalence
+per split, and the ``tf.data`` pipeline (``cxr_tf.data.pipeline.make_dataset``), in which a
+finding that a folder does not label is missing (-1) for its films, so the masked loss and
+metrics leave it out. Training samples the folders in the proportions ``weights`` (default:
+their training sizes, i.e. every film equally likely).
+
+One NIH folder reads exactly as before: its labels are NIH's names, which are the common names.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from cxr_tf.data.harmonise import common_labels, label_columns, merged_labels
+from cxr_tf.data.manifest import manifest_labels, read_manifest
+
+
+def records_list(records):
+    """The records folders (list of Path) of a ``records`` setting: a path, a comma-separated
+    string of paths, or a list of them."""
+    items = records if isinstance(records, (list, tuple)) else str(records).split(",")
+    folders = [Path(str(item).strip()).expanduser().resolve() for item in items if str(item).strip()]
+    if not folders:
+        raise ValueError(f"records={records!r}: give one records folder or several, comma-separated")
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"records={records!r}: a records folder is named twice")
+    return folders
+
+
+class Sources:
+    """One or several records folders as one training source (module docstring).
+
+    records: see ``records_list``; findings: the label set (common names) or None for the
+    union; weights: sampling proportions of the folders in training (None: their sizes)."""
+
+    def __init__(self, records, findings=None, weights=None):
+        self.folders = records_list(records)
+        self.manifests = [read_manifest(folder) for folder in self.folders]
+        if len(self.folders) == 1 and findings is None:
+            self.labels = common_labels(self.manifests[0])
+        else:
+            self.labels = merged_labels(self.manifests, findings)
+        sizes = {int(m["image_size"]) for m in self.manifests}
+        if len(sizes) > 1:
+            raise ValueError(f"the records folders {[str(f) for f in self.folders]} store films of different sizes "
+                             f"{sorted(sizes)} px; build them with the same --image-size")
+        self.image_size = sizes.pop()
+        if weights is not None and (len(weights) != len(self.folders) or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"records_ratio {list(weights)}: give one non-negative proportion per records folder "
+                             f"({len(self.folders)}), not all zero")
+        self.weights = None if weights is None else [float(w) for w in weights]
+        # the fast path: one folder whose labels are already the label set
+        self._mapped = len(self.folders) > 1 or tuple(manifest_labels(self.manifests[0])) != tuple(self.labels)
+
+    def __str__(self):
+        return ",".join(str(f) for f in self.folders)
+
+    @property
+    def split_method(self):
+        return "+".join(sorted({str(m.get("split_method")) for m in self.manifests}))
+
+    def num_examples(self, split):
+        """Films in ``split`` over every folder (0 where a folder lacks the split)."""
+        return sum(int(m["splits"].get(split, {}).get("num_examples", 0)) for m in self.manifests)
+
+    def missing_split(self, split):
+        """The first folder whose ``split`` is missing or empty, else None."""
+        return next((f for f, m in zip(self.folders, self.manifests)
+                     if int(m["splits"].get(split, {}).get("num_examples", 0)) <= 0), None)
+
+    def prevalence(self, split="train"):
+        """float32 (K,): per finding of ``labels``, positives / films where it is labelled, over
+        every folder (0 where no film is labelled)."""
+        positives, known = np.zeros(len(self.labels)), np.zeros(len(self.labels))
+        for manifest in self.manifests:
+            info = manifest["splits"].get(split, {})
+            total = int(info.get("num_examples", 0))
+            own = manifest_labels(manifest)
+            for j, column in enumerate(label_columns(manifest, self.labels)):
+                if column >= 0:
+                    positives[j] += info.get("label_counts", {}).get(own[column], 0)
+                    known[j] += (info.get("label_known") or {}).get(own[column], total)
+        return (positives / np.maximum(known, 1)).astype(np.float32)
+
+    def describe(self):
+        """What the run's config.json records about its records."""
+        return {"records": str(self) if len(self.folders) > 1 else str(self.folders[0]),
+                "records_datasets": [m.get("dataset", "nih") for m in self.manifests],
+                "records_ratio": self.weights}
+
+    def dataset(self, split, batch_size, **options):
+        """``make_dataset`` over the folders (keyword ``options`` as there)."""
+        from cxr_tf.data.pipeline import make_dataset  # noqa: PLC0415 (this module stays TensorFlow-free)
+
+        folders = self.folders if len(self.folders) > 1 else self.folders[0]
+        return make_dataset(folders, split, batch_size, labels=self.labels if self._mapped else None,
+                            weights=self.weights, **options)
