@@ -19,7 +19,7 @@ import tensorflow as tf
 from cxr_tf.evaluation import literature, metrics, plots, report
 from cxr_tf import runs
 from cxr_tf.data.labels import LABELS
-from cxr_tf.data.manifest import manifest_labels, read_manifest
+from cxr_tf.data.sources import Sources, records_list
 from cxr_tf.evaluation.thresholds import (DEFAULT_THRESHOLD_METHOD, FALLBACK_THRESHOLD, choose_thresholds,
                                           threshold_fallbacks)
 
@@ -48,18 +48,24 @@ def read_predictions(path, labels=LABELS):
 
 def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, thresholds, threshold_info=None,
                          config=None, split="test", split_method=None, records="", run_dir="",
-                         history_csv=None, n_boot=1000, seed=0, n_bins=10, model_name=None, labels=LABELS):
+                         history_csv=None, n_boot=1000, seed=0, n_bins=10, model_name=None, labels=LABELS,
+                         external=None):
     """Everything after prediction, from arrays: metrics, predictions.csv, metrics.json,
     thresholds.json, figures, report.md/html in ``out``. Returns the metrics dict
     (with ``"outputs"``: {name: path}).
 
-    thresholds must come from other films (validation) than those evaluated here."""
+    thresholds must come from other films (validation) than those evaluated here.
+    external: for an external validation, {"dataset", "internal_records", "shared",
+    "left_out": {finding: reason}, "internal_auc": {finding: the run's own test AUC}}; the
+    report then has a section that says so and puts internal and external AUCs side by side
+    (and leaves out the published NIH results, which are of another population)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     y_true, y_prob = metrics.check_arrays(y_true, y_prob, labels)
     summary = metrics.summarize(y_true, y_prob, patient_id, thresholds, n_boot=n_boot, seed=seed, n_bins=n_bins,
                                 labels=labels)
     summary.update({
+        "external": external,
         "split": split,
         "split_method": split_method,
         "split_description": literature.describe_split(split_method),
@@ -75,8 +81,8 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     per = summary["per_finding"]
     name = model_name or (config or {}).get("arch", "this model")
     lit = literature.load_literature()
-    comparison = literature.comparison_table({n: per[n]["auc"] for n in labels}, summary["macro"]["auc"],
-                                             f"{name} (ours)", split_method, lit)
+    comparison = None if external else literature.comparison_table(
+        {n: per[n]["auc"] for n in labels}, summary["macro"]["auc"], f"{name} (ours)", split_method, lit)
     figures = {
         "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", labels, aucs={n: per[n]["auc"] for n in labels}),
         "pr": plots.pr_curves(y_true, y_prob, out / "pr_curves.png", labels,
@@ -104,18 +110,20 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
 
 
 # --------------------------------------------------------------------------- model -> arrays
-def predict_split(model, records, split, batch_size=32, image_size=None, multimodal=None):
+def predict_split(model, records, split, batch_size=32, image_size=None, multimodal=None, labels=None):
     """Predict every film of one split (in order, no augmentation, nothing dropped).
 
-    Returns (image_index list[str], patient_id int64 (N,), y_true int (N, 14),
-    y_prob float64 (N, 14))."""
-    from cxr_tf.data.pipeline import make_dataset
+    records: a records folder or a list of them (read one after the other); labels: the
+    label set of ``y_true`` (common names: the model's outputs; findings the records do
+    not label are -1), default the records' own. Returns (image_index list[str], patient_id
+    int64 (N,), y_true int (N, K), 1 / 0 / -1 missing, y_prob float64 (N, K))."""
+    from cxr_tf.data.pipeline import locate_damage, make_dataset
 
     size, is_multimodal = runs.model_inputs(model)
     image_size = image_size or size
     multimodal = is_multimodal if multimodal is None else multimodal
     dataset = make_dataset(records, split, batch_size, image_size=image_size, training=False,
-                           multimodal=multimodal, with_ids=True)
+                           multimodal=multimodal, with_ids=True, labels=labels)
     names, pids, ys, ps = [], [], [], []
     try:
         for x, y, ids in dataset:
@@ -124,68 +132,98 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
             names += [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(ids["image_index"])]
             pids.append(np.asarray(ids["patient_id"]).reshape(-1))
     except tf.errors.OpError as err:  # damaged records: name the shard and record (TF names a byte offset)
-        from cxr_tf.data.pipeline import locate_damage
-
-        found = locate_damage(records, err, [split])
-        if found is None:
-            raise
-        raise found from None
+        for folder in records if isinstance(records, (list, tuple)) else [records]:
+            found = locate_damage(folder, err, [split])
+            if found is not None:
+                raise found from None
+        raise
     if not ps:
         raise ValueError(f"{records}: split {split!r} has no films")
     y_true = np.rint(np.concatenate(ys)).astype(np.int64)
     return names, np.concatenate(pids).astype(np.int64), y_true, np.clip(np.concatenate(ps), 0.0, 1.0)
 
 
-def _split_method(records, config):
-    return read_manifest(records).get("split_method") or config.get("split_method")
+def compare_findings(run, sources):
+    """(shared, left_out) between a run and the records it is evaluated on: the run's findings
+    that the records label (common names, run order), and {finding: why it is left out} for
+    the others of either side."""
+    datasets = ", ".join(sorted({m.get("dataset", "nih") for m in sources.manifests}))
+    labelled = set(sources.labels)
+    shared = [f for f in run.labels if f in labelled]
+    left_out = {f: f"not labelled in these records ({datasets})" for f in run.labels if f not in labelled}
+    left_out.update({f: "labelled in these records, but the model was not trained on it"
+                     for f in sources.labels if f not in run.labels})
+    return shared, left_out
 
 
 def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n_boot=1000, seed=0,
                  threshold_method=DEFAULT_THRESHOLD_METHOD, rechoose_thresholds=False, n_bins=10):
-    """Evaluate ``run_dir/model.keras`` on ``split`` of ``records`` (default: the
-    records folder in the run's config.json) and write every output to ``out``
-    (default ``run_dir/eval-<split>``). Returns the metrics dict (see
-    ``evaluate_predictions``); the run's metrics.json gets this split's block.
+    """Evaluate ``run_dir/model.keras`` on ``split`` of ``records`` (default: the records in
+    the run's config.json) and write every output to ``out`` (default ``run_dir/eval-<split>``,
+    ``run_dir/eval-<dataset>-<split>`` for other records). Returns the metrics dict (see
+    ``evaluate_predictions``).
+
+    The run's own records: the run's metrics.json gets this split's block. Other records
+    (external validation: another dataset, or another build): the findings both share
+    (``cxr_tf.data.harmonise`` common names) are evaluated, the others are listed with the
+    reason, and the report puts the run's internal test AUCs beside the external ones; the
+    run's metrics.json is left as it is (its test block stays the internal evidence).
 
     Thresholds: run_dir/thresholds.json when present (and not ``rechoose_thresholds``),
     else chosen with ``threshold_method`` on the ``val`` split and saved to
-    run_dir/thresholds.json if that file does not exist yet. The records must carry the
-    run's label set (their manifest's ``labels``)."""
+    run_dir/thresholds.json if that file does not exist yet (own records only)."""
     run = runs.Run(run_dir)
-    records = records or run.config.get("records")
+    own = run.config.get("records")
+    records = records or own
     if not records:
         raise ValueError("no records folder: pass --records (the run's config.json names none)")
-    records = Path(records)
-    manifest = read_manifest(records)  # FileNotFoundError naming the folder
-    record_labels = manifest_labels(manifest)
-    if split not in manifest["splits"]:
-        raise ValueError(f"--split {split!r}: {records} has the splits {', '.join(sorted(manifest['splits']))}")
-    if record_labels != run.labels:
-        raise ValueError(f"{records}: its findings {list(record_labels)} differ from the run's "
-                         f"{list(run.labels)} ({run.path / runs.LABELS_FILE}); evaluate on records built "
-                         "with the same label set")
-    out = Path(out) if out else run.path / f"eval-{split}"
+    sources = Sources(records)  # FileNotFoundError naming a folder without records
+    for folder, manifest in zip(sources.folders, sources.manifests):
+        if split not in manifest["splits"]:
+            raise ValueError(f"--split {split!r}: {folder} has the splits {', '.join(sorted(manifest['splits']))}")
+    shared, left_out = compare_findings(run, sources)
+    if not shared:
+        raise ValueError(f"{sources}: none of its findings ({', '.join(sources.labels)}) is one the run was trained "
+                         f"on ({', '.join(run.labels)}; {run.path / runs.LABELS_FILE}): nothing to evaluate")
+    internal = bool(own) and records_list(records) == records_list(own)
+    dataset = "+".join(m.get("dataset", "nih") for m in sources.manifests)
+    out = Path(out) if out else run.path / (f"eval-{split}" if internal else f"eval-{dataset}-{split}")
+    folders = sources.folders if len(sources.folders) > 1 else sources.folders[0]
+    columns = [run.labels.index(f) for f in shared]
+
+    def predicted(which):
+        names, pids, y_true, y_prob = predict_split(run.model, folders, which, batch_size, labels=list(run.labels))
+        return names, pids, y_true[:, columns], y_prob[:, columns]
+
     saved = run.path / runs.THRESHOLDS
     if saved.is_file() and not rechoose_thresholds:
-        thresholds = run.thresholds
+        thresholds = {f: run.thresholds[f] for f in shared}
         info = {"method": "saved", "source": str(saved), "fallbacks": {},
                 "description": f"read from `{saved.name}` of the run (chosen on the validation split "
                                f"when the model was trained)"}
     else:
-        _, _, y_val, p_val = predict_split(run.model, records, "val", batch_size)
-        thresholds = choose_thresholds(y_val, p_val, threshold_method, labels=run.labels)
-        fallbacks = threshold_fallbacks(y_val, labels=run.labels)
+        _, _, y_val, p_val = predicted("val")
+        thresholds = choose_thresholds(y_val, p_val, threshold_method, labels=shared)
+        fallbacks = threshold_fallbacks(y_val, labels=shared)
         label = "F1-maximising" if threshold_method == "f1" else "Youden's J"
         info = {"method": threshold_method, "source": "val", "fallbacks": fallbacks,
                 "description": f"{label}, chosen per finding on the validation split ({len(y_val):,} films)"
                                + (f"; {FALLBACK_THRESHOLD} for " + ", ".join(f"{k} ({v})" for k, v in
                                                                         fallbacks.items()) if fallbacks else "")}
-        if not saved.is_file():
+        if not saved.is_file() and internal and shared == list(run.labels):
             runs.write_thresholds(thresholds, saved)
-    names, pids, y_true, y_prob = predict_split(run.model, records, split, batch_size)
+    names, pids, y_true, y_prob = predicted(split)
+    external = None
+    if not internal or left_out:
+        internal_test = (runs.read_metrics(run.path).get("test") or {}).get("auc") or {}
+        external = {"dataset": dataset, "internal_records": own, "shared": shared, "left_out": left_out,
+                    "internal_auc": {f: internal_test.get(f) for f in shared}}
     summary = evaluate_predictions(out, names, pids, y_true, y_prob, thresholds, info, config=run.config,
-                                   split=split, split_method=_split_method(records, run.config), records=records,
-                                   run_dir=run.path, history_csv=run.path / runs.HISTORY, n_boot=n_boot,
-                                   seed=seed, n_bins=n_bins, labels=run.labels)
-    runs.record_evaluation(run.path, split, runs.split_block(summary, "evaluate"))
+                                   split=split,
+                                   split_method="+".join(sorted({str(m.get("split_method") or run.config.get(
+                                       "split_method")) for m in sources.manifests})),
+                                   records=sources, run_dir=run.path, history_csv=run.path / runs.HISTORY,
+                                   n_boot=n_boot, seed=seed, n_bins=n_bins, labels=shared, external=external)
+    if external is None:
+        runs.record_evaluation(run.path, split, runs.split_block(summary, "evaluate"))
     return summary

@@ -187,7 +187,10 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
     config = config or {}
     arch = config.get("arch", "model")
     split, split_method = metrics.get("split", "test"), metrics.get("split_method")
-    doc = Document(title or f"Evaluation: {arch} on the {split} split")
+    external = metrics.get("external")
+    default_title = (f"External validation: {arch} on {external['dataset']}, {split} split" if external
+                     else f"Evaluation: {arch} on the {split} split")
+    doc = Document(title or default_title)
     macro, micro, per = metrics["macro"], metrics["micro"], metrics["per_finding"]
     thr = metrics.get("thresholds") or {}
 
@@ -213,6 +216,9 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
             f"{name}: {reason}" for name, reason in macro["excluded"].items())
             + ". Their ROC-AUC and average precision cannot be computed on this split; they are "
               "shown as undefined, not as 0, and the macro averages of AUC and AP leave them out.")
+
+    if external:
+        _external_section(doc, metrics)
 
     doc.heading("Per-finding results")
     header = ["finding", "positives", "prevalence", "ROC-AUC [95% CI]", "AP", "threshold", "sensitivity",
@@ -290,3 +296,27 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
         doc.heading("Model configuration")
         doc.code(json.dumps(config, indent=2, sort_keys=True, default=str), "json")
     return doc
+
+
+def _external_section(doc, metrics):
+    """External validation: which findings were compared and which not (and why), and the
+    run's internal test AUC beside the AUC on these records, per finding."""
+    ext, per = metrics["external"], metrics["per_finding"]
+    doc.heading("External validation")
+    doc.para(f"The model was trained on `{ext.get('internal_records')}` and is evaluated here on other records "
+             f"(**{ext['dataset']}**), over the {len(ext['shared'])} findings both label (common names, "
+             "`cxr_tf/resources/findings.csv`). The thresholds are the run's, chosen on its own validation "
+             "split. The published NIH results are not shown: they are of another population.")
+    if ext["left_out"]:
+        doc.para("**Left out.** " + "; ".join(f"{name}: {why}" for name, why in ext["left_out"].items()) + ".")
+    rows, internal, external = [], [], []
+    for name in ext["shared"]:
+        a, b = ext["internal_auc"].get(name), per[name]["auc"]
+        rows.append([name, fmt(a), _auc_cell(per[name]), fmt(None if a is None or b is None else b - a)])
+        if a is not None and b is not None:
+            internal.append(a)
+            external.append(b)
+    if internal:
+        rows.append(["macro (findings defined on both)", fmt(sum(internal) / len(internal)),
+                     fmt(sum(external) / len(external)), fmt((sum(external) - sum(internal)) / len(internal))])
+    doc.table(["finding", "internal test ROC-AUC", "external ROC-AUC [95% CI]", "external − internal"], rows)
