@@ -10,6 +10,8 @@ from importlib import import_module
 
 DATASETS = {
     "nih": "cxr_tf.data.datasets.nih",
+    "chexpert": "cxr_tf.data.datasets.chexpert",
+    "mimic-cxr": "cxr_tf.data.datasets.mimic_cxr",
 }
 """Registry: ``--dataset`` name -> adapter module."""
 

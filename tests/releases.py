@@ -1,0 +1,195 @@
+"""Small dataset releases written in their exact published formats (file names, folders, headers,
+label encodings, gzip where the release gzips), generated at test time from the 150 real NIH
+sample films (``cxr_tf/sample``). Each film's labels come from its NIH labels through
+``cxr_tf/resources/findings.csv`` (NIH finding -> common name -> the release's label), so a model
+trained on NIH records can be validated on these releases meaningfully; a release label with no
+NIH counterpart is "not mentioned".
+
+Each ``write_<dataset>_release(root, ...)`` writes under ``root`` and returns the release folder.
+"""
+
+import gzip
+import hashlib
+import itertools
+from datetime import date, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxr_tf.data import harmonise
+from cxr_tf.data.builder import SAMPLE_DIR, SAMPLE_LABELS
+from cxr_tf.data.datasets import nih
+from cxr_tf.data.labels import LABELS as NIH_LABELS
+
+
+def nih_films(count, start=0):
+    """Rows ``start`` .. ``start + count`` of the NIH sample's label table (read with the NIH
+    reader), in table order, each with ``film``: the 128 px 8-bit greyscale image."""
+    table = nih.read_label_table(SAMPLE_LABELS).iloc[start:start + count].reset_index(drop=True)
+    if len(table) < count:
+        raise ValueError(f"the NIH sample has {len(table) + start} films; asked for {count} from {start}")
+    table["film"] = [cv2.imread(str(SAMPLE_DIR / "images" / name), cv2.IMREAD_GRAYSCALE) for name in table["image_index"]]
+    return table
+
+
+def nih_labels(row, dataset):
+    """{release label of ``dataset``: 1.0 / 0.0 from the NIH film ``row``, or None where the
+    release label has no NIH counterpart}, through the harmonised findings table."""
+    _, mappings = harmonise.table()
+    nih_name = {common: own for own, common in mappings["nih"].items()}
+    return {own: (float(row[nih_name[common]]) if common in nih_name else None)
+            for own, common in mappings[dataset].items()}
+
+
+def _write_jpeg(path, film):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), film, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        raise OSError(f"cannot write {path}")
+
+
+def _patients(count, sizes=(1, 2, 1, 3)):
+    """Film indices 0..count-1 grouped into patients of cycling sizes (a few with several films)."""
+    groups, films = [], iter(range(count))
+    for size in itertools.cycle(sizes):
+        group = list(itertools.islice(films, size))
+        if not group:
+            return groups
+        groups.append(group)
+
+
+# --------------------------------------------------------------------------- CheXpert
+CHEXPERT_OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+                         "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+                         "Pleural Other", "Fracture", "Support Devices")
+"""The 14 observations in the column order of CheXpert's train.csv / valid.csv."""
+
+
+def _observations(row, dataset, rng, vague):
+    """The 14 observation cells of a film as CheXpert writes them ("1.0", "0.0", "-1.0", ""):
+    NIH positives positive, NIH negatives negative, labels without NIH counterpart not mentioned;
+    with ``vague`` (the labeler's reports) some positives uncertain and some negatives not mentioned."""
+    mapped = nih_labels(row, dataset)
+    cells = {"No Finding": "1.0" if not any(row[label] for label in NIH_LABELS) else ""}
+    for label in CHEXPERT_OBSERVATIONS[1:]:
+        value = mapped.get(label)
+        if value is None:
+            cells[label] = ""
+        elif value == 1.0:
+            cells[label] = "-1.0" if vague and rng.random() < 0.3 else "1.0"
+        else:
+            cells[label] = "" if vague and rng.random() < 0.5 else "0.0"
+    return cells
+
+
+def write_chexpert_release(root, films=44, valid_patients=3, seed=0, name="CheXpert-v1.0-small"):
+    """CheXpert-v1.0-small as published: ``<root>/<name>/{train,valid}.csv`` and the JPEG films
+    ``{train,valid}/patientNNNNN/studyN/viewN_{frontal,lateral}.jpg``; Path relative to ``root``.
+
+    ``films`` NIH films, each one study's frontal film (AP/PA from NIH), grouped into patients of
+    1-3 studies; the last ``valid_patients`` patients are valid.csv's (numbered from 64541, as
+    the release does, labels 1.0/0.0 only). Three train studies also have a lateral film (the
+    frontal mirrored); two train films are listed but not written (rows without files); one
+    film is written without a row; one film's Sex is Unknown.
+    """
+    rng = np.random.default_rng(seed)
+    release = Path(root) / name
+    sample = nih_films(films + 1)
+    groups = _patients(films)
+    train_groups, valid_groups = groups[:-valid_patients], groups[-valid_patients:]
+    lines = {"train.csv": [], "valid.csv": []}
+    study_count = 0
+    for split, numbered in (("train", enumerate(train_groups, start=1)), ("valid", enumerate(valid_groups, 64541))):
+        for number, group in numbered:
+            for study, index in enumerate(group, start=1):
+                row = sample.iloc[index]
+                cells = _observations(row, "chexpert", rng, vague=split == "train")
+                sex = "Unknown" if index == 3 else {"M": "Male", "F": "Female"}[row["sex"]]
+                folder = f"{split}/patient{number:05d}/study{study}"
+                views = [("view1_frontal.jpg", "Frontal", row["view"], row["film"])]
+                if split == "train" and study_count in (1, 4, 9):
+                    views.append(("view2_lateral.jpg", "Lateral", "", cv2.flip(row["film"], 1)))
+                study_count += 1
+                for file_name, frontal, projection, film in views:
+                    lines[f"{split}.csv"].append(",".join([f"{name}/{folder}/{file_name}", sex, str(row["age"]), frontal,
+                                                           projection] + [cells[o] for o in CHEXPERT_OBSERVATIONS]))
+                    if not (split == "train" and index in (5, 12) and frontal == "Frontal"):
+                        _write_jpeg(release / folder / file_name, film)
+    _write_jpeg(release / "train" / "patient09999" / "study1" / "view1_frontal.jpg", sample.iloc[films]["film"])
+    header = ",".join(["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS])
+    for table, rows in lines.items():
+        (release / table).write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return release
+
+
+
+# --------------------------------------------------------------------------- MIMIC-CXR-JPG
+MIMIC_METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
+                          "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
+                          "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning")
+_VIEW_CODES = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral",
+               "AP AXIAL": "antero-posterior", "": ""}
+
+
+def _dicom_id(*parts):
+    digest = hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()
+    return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+
+
+def _gzip(path, lines):
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+
+
+def write_mimic_release(root, films=44, seed=0):
+    """MIMIC-CXR-JPG 2.0.0 as published: ``<root>/mimic-cxr-jpg/2.0.0/`` with
+    ``mimic-cxr-2.0.0-{chexpert,negbio,metadata,split}.csv.gz`` and the JPEG films
+    ``files/pXX/pSUBJECT/sSTUDY/DICOM.jpg``.
+
+    ``films`` NIH films, each a study with one frontal film (ViewPosition from NIH), grouped into
+    patients of 1-3 studies whose dates increase while their study ids are random (so the
+    follow-up order is the dates'); three studies also have a LATERAL film, one an LL and one an
+    AP AXIAL film (mirrored copies); one frontal film has a blank ViewPosition; one study has no
+    label row (in either labeler's table); two films are listed but not written; one film is
+    written without a metadata row; split by patient (the last 3 test, the 2 before validate).
+    The NegBio table differs from the CheXpert one in which labels are uncertain or not mentioned.
+    """
+    rng = np.random.default_rng(seed)
+    release = Path(root) / "mimic-cxr-jpg" / "2.0.0"
+    sample = nih_films(films + 1)
+    groups = _patients(films)
+    study_ids = rng.choice(np.arange(50_000_000, 60_000_000), films, replace=False)
+    labelers = {"chexpert": np.random.default_rng(seed + 1), "negbio": np.random.default_rng(seed + 2)}
+    observations = sorted(CHEXPERT_OBSERVATIONS)  # MIMIC-CXR-JPG's label columns are alphabetical
+    metadata, splits, label_rows = [], [], {name: [] for name in labelers}
+    for number, group in enumerate(groups):
+        subject = 10_000_000 + number % 10 * 1_000_000 + 1000 + 37 * number
+        split = "test" if number >= len(groups) - 3 else "validate" if number >= len(groups) - 5 else "train"
+        day = date(2150, 1, 1) + timedelta(days=int(rng.integers(0, 3000)))
+        for index in group:
+            row, study = sample.iloc[index], int(study_ids[index])
+            day += timedelta(days=int(rng.integers(0, 200)))  # the same day now and then: the time decides
+            when = f"{int(rng.integers(0, 24)):02d}{int(rng.integers(0, 60)):02d}{int(rng.integers(0, 60)):02d}.{int(rng.integers(0, 1000)):03d}"
+            views = [("" if index == 7 else row["view"], row["film"])]
+            views += [(position, cv2.flip(row["film"], 1)) for position, at in (("LATERAL", (2, 9, 20)), ("LL", (15,)),
+                                                                                 ("AP AXIAL", (11,))) if index in at]
+            procedure = "CHEST (PORTABLE AP)" if row["view"] == "AP" else "CHEST (PA AND LAT)"
+            for position, film in views:
+                dicom = _dicom_id(subject, study, position)
+                metadata.append(",".join(map(str, [dicom, subject, study, procedure, position, film.shape[0],
+                                                   film.shape[1], day.strftime("%Y%m%d"), when, procedure,
+                                                   _VIEW_CODES[position], "Erect" if row["view"] == "PA" else "Recumbent"])))
+                splits.append(f"{dicom},{study},{subject},{split}")
+                if not (index in (5, 12) and position == row["view"]):
+                    _write_jpeg(release / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg",
+                                film)
+            if index != 17:  # its study has no label row
+                for name, labeler in labelers.items():
+                    cells = _observations(row, "mimic-cxr", labeler, vague=True)
+                    label_rows[name].append(",".join([str(subject), str(study)] + [cells[o] for o in observations]))
+    _write_jpeg(release / "files" / "p19" / "p19999999" / "s59999999" / f"{_dicom_id('stray')}.jpg",
+                sample.iloc[films]["film"])
+    for name, rows in label_rows.items():
+        _gzip(release / f"mimic-cxr-2.0.0-{name}.csv.gz", [",".join(["subject_id", "study_id", *observations]), *rows])
+    _gzip(release / "mimic-cxr-2.0.0-metadata.csv.gz", [",".join(MIMIC_METADATA_COLUMNS), *metadata])
+    _gzip(release / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id,study_id,subject_id,split", *splits])
+    return release
