@@ -10,6 +10,8 @@ from importlib import import_module
 
 DATASETS = {
     "nih": "cxr_tf.data.datasets.nih",
+    "padchest": "cxr_tf.data.datasets.padchest",
+    "vindr-cxr": "cxr_tf.data.datasets.vindr_cxr",
 }
 """Registry: ``--dataset`` name -> adapter module."""
 
