@@ -372,6 +372,9 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
             f"none of the films listed in {release.label_table} was found under {data_dir} "
             f"({len(release.rows_without_files)} row(s) without a file, e.g. {release.rows_without_files[:3]}); "
             f"put the {datasets.get(dataset).TITLE} films there as the release lays them out (or pass --data-dir)")
+    if split == "official" and dataset != "nih" and not splitting.has_release_split(release.table):
+        raise ValueError(f"the {datasets.get(dataset).TITLE} release has no official split (its tables name no "
+                         "train or test films); use --split stratified")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pool = _worker_pool(workers) if workers > 1 else None

@@ -14,6 +14,9 @@ Policies, written down once:
   angles, where effusions and pneumothoraces show.
 - **Resizing**: area interpolation (``cv2.INTER_AREA``) when shrinking; bilinear when
   enlarging (area interpolation degenerates to nearest neighbour there).
+- **DICOM**: a file with the Part 10 preamble (``DICM`` at byte 128) is decoded by
+  ``cxr_tf.data.dicom`` (imported then, not before: pydicom stays out of workers that
+  never see DICOM): modality LUT / rescale, VOI LUT or window, ``MONOCHROME1`` inverted.
 - **Limits**: files whose header announces more than ``MAX_PIXELS`` pixels are
   refused before decoding (decompression-bomb guard); truncated PNG/JPEG files (no
   end marker) are refused rather than decoded half-grey.
@@ -49,6 +52,7 @@ FILM_MAX_PIXELS = 50_000_000
 MAX_BITS = 16
 """Deepest pixel data accepted (bits stored per sample)."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -103,11 +107,16 @@ class ImageError(ValueError):
         self.file, self.reason = str(file), reason
 
 
+def is_dicom(data):
+    """True when ``data`` (bytes) starts with the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    return len(data) >= 132 and data[128:132] == _DICOM_MAGIC
+
+
 def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
     """Decode a film into a uint8 (H, W) greyscale array, values 0..255.
 
-    source: a path (str or Path) or the file's bytes (PNG, JPEG or anything OpenCV
-    decodes); name: how to call the input in errors (default: the path); limits: a
+    source: a path (str or Path) or the file's bytes (PNG, JPEG, DICOM (``cxr_tf.data.dicom``)
+    or anything OpenCV decodes); name: how to call the input in errors (default: the path); limits: a
     ``FilmLimits`` to refuse implausible films (from the header, before decoding, and
     on the decoded array), or None for the pixel-count guard alone.
     Raises ImageError naming the file and the reason for empty, truncated, oversized,
@@ -123,6 +132,8 @@ def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
             raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
     if not data:
         raise ImageError(name, "empty file")
+    if is_dicom(data):
+        return _read_dicom(data, name, max_pixels, limits)
     size = _check_header(data, name, max_pixels if limits is None else min(max_pixels, limits.max_pixels))
     if limits is not None and size is not None:
         check_film(*size, name, limits, bits=_png_bits(data))
@@ -135,6 +146,19 @@ def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
     if limits is not None:
         check_film(image.shape[1], image.shape[0], name, limits)
     return _to_grey_uint8(image, name)
+
+
+def _read_dicom(data, name, max_pixels, limits):
+    """A DICOM film's pixels (``cxr_tf.data.dicom``, imported now: pydicom only where DICOM is
+    met), refused under ``limits`` (or the pixel-count guard alone) before decoding."""
+    from cxr_tf.data.dicom import DicomError, decode_dicom  # noqa: PLC0415
+
+    guard = limits if limits is not None else FilmLimits(min_side=1, max_side=2**31, max_aspect=float("inf"))
+    guard = dataclasses.replace(guard, max_pixels=min(max_pixels, guard.max_pixels))
+    try:
+        return decode_dicom(data, name, lambda width, height, bits: check_film(width, height, name, guard, bits))[0]
+    except DicomError as err:
+        raise ImageError(name, err.reason) from None
 
 
 def _png_bits(data):

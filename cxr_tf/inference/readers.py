@@ -8,12 +8,9 @@ The format is sniffed from the first bytes, never taken from the file name:
 PNG (``\\x89PNG``), JPEG (``\\xff\\xd8\\xff``), DICOM (``DICM`` at byte 128, the
 Part 10 preamble). Anything else is refused.
 
-DICOM pipeline (pydicom), in the order the standard applies it:
-modality LUT or rescale slope/intercept → VOI LUT or window centre/width (the
-first one in the file) → linear scaling of the VOI output range to 0..255 →
-inversion for ``MONOCHROME1`` (where 0 is white). Without a VOI LUT or window the
-film's own min..max is stretched to 0..255. 16-bit (and 12-bit) data therefore
-end up as 8-bit like the training PNGs. Multi-frame files use frame 0.
+DICOM pixels are decoded by the data layer (``cxr_tf.data.dicom``, the reader the
+TFRecord builder uses: modality LUT or rescale → VOI LUT or window → 0..255, inverted
+for ``MONOCHROME1``; its docstring lists the transfer syntaxes that decode).
 
 Limits: ``max_bytes`` (file size, checked before reading a path) and the
 plausibility rule shared with the TFRecord builder (``cxr_tf.data.images.FilmLimits``:
@@ -26,17 +23,12 @@ inference reads pixels exactly as the TFRecord builder did.
 Nothing a damaged file can do escapes as anything but :class:`FilmError` (a
 ``ValueError``) naming the file and the reason: pydicom and OpenCV raise dozens of
 exception types on mutated headers (unknown VRs, bad lengths, codec errors), so every
-failure while parsing or decoding is caught and reported per film. DICOM numeric
-elements (window, rescale) stored as text (e.g. VR LO) are read when the text is a
-number, and refused with the element's name when it is not.
+failure while parsing or decoding is caught and reported per film.
 """
 
 import dataclasses
-import io
-from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cxr_tf.data.images import FILM_MAX_PIXELS as MAX_PIXELS
@@ -47,6 +39,7 @@ from cxr_tf.data.images import (
     FilmLimits,
     ImageError,
     film_problem,
+    is_dicom,
     read_image,
 )
 
@@ -55,7 +48,6 @@ __all__ = ["MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MIN_SIDE", "Fil
 
 MAX_BYTES = 100 * 2**20
 """Largest file accepted (bytes): a 4,300 × 4,300 16-bit DICOM is ~37 MB uncompressed."""
-_NUMERIC_ELEMENTS = ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept")
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -94,7 +86,7 @@ def sniff_format(data):
         return "png"
     if data.startswith(_JPEG_MAGIC):
         return "jpeg"
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if is_dicom(data):
         return "dicom"
     return None
 
@@ -186,149 +178,13 @@ def _decode_raster(data, name, limits):
 # --------------------------------------------------------------------------- DICOM
 
 def _read_dicom(data, name, limits):
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    """A DICOM film decoded by the data layer's reader (``cxr_tf.data.dicom``: the one the
+    TFRecord builder uses), with the patient's age, sex and view from its header."""
+    from cxr_tf.data.dicom import DicomError, decode_dicom  # noqa: PLC0415 (pydicom only when a DICOM arrives)
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error, unknown VRs, ...
-        raise FilmError(f"{name}: corrupt DICOM ({type(err).__name__}: {_short(err)})") from None
-    if "PixelData" not in ds:
-        raise FilmError(f"{name}: DICOM file has no pixel data (a report or structured document?)")
-    width = _dicom_int(ds, "Columns", name)
-    height = _dicom_int(ds, "Rows", name)
-    bits = _dicom_int(ds, "BitsStored", name, default=None)
-    frames = _dicom_int(ds, "NumberOfFrames", name, default=1) or 1
-    check_size(width, height, name, limits, bits)
-    _coerce_numeric(ds, name)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    try:
-        # Frame 0 only: a multi-frame file is never decoded whole (its frame count is not trusted).
-        arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, index=0)
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad/compressed pixel data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        syntax = getattr(syntax, "name", syntax)
-        raise FilmError(f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}): {_short(err)}") from None
-    if arr.ndim == 3 and frames > 1 and arr.shape[-1] != 3:
-        arr = arr[0]
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        if arr.ndim == 3 and arr.shape[-1] == 3:
-            arr = cv2.cvtColor(np.asarray(arr, dtype=np.float32), cv2.COLOR_RGB2GRAY)
-            return Film(name, _stretch(arr, None), "dicom", *_dicom_meta(ds))
-        raise FilmError(f"{name}: unsupported DICOM photometric interpretation {photometric}")
-    if arr.ndim != 2:
-        raise FilmError(f"{name}: unexpected DICOM pixel array shape {arr.shape}")
-    try:
-        arr = apply_modality_lut(arr, ds)
-        value_range = _voi_output_range(ds)
-        arr = apply_voi_lut(arr, ds)
-    except Exception as err:  # noqa: BLE001 - damaged LUT descriptors raise many types
-        raise FilmError(f"{name}: bad DICOM LUT or window ({type(err).__name__}: {_short(err)})") from None
-    arr = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all() or (value_range is not None and not np.isfinite(value_range).all()):
-        raise FilmError(f"{name}: DICOM rescale or window gives non-finite pixel values")
-    pixels = _stretch(arr, value_range)
-    if photometric == "MONOCHROME1":
-        pixels = 255 - pixels
-    return Film(name, pixels, "dicom", *_dicom_meta(ds))
-
-
-def _dicom_int(ds, keyword, name, default=...):
-    """Element ``keyword`` of ``ds`` as int; ``default`` when absent (FilmError when no default)."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        if default is ...:
-            raise FilmError(f"{name}: DICOM file lacks {keyword}")
-        return default
-    try:
-        return int(float(str(value).strip()))
-    except (TypeError, ValueError):
-        raise FilmError(f"{name}: DICOM {keyword} is {str(value)[:40]!r}, not a whole number") from None
-
-
-def _coerce_numeric(ds, name):
-    """Window centre/width and rescale slope/intercept as numbers (DS), whatever VR the
-    file gave them: text that parses as a number is used, other text is refused naming
-    the element. Modalities write these as LO/SH/UN text surprisingly often."""
-    from pydicom.valuerep import DSfloat
-
-    for keyword in _NUMERIC_ELEMENTS:
-        if keyword not in ds:
-            continue
-        elem = ds[keyword]
-        value = elem.value
-        if isinstance(value, bytes):
-            value = value.decode("ascii", "replace")
-        if value is None or (isinstance(value, str) and not value.strip("\x00 ")):
-            del ds[keyword]  # an empty element says nothing: as if absent
-            continue
-        if isinstance(value, str):
-            parts = value.split("\\")
-        elif isinstance(value, Sequence):  # pydicom's MultiValue
-            parts = [str(v) for v in value]
-        else:
-            parts = [str(value)]
-        values = [p.strip().strip("\x00").strip() for p in parts]
-        try:
-            numbers = [float(v) for v in values if v != ""]
-        except (TypeError, ValueError):
-            raise FilmError(f"{name}: DICOM {keyword} is {str(elem.value)[:40]!r}, not a number; "
-                            "fix the element (VR DS) or remove it") from None
-        if not numbers or not np.isfinite(numbers).all():
-            raise FilmError(f"{name}: DICOM {keyword} is {str(elem.value)[:40]!r}, not a finite number")
-        del ds[keyword]
-        setattr(ds, keyword, [DSfloat(v, auto_format=True) for v in numbers] if len(numbers) > 1
-                else DSfloat(numbers[0], auto_format=True))
-
-
-def _voi_output_range(ds):
-    """(low, high) of the values the VOI stage will output, or None (no VOI: use the film's range).
-
-    Mirrors the rules of pydicom.pixels.apply_voi_lut, which prefers a VOI LUT
-    Sequence over a window; the window output spans the stored-value range (after
-    rescale), a LUT spans its own entries.
-    """
-    seq = ds.get("VOILUTSequence")
-    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
-        lut = seq[0].LUTData
-        if isinstance(lut, (bytes, bytearray)):
-            lut = np.frombuffer(lut, dtype="<u2" if seq[0].LUTDescriptor[2] > 8 else np.uint8)
-        lut = np.asarray(lut)
-        return float(lut.min()), float(lut.max())
-    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
-        return None
-    bits = int(ds.BitsStored)
-    if ds.get("ModalityLUTSequence"):
-        low, high = 0.0, 2.0 ** ds.ModalityLUTSequence[0].LUTDescriptor[2] - 1
-    elif int(ds.get("PixelRepresentation", 0)) == 0:
-        low, high = 0.0, 2.0 ** bits - 1
-    else:
-        low, high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        low, high = low * slope + intercept, high * slope + intercept
-    return low, high
-
-
-def _stretch(arr, value_range):
-    """Linearly map ``value_range`` (or the array's own min..max) to uint8 0..255."""
-    low, high = value_range if value_range is not None else (float(arr.min()), float(arr.max()))
-    if high <= low:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr.astype(np.float64) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _dicom_meta(ds):
-    """(age years | None, sex "M"/"F" | None, view "PA"/"AP" | None) from DICOM tags."""
-    age = None
-    raw = str(ds.get("PatientAge", "") or "").strip().upper()
-    if raw[:-1].isdigit() and raw[-1:] in "DWMY":
-        age = int(raw[:-1]) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[raw[-1]]
-    elif raw.isdigit():
-        age = float(raw)
-    sex = str(ds.get("PatientSex", "") or "").strip().upper()[:1] or None
-    sex = sex if sex in ("M", "F") else None
-    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
-    view = view if view in ("PA", "AP") else None
-    return age, sex, view
+        pixels, meta = decode_dicom(data, name, lambda width, height, bits: check_size(width, height, name, limits,
+                                                                                       bits))
+    except DicomError as err:
+        raise FilmError(str(err)) from None
+    return Film(name, pixels, "dicom", *meta)

@@ -12,6 +12,8 @@ DATASETS = {
     "nih": "cxr_tf.data.datasets.nih",
     "chexpert": "cxr_tf.data.datasets.chexpert",
     "mimic-cxr": "cxr_tf.data.datasets.mimic_cxr",
+    "padchest": "cxr_tf.data.datasets.padchest",
+    "vindr-cxr": "cxr_tf.data.datasets.vindr_cxr",
 }
 """Registry: ``--dataset`` name -> adapter module."""
 
