@@ -242,3 +242,23 @@ def test_evaluation_report_of_a_partly_labelled_split(partly_labelled, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["excluded"] == {"Hernia": metrics.NOT_LABELLED}
     assert summary["per_finding"]["Mass"]["n_known"] == (y[:, LABELS.index("Mass")] != MISSING).sum()
+
+
+def test_exploration_counts_positives_among_labelled_films():
+    import pandas as pd
+
+    from cxr_tf.evaluation.explore import summarize_table
+
+    y = np.zeros((4, NUM_LABELS), int)
+    y[:, 0] = [1, 1, MISSING, 0]  # 2 positives of 3 labelled films
+    y[:, 1] = MISSING  # never labelled
+    y[0, 2] = 1
+    table = pd.DataFrame(y, columns=list(LABELS)).assign(
+        image_index=[f"{i}.png" for i in range(4)], patient_id=[1, 1, 2, 3], age=40, sex="F", view="PA",
+        split=["train", "train", "val", "val"])
+    summary = summarize_table(table)
+    assert summary["label_counts"][LABELS[0]] == 2 and summary["prevalence"][LABELS[0]] == pytest.approx(2 / 3)
+    assert summary["label_counts"][LABELS[1]] == 0 and summary["prevalence"][LABELS[1]] is None
+    assert summary["findings_per_film"] == {"0": 2, "2": 1, "1": 1}
+    assert np.array(summary["cooccurrence"])[0, 2] == 1 and np.array(summary["cooccurrence"]).min() == 0
+    assert summary["splits"]["val"]["label_counts"][LABELS[0]] == 0

@@ -4,7 +4,7 @@
 
 Outputs in ``--out`` (default ``<run>/eval-<split>``): ``predictions.csv``
 (image_index, patient_id, 14 probabilities ``p_<finding>``, 14 labels
-``y_<finding>``: 1, 0 or -1 for a missing label, ``cxr_tf.evaluation.metrics.MISSING``),
+``y_<finding>``: 1, 0 or -1 for a missing label, ``cxr_tf.data.datasets.base.MISSING``),
 ``metrics.json``, ``thresholds.json``, PNG figures, ``report.md`` and ``report.html``
 (figures embedded).
 

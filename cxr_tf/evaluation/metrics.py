@@ -4,9 +4,10 @@ Every function takes ``y_true`` (N, K) and ``y_prob`` (N, K) in [0, 1], columns 
 ``cxr_tf.data.labels.LABELS`` order unless ``labels`` says otherwise.
 
 Missing labels
-    ``y_true`` holds 1 (positive), 0 (negative) or -1 (``MISSING``: a finding the film's
-    dataset does not label, or an uncertain label under the "ignore" policy). This is the
-    convention of the whole package (losses and training AUC mask it too). A missing label
+    ``y_true`` holds 1 (positive), 0 (negative) or -1 (``MISSING``, from
+    ``cxr_tf.data.datasets.base``: a finding the film's dataset does not label, or an
+    uncertain label under the "ignore" policy). This is the convention of the whole
+    package (the losses and the training AUC mask it too). A missing label
     counts nowhere: every per-finding metric (AUC, AP, prevalence, confusion counts, Brier,
     calibration, the bootstrap) uses only the films where that finding is known
     (``n_known``), and the micro scores pool the known (film, finding) pairs only.
@@ -34,10 +35,9 @@ import numpy as np
 import scipy.sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from cxr_tf.data.datasets.base import MISSING
 from cxr_tf.data.labels import LABELS
 
-MISSING = -1
-"""The label value of a missing (unknown) label in y_true; 1 is positive, 0 negative."""
 NO_POSITIVES = "no positive films in this split"
 NO_NEGATIVES = "no negative films in this split"
 NOT_LABELLED = "not labelled in this split"

@@ -16,7 +16,7 @@ share a bin. Measured on a 2-epoch simple_cnn (16 validation films, probabilitie
 comparison), so the cost is a segment sum into the bins per batch; the four
 confusion-count variables hold 4 × 100 000 × 14 floats (22 MB).
 
-Missing labels (-1, ``cxr_tf.evaluation.metrics.MISSING``) are masked: ``update_state``
+Missing labels (-1, ``cxr_tf.data.datasets.base.MISSING``) are masked: ``update_state``
 passes the known-label mask to Keras as per-element sample weights (Keras' multi-label
 confusion counts weigh each (film, label) element; ``metrics_utils``), so a missing label
 counts neither as positive nor as negative, and each finding's AUC is over its known films.
@@ -25,8 +25,8 @@ counts neither as positive nor as negative, and each finding's AUC is over its k
 import keras
 from keras import ops
 
+from cxr_tf.data.datasets.base import MISSING
 from cxr_tf.data.labels import NUM_LABELS
-from cxr_tf.evaluation.metrics import MISSING
 
 DEFAULT_THRESHOLDS = 100_000
 

@@ -18,7 +18,7 @@ weighted_bce    ``WeightedBinaryCrossentropy``: BCE with per-finding weights fro
 
 All take ``y_true`` (B, K) and ``y_pred`` (B, K) probabilities (the models end in float32
 sigmoids). ``make_loss`` wraps each in ``MaskedLoss``: a label of -1
-(``cxr_tf.evaluation.metrics.MISSING``: a finding the film's dataset does not label, or an
+(``cxr_tf.data.datasets.base.MISSING``: a finding the film's dataset does not label, or an
 uncertain label under the "ignore" policy) contributes nothing, neither to the value nor to
 the gradient, and the batch loss is the mean over the known (film, finding) pairs. With
 every label known this is exactly the unmasked loss. For ``weighted_bce`` the caller's
@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from cxr_tf.evaluation.metrics import MISSING
+from cxr_tf.data.datasets.base import MISSING
 
 LOSSES = ("focal", "bce", "weighted_bce")
 """The ``loss.name`` values of a pipeline config."""
