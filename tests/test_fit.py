@@ -25,7 +25,7 @@ from cxr_tf.evaluation.metrics import auc_summary
 from cxr_tf.training.callbacks import STOP_AFTER_STEPS, best_epoch, read_history
 from cxr_tf.training.resume import choose_run_dir
 from cxr_tf.data.labels import LABELS, NUM_LABELS
-from cxr_tf.training.losses import WeightedBinaryCrossentropy, make_loss, prevalence_weights
+from cxr_tf.training.losses import MaskedLoss, WeightedBinaryCrossentropy, make_loss, prevalence_weights
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("model.keras", "savedmodel/saved_model.pb", "config.json", "labels.json", "thresholds.json",
@@ -165,8 +165,8 @@ def test_a_resumed_run_keeps_where_its_augmentation_ran(sample_records, tmp_path
 # --------------------------------------------------------------------------- losses
 def test_focal_loss_is_keras_class_balanced_focal():
     loss = make_loss({"name": "focal", "alpha": 0.25, "gamma": 2.0})
-    assert isinstance(loss, keras.losses.BinaryFocalCrossentropy)
-    assert loss.get_config()["apply_class_balancing"] and loss.get_config()["alpha"] == 0.25
+    assert isinstance(loss, MaskedLoss) and isinstance(loss.loss, keras.losses.BinaryFocalCrossentropy)
+    assert loss.loss.get_config()["apply_class_balancing"] and loss.loss.get_config()["alpha"] == 0.25
     y = np.array([[1.0, 0.0]]), np.array([[0.9, 0.2]], dtype="float32")
     # alpha-weighted focal terms: 0.25 * 0.1**2 * -log(0.9) and 0.75 * 0.2**2 * -log(0.8), averaged
     expected = (0.25 * 0.01 * -np.log(0.9) + 0.75 * 0.04 * -np.log(0.8)) / 2
@@ -195,8 +195,8 @@ def test_weighted_bce_weights_by_inverse_prevalence_and_reloads(tmp_path):
     model.optimizer.build(model.trainable_variables)
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")  # no custom_objects
-    assert isinstance(reloaded.loss, WeightedBinaryCrossentropy)
-    assert reloaded.loss.pos_weights == pytest.approx(list(w_pos))
+    assert isinstance(reloaded.loss, MaskedLoss) and isinstance(reloaded.loss.loss, WeightedBinaryCrossentropy)
+    assert reloaded.loss.loss.pos_weights == pytest.approx(list(w_pos))
 
 
 # --------------------------------------------------------------------------- configs and errors

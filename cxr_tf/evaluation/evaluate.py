@@ -4,8 +4,9 @@
 
 Outputs in ``--out`` (default ``<run>/eval-<split>``): ``predictions.csv``
 (image_index, patient_id, 14 probabilities ``p_<finding>``, 14 labels
-``y_<finding>``), ``metrics.json``, ``thresholds.json``, PNG figures, ``report.md``
-and ``report.html`` (figures embedded).
+``y_<finding>``: 1, 0 or -1 for a missing label, ``cxr_tf.data.datasets.base.MISSING``),
+``metrics.json``, ``thresholds.json``, PNG figures, ``report.md`` and ``report.html``
+(figures embedded).
 
 Thresholds: ``cxr_tf.evaluation.thresholds``.
 """
@@ -25,7 +26,8 @@ from cxr_tf.evaluation.thresholds import (DEFAULT_THRESHOLD_METHOD, FALLBACK_THR
 
 # --------------------------------------------------------------------------- arrays -> outputs
 def write_predictions(path, image_index, patient_id, y_prob, y_true, labels=LABELS):
-    """predictions.csv: image_index, patient_id, p_<finding> (float32 exactly, 9 significant digits), y_<finding> x14."""
+    """predictions.csv: image_index, patient_id, p_<finding> (float32 exactly, 9 significant digits),
+    y_<finding> (1, 0 or -1: missing) x14."""
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -37,7 +39,8 @@ def write_predictions(path, image_index, patient_id, y_prob, y_true, labels=LABE
 
 
 def read_predictions(path, labels=LABELS):
-    """(image_index list, patient_id array, y_prob (N, K), y_true (N, K)) from predictions.csv."""
+    """(image_index list, patient_id array, y_prob (N, K), y_true (N, K), -1 where missing)
+    from predictions.csv."""
     import pandas as pd
 
     frame = pd.read_csv(path, dtype={"image_index": str})
@@ -83,6 +86,8 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     lit = literature.load_literature()
     comparison = None if external else literature.comparison_table(
         {n: per[n]["auc"] for n in labels}, summary["macro"]["auc"], f"{name} (ours)", split_method, lit)
+    n_known = {n: per[n]["n_known"] for n in labels}
+    partly_labelled = any(v < len(y_true) for v in n_known.values())
     figures = {
         "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", labels, aucs={n: per[n]["auc"] for n in labels}),
         "pr": plots.pr_curves(y_true, y_prob, out / "pr_curves.png", labels,
@@ -92,7 +97,9 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
         "reliability": plots.reliability_diagram(y_true, y_prob, out / "reliability.png", labels, n_bins=n_bins),
         "label_distribution": plots.label_distribution(
             {n: per[n]["n_positive"] for n in labels}, out / "label_distribution.png",
-            totals={"": len(y_true)}, title=f"Findings in the {split} split ({len(y_true):,} films)"),
+            totals={"": n_known if partly_labelled else len(y_true)},
+            title=f"Findings in the {split} split ({len(y_true):,} films"
+                  + ("; not every finding labelled on every film)" if partly_labelled else ")")),
     }
     if history_csv and Path(history_csv).is_file():
         figures["training_curves"] = plots.training_curves(history_csv, out / "training_curves.png")

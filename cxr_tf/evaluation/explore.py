@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.evaluation import plots
+from cxr_tf.data.datasets.base import MISSING
 from cxr_tf.data.labels import LABELS, NO_FINDING
 
 PLAUSIBLE_AGE = 100
@@ -58,7 +59,7 @@ def table_from_records(records_dir):
                 "view": [v.decode() for v in parsed["view"].numpy()],
                 "split": split,
             })
-            frame[list(LABELS)] = parsed["labels"].numpy().astype(np.uint8)
+            frame[list(LABELS)] = parsed["labels"].numpy().astype(np.int8)  # -1: missing
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -70,10 +71,13 @@ def cooccurrence_matrix(labels):
 
 
 def summarize_table(table):
-    """JSON-ready counts: films, patients, per-finding counts and prevalence,
-    No Finding, findings per film, age statistics (implausible ages counted),
-    sex and view counts, co-occurrence; per split too when a ``split`` column exists."""
-    y = table[list(LABELS)].to_numpy(np.int64)
+    """JSON-ready counts: films, patients, per-finding counts (positive films) and prevalence
+    (among the films where the finding is labelled: a -1 label, ``MISSING``, counts nowhere;
+    None when no film is labelled), No Finding, findings per film, age statistics
+    (implausible ages counted), sex and view counts, co-occurrence; per split too when a
+    ``split`` column exists."""
+    y = table[list(LABELS)].to_numpy(np.int64) == 1
+    labelled = (table[list(LABELS)].to_numpy(np.int64) != MISSING).sum(axis=0)
     ages = table["age"].to_numpy()
     plausible = ages[ages <= PLAUSIBLE_AGE]
     per_film = y.sum(axis=1)
@@ -81,7 +85,7 @@ def summarize_table(table):
         "films": int(len(table)),
         "patients": int(table["patient_id"].nunique()),
         "label_counts": {name: int(c) for name, c in zip(LABELS, y.sum(axis=0))},
-        "prevalence": {name: float(c) / max(len(table), 1) for name, c in zip(LABELS, y.sum(axis=0))},
+        "prevalence": {name: float(c) / n if n else None for name, c, n in zip(LABELS, y.sum(axis=0), labelled)},
         NO_FINDING: int((per_film == 0).sum()),
         "findings_per_film": {str(k): int(v) for k, v in zip(*np.unique(per_film, return_counts=True))},
         "age": {"mean": float(plausible.mean()) if len(plausible) else None,
@@ -97,7 +101,7 @@ def summarize_table(table):
     if "split" in table.columns:
         summary["splits"] = {
             split: {"films": int(len(part)), "patients": int(part["patient_id"].nunique()),
-                    "label_counts": {n: int(c) for n, c in zip(LABELS, part[list(LABELS)].sum().to_numpy())}}
+                    "label_counts": {n: int(c) for n, c in zip(LABELS, (part[list(LABELS)] == 1).sum().to_numpy())}}
             for split, part in table.groupby("split", sort=False)
         }
     return summary
@@ -152,7 +156,9 @@ def _write_markdown(path, summary):
              f"median age {summary['age']['median']}, "
              f"{summary['age'][f'implausible_over_{PLAUSIBLE_AGE}']} implausible ages (> {PLAUSIBLE_AGE}).", "",
              "| finding | films | prevalence |", "| --- | --- | --- |"]
-    lines += [f"| {n} | {summary['label_counts'][n]:,} | {100 * summary['prevalence'][n]:.2f}% |" for n in LABELS]
+    lines += [f"| {n} | {summary['label_counts'][n]:,} | "
+              + (f"{100 * summary['prevalence'][n]:.2f}% |" if summary["prevalence"][n] is not None else "– |")
+              for n in LABELS]
     lines.append("")
     if "splits" in summary:
         lines += ["| split | films | patients |", "| --- | --- | --- |"]

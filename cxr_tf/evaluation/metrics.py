@@ -1,39 +1,52 @@
 """Evaluation metrics for multi-label predictions: pure numpy and scikit-learn.
 
-Every function takes ``y_true`` (N, K) in {0, 1} and ``y_prob`` (N, K) in [0, 1],
-columns in ``cxr_tf.data.labels.LABELS`` order unless ``labels`` says otherwise.
+Every function takes ``y_true`` (N, K) and ``y_prob`` (N, K) in [0, 1], columns in
+``cxr_tf.data.labels.LABELS`` order unless ``labels`` says otherwise.
+
+Missing labels
+    ``y_true`` holds 1 (positive), 0 (negative) or -1 (``MISSING``, from
+    ``cxr_tf.data.datasets.base``: a finding the film's dataset does not label, or an
+    uncertain label under the "ignore" policy). This is the convention of the whole
+    package (the losses and the training AUC mask it too). A missing label
+    counts nowhere: every per-finding metric (AUC, AP, prevalence, confusion counts, Brier,
+    calibration, the bootstrap) uses only the films where that finding is known
+    (``n_known``), and the micro scores pool the known (film, finding) pairs only.
 
 Policy for findings that a split cannot score
-    A finding whose column has no positives (or no negatives) has no ROC-AUC and
-    no average precision. It is reported with ``defined: False`` and the reason
-    (``"no positive films in this split"``), its ranking metrics are ``None``
-    (``null`` in JSON), and it is left out of the macro averages; the macro block
-    lists every excluded finding with its reason. Nothing is reported as 0.
-    Prevalence, Brier score and calibration error stay defined and are reported.
-    Operating-point ratios whose denominator is zero (e.g. PPV when nothing is
-    called positive) are ``None`` too.
+    A finding whose known labels have no positives (or no negatives), or which has no
+    known label at all, has no ROC-AUC and no average precision. It is reported with
+    ``defined: False`` and the reason (``NO_POSITIVES``, ``NO_NEGATIVES``,
+    ``NOT_LABELLED``), its ranking metrics are ``None`` (``null`` in JSON), and it is
+    left out of the macro averages; the macro block lists every excluded finding with its
+    reason. Nothing is reported as 0. Prevalence, Brier score and calibration error stay
+    defined and are reported (``None`` for a finding with no known label, and then left
+    out of their macro means). Operating-point ratios whose denominator is zero (e.g. PPV
+    when nothing is called positive) are ``None`` too.
 
 Confidence intervals
     ROC-AUC intervals come from a percentile bootstrap over *patients*: each
     replicate draws patients with replacement and takes all of their films, so
-    films of one patient (follow-ups, strongly correlated) move together. The
-    generator is a seeded ``numpy.random.Generator``; no global state is touched.
+    films of one patient (follow-ups, strongly correlated) move together; each finding
+    then scores the drawn films where it is known. The generator is a seeded
+    ``numpy.random.Generator``; no global state is touched.
 """
 
 import numpy as np
 import scipy.sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from cxr_tf.data.datasets.base import MISSING
 from cxr_tf.data.labels import LABELS
 
 NO_POSITIVES = "no positive films in this split"
 NO_NEGATIVES = "no negative films in this split"
+NOT_LABELLED = "not labelled in this split"
 OPERATING_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1")
 
 
 # --------------------------------------------------------------------------- validation
 def check_arrays(y_true, y_prob, labels=LABELS):
-    """Validated copies: y_true as int8 (N, K), y_prob as float64 (N, K).
+    """Validated copies: y_true as int8 (N, K) in {1, 0, MISSING}, y_prob as float64 (N, K).
 
     Raises ValueError naming the first bad row and finding."""
     y_true = np.asarray(y_true)
@@ -43,10 +56,11 @@ def check_arrays(y_true, y_prob, labels=LABELS):
         raise ValueError(f"y_true must have shape (N, {k}), got {y_true.shape}")
     if y_prob.shape != y_true.shape:
         raise ValueError(f"y_prob shape {y_prob.shape} differs from y_true shape {y_true.shape}")
-    bad = ~np.isin(y_true, (0, 1))
+    bad = ~np.isin(y_true, (0, 1, MISSING))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ValueError(f"y_true row {row}, {labels[col]}: label {y_true[row, col]!r} is not 0 or 1")
+        raise ValueError(f"y_true row {row}, {labels[col]}: label {y_true[row, col]} is not 0, 1 or "
+                         f"{MISSING} (missing)")
     bad = ~np.isfinite(y_prob) | (y_prob < 0) | (y_prob > 1)
     if bad.any():
         row, col = np.argwhere(bad)[0]
@@ -54,14 +68,30 @@ def check_arrays(y_true, y_prob, labels=LABELS):
     return y_true.astype(np.int8), y_prob
 
 
+def known(y_col):
+    """Boolean mask of the films whose label is known (not ``MISSING``) in one label column."""
+    return np.asarray(y_col) != MISSING
+
+
 def undefined_reason(y_col):
-    """Why a ranking metric is undefined for one label column, or None if it is defined."""
+    """Why a ranking metric is undefined for one label column (missing labels ignored),
+    or None if it is defined."""
+    y_col = np.asarray(y_col)
+    y_col = y_col[known(y_col)]
+    if len(y_col) == 0:
+        return NOT_LABELLED
     positives = int(np.sum(y_col))
     if positives == 0:
         return NO_POSITIVES
     if positives == len(y_col):
         return NO_NEGATIVES
     return None
+
+
+def known_pair(y_col, prob_col):
+    """(labels, probabilities) of the films where this finding is known."""
+    rows = known(y_col)
+    return np.asarray(y_col)[rows], np.asarray(prob_col)[rows]
 
 
 def _mean_or_none(values):
@@ -71,37 +101,38 @@ def _mean_or_none(values):
 
 # --------------------------------------------------------------------------- ranking
 def roc_auc(y_true, y_prob, labels=LABELS):
-    """{finding: ROC-AUC or None (undefined)}."""
+    """{finding: ROC-AUC over the films where it is known, or None (undefined)}."""
     y_true, y_prob = check_arrays(y_true, y_prob, labels)
     return {
-        name: None if undefined_reason(y_true[:, k]) else float(roc_auc_score(y_true[:, k], y_prob[:, k]))
+        name: None if undefined_reason(y_true[:, k]) else float(roc_auc_score(*known_pair(y_true[:, k], y_prob[:, k])))
         for k, name in enumerate(labels)
     }
 
 
 def average_precision(y_true, y_prob, labels=LABELS):
-    """{finding: average precision (area under the PR curve, step-wise) or None}."""
+    """{finding: average precision (area under the PR curve, step-wise) over the films
+    where it is known, or None}."""
     y_true, y_prob = check_arrays(y_true, y_prob, labels)
     return {
         name: None
         if undefined_reason(y_true[:, k])
-        else float(average_precision_score(y_true[:, k], y_prob[:, k]))
+        else float(average_precision_score(*known_pair(y_true[:, k], y_prob[:, k])))
         for k, name in enumerate(labels)
     }
 
 
 def prevalence(y_true, labels=LABELS):
-    """{finding: fraction of films positive}."""
+    """{finding: fraction positive of the films where it is known, None if none is}."""
     y_true = np.asarray(y_true)
-    return {name: float(np.mean(y_true[:, k])) if len(y_true) else None for k, name in enumerate(labels)}
+    columns = (y_true[known(y_true[:, k]), k] for k in range(len(labels)))
+    return {name: float(np.mean(col)) if len(col) else None for name, col in zip(labels, columns)}
 
 
 def micro_scores(y_true, y_prob):
-    """Micro-averaged ROC-AUC and AP: all (film, finding) pairs pooled into one
+    """Micro-averaged ROC-AUC and AP: all known (film, finding) pairs pooled into one
     binary problem (scikit-learn's ``average="micro"``). Every finding contributes,
     including those undefined on their own; None if the pooled set is one class."""
-    y_true = np.asarray(y_true).ravel()
-    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    y_true, y_prob = known_pair(np.asarray(y_true).ravel(), np.asarray(y_prob, dtype=np.float64).ravel())
     if undefined_reason(y_true):
         return {"auc": None, "average_precision": None}
     return {
@@ -170,6 +201,7 @@ def bootstrap_auc(y_true, y_prob, patient_ids, n_boot=1000, seed=0, confidence=0
     patient_ids: (N,) one id per film. Returns
     ``{"per_finding": {finding: {"low", "high", "valid_replicates"}}, "macro": {...},
     "n_boot", "seed", "confidence", "unit": "patient", "num_patients"}``.
+    Each finding uses the drawn films where it is known.
     A replicate in which a finding has no positive (or no negative) film is skipped
     for that finding, and ``valid_replicates`` says how many were left; the macro
     replicate averages the findings that are defined on the full split and is skipped
@@ -187,8 +219,9 @@ def bootstrap_auc(y_true, y_prob, patient_ids, n_boot=1000, seed=0, confidence=0
     uniq, patient_of_film = np.unique(patient_ids, return_inverse=True)
     n_pat, k = len(uniq), len(labels)
     defined = [undefined_reason(y_true[:, j]) is None for j in range(k)]
-    kernels = [PatientAUC(y_true[:, j], y_prob[:, j], patient_of_film, n_pat) if defined[j] else None
-               for j in range(k)]
+    rows = [known(y_true[:, j]) for j in range(k)]  # each finding scores its known films of a replicate
+    kernels = [PatientAUC(y_true[rows[j], j], y_prob[rows[j], j], patient_of_film[rows[j]], n_pat)
+               if defined[j] else None for j in range(k)]
     rng = np.random.default_rng(seed)
     aucs = np.full((n_boot, k), np.nan)
     step = max(1, chunk_elements // max(n_pat, 1))
@@ -229,9 +262,11 @@ def _ratio(num, den):
 
 
 def confusion_counts(y_col, prob_col, threshold):
-    """(tp, fp, tn, fn) with a film called positive when ``prob >= threshold``."""
-    y = np.asarray(y_col).astype(bool)
-    pred = np.asarray(prob_col) >= threshold
+    """(tp, fp, tn, fn) over the films where the finding is known, a film called positive
+    when ``prob >= threshold``."""
+    y, prob = known_pair(y_col, prob_col)
+    y = y.astype(bool)
+    pred = prob >= threshold
     return (int(np.sum(pred & y)), int(np.sum(pred & ~y)), int(np.sum(~pred & ~y)), int(np.sum(~pred & y)))
 
 
@@ -251,7 +286,8 @@ def operating_points(y_true, y_prob, thresholds, labels=LABELS):
     """Per finding at its threshold (``prob >= threshold`` is positive):
     ``{finding: {"threshold", "tp", "fp", "tn", "fn", sensitivity, specificity, ppv, npv, f1}}``,
     plus ``"micro"`` (counts summed over findings) and ``"macro"`` (mean of each
-    rate over the findings where it is defined).
+    rate over the findings where it is defined). Counts are over the films where the
+    finding is known.
 
     thresholds: {finding: float}; every finding in ``labels`` must have one."""
     y_true, y_prob = check_arrays(y_true, y_prob, labels)
@@ -273,17 +309,21 @@ def operating_points(y_true, y_prob, thresholds, labels=LABELS):
 
 # --------------------------------------------------------------------------- calibration
 def brier_score(y_col, prob_col):
-    """Mean squared difference between probability and outcome (0 best, 1 worst)."""
-    y, p = np.asarray(y_col, dtype=np.float64), np.asarray(prob_col, dtype=np.float64)
-    return float(np.mean((p - y) ** 2))
+    """Mean squared difference between probability and outcome (0 best, 1 worst) over the
+    films where the finding is known; None if none is."""
+    y, p = known_pair(y_col, prob_col)
+    y, p = y.astype(np.float64), p.astype(np.float64)
+    return float(np.mean((p - y) ** 2)) if len(y) else None
 
 
 def reliability_curve(y_col, prob_col, n_bins=10):
-    """Equal-width probability bins on [0, 1] (the last bin includes 1.0).
+    """Equal-width probability bins on [0, 1] (the last bin includes 1.0), over the films
+    where the finding is known.
 
     Returns dict of arrays of length n_bins: ``mean_prob``, ``frac_positive``
     (NaN for empty bins), ``count``, and ``edges`` (n_bins + 1)."""
-    y, p = np.asarray(y_col, dtype=np.float64), np.asarray(prob_col, dtype=np.float64)
+    y, p = known_pair(y_col, prob_col)
+    y, p = y.astype(np.float64), p.astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(np.int64)
@@ -296,7 +336,8 @@ def reliability_curve(y_col, prob_col, n_bins=10):
 
 
 def expected_calibration_error(y_col, prob_col, n_bins=10):
-    """ECE: sum over equal-width bins of (films in bin / N) * |fraction positive - mean probability|."""
+    """ECE: sum over equal-width bins of (films in bin / N) * |fraction positive - mean probability|,
+    N the films where the finding is known; None if none is."""
     curve = reliability_curve(y_col, prob_col, n_bins)
     n = curve["count"].sum()
     if n == 0:
@@ -308,8 +349,9 @@ def expected_calibration_error(y_col, prob_col, n_bins=10):
 
 def auc_summary(y_true, y_prob, labels=LABELS):
     """{"num_examples", "auc": {finding: float | None}, "macro_auc", "excluded": {finding: reason}}:
-    the headline of one split (``fit`` writes it for val and test). Findings without positives
-    (or negatives) have no AUC and are left out of the macro mean, as in ``summarize``."""
+    the headline of one split (``fit`` writes it for val and test). Findings without known positives
+    (or negatives, or any known label) have no AUC and are left out of the macro mean, as in
+    ``summarize``."""
     per_class = roc_auc(y_true, y_prob, labels)
     y_true = np.asarray(y_true)
     excluded = {name: undefined_reason(y_true[:, k]) for k, name in enumerate(labels) if per_class[name] is None}
@@ -323,11 +365,12 @@ def summarize(y_true, y_prob, patient_ids, thresholds=None, n_boot=1000, seed=0,
     """All metrics of one split as a JSON-ready dict.
 
     ``{"num_examples", "num_patients", "per_finding": {finding: {...}}, "macro": {...},
-    "micro": {...}, "bootstrap": {...}}``. Per finding: n_positive, n_negative,
-    prevalence, defined, undefined_reason, auc, auc_ci [low, high], average_precision,
-    brier, ece, and (with thresholds) threshold, tp, fp, tn, fn, sensitivity,
-    specificity, ppv, npv, f1. ``macro`` averages over defined findings only and
-    lists the excluded ones with reasons in ``macro["excluded"]``.
+    "micro": {...}, "bootstrap": {...}}``. Per finding: n_known (films where it is
+    labelled), n_positive, n_negative, prevalence, defined, undefined_reason, auc,
+    auc_ci [low, high], average_precision, brier, ece, and (with thresholds) threshold,
+    tp, fp, tn, fn, sensitivity, specificity, ppv, npv, f1. ``macro`` averages over
+    defined findings only and lists the excluded ones with reasons in ``macro["excluded"]``
+    (Brier and ECE: over the findings with a known label).
     n_boot=0 skips the bootstrap (auc_ci None).
     """
     y_true, y_prob = check_arrays(y_true, y_prob, labels)
@@ -343,8 +386,9 @@ def summarize(y_true, y_prob, patient_ids, thresholds=None, n_boot=1000, seed=0,
             excluded[name] = reason
         ci = boot["per_finding"][name] if boot else None
         row = {
-            "n_positive": int(y_true[:, k].sum()),
-            "n_negative": int(len(y_true) - y_true[:, k].sum()),
+            "n_known": int(np.sum(known(y_true[:, k]))),
+            "n_positive": int(np.sum(y_true[:, k] == 1)),
+            "n_negative": int(np.sum(y_true[:, k] == 0)),
             "prevalence": prev[name],
             "defined": reason is None,
             "undefined_reason": reason,

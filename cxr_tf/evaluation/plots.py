@@ -3,7 +3,8 @@
 Every function takes arrays (or a CSV path) and an output path, writes one PNG
 and returns its Path. Figures are built with ``matplotlib.figure.Figure`` and an
 Agg canvas, so importing this module never switches pyplot's global backend and
-nothing needs a display.
+nothing needs a display. Label arrays may hold -1 for a missing label
+(``cxr_tf.evaluation.metrics``): each finding's curves use the films where it is known.
 """
 
 from pathlib import Path
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxr_tf.data.labels import LABELS
-from cxr_tf.evaluation.metrics import reliability_curve, undefined_reason
+from cxr_tf.evaluation.metrics import known_pair, reliability_curve, undefined_reason
 
 DPI = 110
 HIGHLIGHT_MODELS = (
@@ -49,8 +50,8 @@ def _undefined_panel(ax, reason):
 
 def _finding_panels(y_true, labels, draw, title, xlabel, ylabel, ylim, out_png):
     """One panel per finding (4 columns): ``draw(ax, k)`` plots finding ``k`` and
-    returns its title; findings with no positives or no negatives get a panel saying
-    why they have no curve."""
+    returns its title; findings with no known positives, negatives or labels get a
+    panel saying why they have no curve."""
     cols, rows = _grid(len(labels))
     fig = _figure(3.0 * cols, 2.8 * rows)
     for k, name in enumerate(labels):
@@ -80,7 +81,7 @@ def roc_curves(y_true, y_prob, out_png, labels=LABELS, aucs=None):
 
     def draw(ax, k):
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
-        fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
+        fpr, tpr, _ = roc_curve(*known_pair(y_true[:, k], y_prob[:, k]))
         ax.plot(fpr, tpr, c="C0", lw=1.4)
         auc = aucs.get(labels[k]) if aucs else None
         return labels[k] + (f"  AUC {auc:.3f}" if auc is not None else "")
@@ -95,9 +96,10 @@ def pr_curves(y_true, y_prob, out_png, labels=LABELS, aps=None):
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
 
     def draw(ax, k):
-        precision, recall, _ = precision_recall_curve(y_true[:, k], y_prob[:, k])
+        y, p = known_pair(y_true[:, k], y_prob[:, k])
+        precision, recall, _ = precision_recall_curve(y, p)
         ax.step(recall, precision, where="post", c="C1", lw=1.4)
-        ax.axhline(float(np.mean(y_true[:, k])), ls=":", c="grey", lw=0.8)
+        ax.axhline(float(np.mean(y)), ls=":", c="grey", lw=0.8)
         ap = aps.get(labels[k]) if aps else None
         return labels[k] + (f"  AP {ap:.3f}" if ap is not None else "")
 
@@ -155,7 +157,7 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
 def reliability_diagram(y_true, y_prob, out_png, labels=LABELS, n_bins=10):
     """Fraction positive against mean predicted probability in equal-width bins:
     one thin line per finding, all findings pooled in bold, the diagonal for perfect
-    calibration, and a histogram of predicted probabilities underneath."""
+    calibration, and a histogram of predicted probabilities (of known labels) underneath."""
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
     fig = _figure(7.5, 8.0)
     ax = fig.add_axes([0.1, 0.35, 0.62, 0.58])
@@ -167,7 +169,8 @@ def reliability_diagram(y_true, y_prob, out_png, labels=LABELS, n_bins=10):
         used = curve["count"] > 0
         ax.plot(curve["mean_prob"][used], curve["frac_positive"][used], lw=0.9, alpha=0.6, c=cmap[k],
                 ls="-" if k < 10 else "--", marker=".", ms=3, label=name)
-    pooled = reliability_curve(y_true.ravel(), y_prob.ravel(), n_bins)
+    y_known, p_known = known_pair(y_true.ravel(), y_prob.ravel())
+    pooled = reliability_curve(y_known, p_known, n_bins)
     used = pooled["count"] > 0
     ax.plot(pooled["mean_prob"][used], pooled["frac_positive"][used], c="black", lw=2.4, marker="o",
             ms=4, label="all findings pooled")
@@ -176,7 +179,7 @@ def reliability_diagram(y_true, y_prob, out_png, labels=LABELS, n_bins=10):
     ax.set_ylabel("fraction of films positive")
     ax.set_title(f"Reliability diagram ({n_bins} equal-width bins)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    hist.hist(y_prob.ravel(), bins=np.linspace(0, 1, 2 * n_bins + 1), color="grey", log=True)
+    hist.hist(p_known, bins=np.linspace(0, 1, 2 * n_bins + 1), color="grey", log=True)
     hist.set_xlim(0, 1)
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("(film, finding)\npairs (log)", fontsize=8)
@@ -240,7 +243,9 @@ def label_distribution(counts, out_png, totals=None, title="Label distribution")
 
     counts: {finding: int} for one group, or {group: {finding: int}} for several
     (e.g. splits), drawn side by side; totals ({group: films}) turns counts into
-    percentages, so groups of different size compare."""
+    percentages, so groups of different size compare. A group's total may be a
+    {finding: films} dict (the films where each finding is labelled): percentages of
+    labelled films."""
     groups = counts if counts and isinstance(next(iter(counts.values())), dict) else {"": counts}
     names = list(next(iter(groups.values())).keys())
     n, g = len(names), len(groups)
@@ -251,14 +256,18 @@ def label_distribution(counts, out_png, totals=None, title="Label distribution")
     for i, (group, values) in enumerate(groups.items()):
         vals = np.array([values.get(name, 0) for name in names], dtype=np.float64)
         total = (totals or {}).get(group) if totals else None
-        if total:
+        if isinstance(total, dict):
+            per_finding = np.array([total.get(name, 0) for name in names], dtype=np.float64)
+            vals = np.divide(100.0 * vals, per_finding, out=np.zeros_like(vals), where=per_finding > 0)
+        elif total:
             vals = 100.0 * vals / total
         offs = ypos + 0.4 - height * (i + 0.5)
         ax.barh(offs, vals, height=height, label=group or None, color=f"C{i}")
         for y, v in zip(offs, vals):
             ax.text(v, y, f" {v:.1f}%" if total else f" {int(v):,}", va="center", fontsize=7)
     ax.set_yticks(ypos, names, fontsize=9)
-    ax.set_xlabel("% of films" if totals else "films")
+    labelled = any(isinstance(t, dict) for t in (totals or {}).values())
+    ax.set_xlabel("% of labelled films" if labelled else "% of films" if totals else "films")
     ax.set_title(title)
     if g > 1:
         ax.legend(fontsize=8)

@@ -221,16 +221,24 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
         _external_section(doc, metrics)
 
     doc.heading("Per-finding results")
-    header = ["finding", "positives", "prevalence", "ROC-AUC [95% CI]", "AP", "threshold", "sensitivity",
-              "specificity", "PPV", "NPV", "F1", "Brier", "ECE"]
+    # A "labelled" column only when some finding is missing on some film (-1 labels, e.g. a dataset
+    # that does not label it): every per-finding figure is then over those films only.
+    partly = any(per[n]["n_known"] < metrics["num_examples"] for n in metrics.get("labels", LABELS))
+    header = ["finding", *(["labelled"] if partly else []), "positives", "prevalence", "ROC-AUC [95% CI]", "AP",
+              "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1", "Brier", "ECE"]
     rows = []
     for name in metrics.get("labels", LABELS):
         row = per[name]
-        rows.append([name, fmt(row["n_positive"]), fmt(row["prevalence"]), _auc_cell(row),
+        rows.append([name, *([fmt(row["n_known"])] if partly else []), fmt(row["n_positive"]),
+                     fmt(row["prevalence"]), _auc_cell(row),
                      fmt(row["average_precision"]), fmt(row.get("threshold")), fmt(row.get("sensitivity")),
                      fmt(row.get("specificity")), fmt(row.get("ppv")), fmt(row.get("npv")),
                      fmt(row.get("f1")), fmt(row["brier"]), fmt(row["ece"])])
     doc.table(header, rows)
+    if partly:
+        doc.para("**Missing labels.** Not every finding is labelled on every film (`labelled`: the films "
+                 "where it is). Each finding's prevalence, ROC-AUC, AP, operating point and calibration "
+                 "use its labelled films only; a missing label counts neither as positive nor as negative.")
     boot = metrics.get("bootstrap") or {}
     short = [f"{name} ({per[name]['auc_ci_valid_replicates']})" for name in metrics.get("labels", LABELS)
              if per[name]["defined"] and per[name].get("auc_ci_valid_replicates") is not None
@@ -255,8 +263,9 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
                          fmt(block.get("f1")), fmt(block.get("brier")), fmt(block.get("ece"))])
     doc.table(["average", "ROC-AUC", "AP", "sensitivity", "specificity", "PPV", "NPV", "F1", "Brier", "ECE"],
               avg_rows)
-    doc.para(f"Macro: {macro['note']}; Brier and ECE average all findings. Micro: every (film, finding) "
-             "pair pooled into one binary problem (operating points: confusion counts summed).")
+    doc.para(f"Macro: {macro['note']}; Brier and ECE average all findings with a known label. Micro: every "
+             "labelled (film, finding) pair pooled into one binary problem (operating points: confusion counts "
+             "summed).")
 
     if comparison is not None:
         doc.heading("Published results, side by side")
@@ -288,8 +297,8 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
         "never on the films evaluated here (unless this report is of the validation split itself).",
         "Calibration: Brier score (mean squared error of the probability) and expected calibration "
         f"error over {metrics.get('calibration_bins', 10)} equal-width probability bins.",
-        "A finding with no positive (or no negative) film has no ROC-AUC or AP; it is reported as "
-        "undefined with the reason and left out of the macro AUC/AP, which say so.",
+        "A finding with no positive (or no negative, or no labelled) film has no ROC-AUC or AP; it is "
+        "reported as undefined with the reason and left out of the macro AUC/AP, which say so.",
     ])
 
     if config:

@@ -24,8 +24,8 @@ from cxr_tf.evaluation import metrics
 THRESHOLD_METHODS = ("f1", "youden")
 DEFAULT_THRESHOLD_METHOD = "f1"
 FALLBACK_THRESHOLD = 0.5
-"""Used for a finding whose validation column has no positives (or no negatives):
-no threshold can be chosen there; the report names each such finding."""
+"""Used for a finding whose validation column has no known positives (or no known negatives,
+or no known label): no threshold can be chosen there; the report names each such finding."""
 
 
 def _f1_threshold(y, p):
@@ -49,18 +49,19 @@ def choose_thresholds(y_true, y_prob, method=DEFAULT_THRESHOLD_METHOD, labels=LA
                       fallback=FALLBACK_THRESHOLD):
     """Per-finding decision thresholds chosen on (validation) arrays.
 
-    y_true (N, K) in {0, 1}, y_prob (N, K) in [0, 1]; method "f1" (maximise F1,
+    y_true (N, K) in {0, 1, -1 (missing)}, y_prob (N, K) in [0, 1]; each finding uses the
+    films where it is known (``cxr_tf.evaluation.metrics``). method "f1" (maximise F1,
     the default: see the module docstring) or "youden" (maximise sensitivity +
     specificity - 1). A film is positive when ``prob >= threshold``. Returns
-    {finding: float} for every finding; a finding with no positives or no negatives
+    {finding: float} for every finding; a finding with no known positives or negatives
     gets ``fallback`` (``threshold_fallbacks`` lists them with the reason).
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"threshold method {method!r} is not one of {THRESHOLD_METHODS}")
     y_true, y_prob = metrics.check_arrays(y_true, y_prob, labels)
     pick = _f1_threshold if method == "f1" else _youden_threshold
-    return {name: float(fallback) if metrics.undefined_reason(y_true[:, k]) else pick(y_true[:, k], y_prob[:, k])
-            for k, name in enumerate(labels)}
+    return {name: float(fallback) if metrics.undefined_reason(y_true[:, k])
+            else pick(*metrics.known_pair(y_true[:, k], y_prob[:, k])) for k, name in enumerate(labels)}
 
 
 def threshold_fallbacks(y_true, labels=LABELS):
