@@ -35,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
                         help="what an uncertain label (CheXpert, MIMIC-CXR: -1.0) becomes: ignore = missing "
                              "(default), ones = positive, zeros = negative")
+    parser.add_argument("--aggregate", choices=("majority", "any"), default=None,
+                        help="vindr-cxr: a finding is positive when most of a film's radiologists mark it "
+                             "(majority, the default) or when any does")
     parser.add_argument("--laterals", action="store_true",
                         help="keep lateral views (default: frontal PA/AP films only; laterals are listed)")
     parser.add_argument("--official-lists", type=Path, default=None,
@@ -68,7 +71,8 @@ def main(argv=None):
                       split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                       seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
                       official_lists=args.official_lists, findings=args.findings, progress=not args.no_progress,
-                      dataset=args.dataset, uncertain=args.uncertain, laterals=args.laterals)
+                      dataset=args.dataset, uncertain=args.uncertain, laterals=args.laterals,
+                      aggregate=args.aggregate)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

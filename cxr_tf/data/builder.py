@@ -34,6 +34,7 @@ leaves no workers (nor, with them gone, multiprocessing's resource tracker).
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import multiprocessing
@@ -338,7 +339,7 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
 def build_records(data_dir=None, labels=None, out="records", image_size=256, split="stratified",
                   val_fraction=0.1, test_fraction=0.2, seed=0, workers=None, shard_size_mb=128,
                   official_lists=None, findings=None, progress=True, log=print, dataset="nih",
-                  uncertain="ignore", laterals=False):
+                  uncertain="ignore", laterals=False, aggregate=None):
     """Build TFRecord shards and ``manifest.json`` into ``out``; returns the manifest (dict).
 
     dataset: the release's adapter (``cxr_tf.data.datasets.DATASETS``; default NIH);
@@ -354,7 +355,8 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
     label set of the records (release names, in the order given; default every finding of
     the release that ``cxr_tf/resources/findings.csv`` maps); uncertain: CheXpert-style
     uncertain labels -> ``ignore`` (missing), ``ones`` or ``zeros``; laterals: keep lateral
-    views (default frontal only). Re-running with the same arguments resumes an
+    views (default frontal only); aggregate: how several readers' labels of one film combine
+    (VinDr-CXR: ``majority``, the default, or ``any``). Re-running with the same arguments resumes an
     interrupted build.
     """
     started = time.perf_counter()
@@ -365,7 +367,13 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
         raise ValueError(f"unknown split method {split!r}; choose one of {', '.join(splitting.METHODS)}")
     workers = default_workers() if workers is None else int(workers)
     data_dir, labels, lists_dir = resolve_inputs(data_dir, labels, official_lists, dataset)
-    release = datasets.get(dataset).read(data_dir, labels, uncertain=uncertain, laterals=laterals)
+    extra = {}
+    if aggregate is not None:
+        if "aggregate" not in inspect.signature(datasets.get(dataset).read).parameters:
+            raise ValueError(f"--aggregate applies to releases with several readers per film (vindr-cxr), "
+                             f"not to {dataset}")
+        extra["aggregate"] = aggregate
+    release = datasets.get(dataset).read(data_dir, labels, uncertain=uncertain, laterals=laterals, **extra)
     findings = check_findings(findings, release.labels)
     if release.table.empty:
         raise FileNotFoundError(

@@ -92,7 +92,7 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
         "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", labels, aucs={n: per[n]["auc"] for n in labels}),
         "pr": plots.pr_curves(y_true, y_prob, out / "pr_curves.png", labels,
                               aps={n: per[n]["average_precision"] for n in labels}),
-        "auc_bars": plots.auc_bars(per, out / "auc_vs_published.png", lit, f"{name} (ours)",
+        "auc_bars": plots.auc_bars(per, out / "auc_vs_published.png", None if external else lit, f"{name} (ours)",
                                    literature.describe_split(split_method), labels=labels),
         "reliability": plots.reliability_diagram(y_true, y_prob, out / "reliability.png", labels, n_bins=n_bins),
         "label_distribution": plots.label_distribution(
@@ -107,7 +107,9 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     doc = report.evaluation_report(summary, figures, config=config, comparison=comparison)
     outputs["report_md"], outputs["report_html"] = report.write_report(doc, out)
     summary["outputs"] = {k: Path(v).name for k, v in outputs.items()}
-    summary["comparison_text"] = literature.format_comparison(comparison)
+    summary["comparison_text"] = (literature.format_comparison(comparison) if comparison is not None else
+                                  "external validation: the published NIH results are of another population; "
+                                  "report.md puts the run's internal test AUCs beside these")
     # The same schema as the run's metrics.json (cxr_tf.runs), this split's block with every detail.
     detail = {k: v for k, v in summary.items() if k != "comparison_text"}
     metrics_path = runs.write_metrics(out / runs.METRICS, labels, {split: {**runs.split_block(summary, "evaluate"),

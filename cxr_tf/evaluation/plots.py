@@ -122,12 +122,15 @@ def auc_bars(per_finding, out_png, literature=None, our_name="this model", our_s
     ypos = np.arange(n)[::-1]
     if literature is not None and len(literature):
         values = literature.reindex(columns=list(labels)).to_numpy(dtype=np.float64)  # NaN: not published
-        low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
-        ax.hlines(ypos, low, high, colors="dimgrey", lw=3, alpha=0.45, label="published range (all rows)", zorder=3)
+        published = ~np.isnan(values).all(axis=0)  # findings outside NIH's 14 have no published row
+        if published.any():
+            ax.hlines(ypos[published], np.nanmin(values[:, published], axis=0),
+                      np.nanmax(values[:, published], axis=0), colors="dimgrey", lw=3, alpha=0.45,
+                      label="published range (all rows)", zorder=3)
         markers = "os^Dv<>p"
         for i, model in enumerate(m for m in highlight if m in set(literature["model"])):
             row = literature[literature["model"] == model].iloc[0]
-            ax.scatter([row[name] for name in labels], ypos, marker=markers[i % len(markers)], s=24,
+            ax.scatter([row.get(name, np.nan) for name in labels], ypos, marker=markers[i % len(markers)], s=24,
                        zorder=4, label=f"{model} ({row['split']})")
     aucs = [per_finding.get(name, {}).get("auc") for name in labels]
     bar_vals = [a if a is not None else 0.0 for a in aucs]
