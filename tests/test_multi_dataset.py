@@ -122,3 +122,15 @@ def test_external_validation_on_other_datasets(merged_run, tmp_path, dataset):
     assert "## External validation" in report and "internal test ROC-AUC" in report
     assert "Published results" not in report  # NIH's published AUCs are of another population
     assert (merged_run / "metrics.json").read_bytes() == metrics_before  # the internal evidence is untouched
+
+
+def test_explore_reads_another_datasets_records(chexpert_records, tmp_path):
+    from cxr_tf.evaluation.explore import explore
+
+    summary = explore(tmp_path / "explore", records=chexpert_records)
+    own = read_manifest(chexpert_records)["labels"]
+    assert summary["labels"] == own and summary["films"] == sum(
+        s["num_examples"] for s in read_manifest(chexpert_records)["splits"].values())
+    for name in own:  # prevalence among the films where the finding is labelled (blank cells are missing)
+        known = sum(s["label_known"][name] for s in read_manifest(chexpert_records)["splits"].values())
+        assert summary["prevalence"][name] == (summary["label_counts"][name] / known if known else None)

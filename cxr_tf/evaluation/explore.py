@@ -36,16 +36,19 @@ def table_from_labels(path):
 
 def table_from_records(records_dir):
     """Per-film DataFrame from every shard of a records folder, with a ``split``
-    column (from the shard names); only the metadata features are parsed."""
+    column (from the shard names) and one column per finding of the records' label set
+    (``table.attrs["labels"]``); only the metadata features are parsed."""
     import tensorflow as tf
 
-    from cxr_tf.data.records import FEATURES, parse_shard_name
+    from cxr_tf.data.manifest import manifest_labels, read_manifest
+    from cxr_tf.data.records import features, parse_shard_name
 
     records_dir = Path(records_dir)
     shards = sorted(records_dir.glob("*.tfrecord"))
     if not shards:
         raise FileNotFoundError(f"no *.tfrecord shards in {records_dir}; build them with tools/build_tfrecords.py")
-    spec = {k: v for k, v in FEATURES.items() if k != "image"}
+    labels = list(manifest_labels(read_manifest(records_dir)))
+    spec = {k: v for k, v in features(len(labels)).items() if k != "image"}
     frames = []
     for shard in shards:
         split = parse_shard_name(shard.name)[0]
@@ -59,9 +62,11 @@ def table_from_records(records_dir):
                 "view": [v.decode() for v in parsed["view"].numpy()],
                 "split": split,
             })
-            frame[list(LABELS)] = parsed["labels"].numpy().astype(np.int8)  # -1: missing
+            frame[labels] = parsed["labels"].numpy().astype(np.int8)  # -1: missing
             frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["labels"] = labels
+    return table
 
 
 def cooccurrence_matrix(labels):
@@ -70,22 +75,25 @@ def cooccurrence_matrix(labels):
     return y.T @ y
 
 
-def summarize_table(table):
+def summarize_table(table, labels=None):
     """JSON-ready counts: films, patients, per-finding counts (positive films) and prevalence
     (among the films where the finding is labelled: a -1 label, ``MISSING``, counts nowhere;
     None when no film is labelled), No Finding, findings per film, age statistics
     (implausible ages counted), sex and view counts, co-occurrence; per split too when a
-    ``split`` column exists."""
-    y = table[list(LABELS)].to_numpy(np.int64) == 1
-    labelled = (table[list(LABELS)].to_numpy(np.int64) != MISSING).sum(axis=0)
+    ``split`` column exists. labels: the finding columns (default ``table.attrs["labels"]``,
+    else NIH's 14)."""
+    labels = list(labels or table.attrs.get("labels") or LABELS)
+    y = table[labels].to_numpy(np.int64) == 1
+    labelled = (table[labels].to_numpy(np.int64) != MISSING).sum(axis=0)
     ages = table["age"].to_numpy()
     plausible = ages[ages <= PLAUSIBLE_AGE]
     per_film = y.sum(axis=1)
     summary = {
         "films": int(len(table)),
         "patients": int(table["patient_id"].nunique()),
-        "label_counts": {name: int(c) for name, c in zip(LABELS, y.sum(axis=0))},
-        "prevalence": {name: float(c) / n if n else None for name, c, n in zip(LABELS, y.sum(axis=0), labelled)},
+        "labels": labels,
+        "label_counts": {name: int(c) for name, c in zip(labels, y.sum(axis=0))},
+        "prevalence": {name: float(c) / n if n else None for name, c, n in zip(labels, y.sum(axis=0), labelled)},
         NO_FINDING: int((per_film == 0).sum()),
         "findings_per_film": {str(k): int(v) for k, v in zip(*np.unique(per_film, return_counts=True))},
         "age": {"mean": float(plausible.mean()) if len(plausible) else None,
@@ -101,7 +109,7 @@ def summarize_table(table):
     if "split" in table.columns:
         summary["splits"] = {
             split: {"films": int(len(part)), "patients": int(part["patient_id"].nunique()),
-                    "label_counts": {n: int(c) for n, c in zip(LABELS, (part[list(LABELS)] == 1).sum().to_numpy())}}
+                    "label_counts": {n: int(c) for n, c in zip(labels, (part[labels] == 1).sum().to_numpy())}}
             for split, part in table.groupby("split", sort=False)
         }
     return summary
@@ -129,7 +137,8 @@ def explore(out, labels=None, records=None):
         figures["label_distribution"] = plots.label_distribution(
             {**summary["label_counts"], NO_FINDING: summary[NO_FINDING]}, out / "label_distribution.png",
             title=f"Label distribution ({n:,} films; a film may carry several)")
-    figures["cooccurrence"] = plots.cooccurrence(np.array(summary["cooccurrence"]), out / "cooccurrence.png")
+    figures["cooccurrence"] = plots.cooccurrence(np.array(summary["cooccurrence"]), out / "cooccurrence.png",
+                                                 labels=summary["labels"])
     figures["findings_per_film"] = plots.category_bars(
         {f"{k} finding{'s' if k != '1' else ''}": v for k, v in summary["findings_per_film"].items()},
         out / "findings_per_film.png", "Findings per film (0 = No Finding)")
@@ -158,7 +167,7 @@ def _write_markdown(path, summary):
              "| finding | films | prevalence |", "| --- | --- | --- |"]
     lines += [f"| {n} | {summary['label_counts'][n]:,} | "
               + (f"{100 * summary['prevalence'][n]:.2f}% |" if summary["prevalence"][n] is not None else "– |")
-              for n in LABELS]
+              for n in summary["labels"]]
     lines.append("")
     if "splits" in summary:
         lines += ["| split | films | patients |", "| --- | --- | --- |"]
