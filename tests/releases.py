@@ -375,3 +375,17 @@ def write_vindr_release(root, count=48):
             writer.writerow(header)
             writer.writerows(rows)
     return release
+
+
+def read_records(folder, num_labels):
+    """{image_index: parsed example (numpy values) + split} over every shard in folder."""
+    import tensorflow as tf
+
+    from cxr_tf.data.records import parse_example, parse_shard_name
+
+    examples = {}
+    for shard in sorted(Path(folder).glob("*.tfrecord")):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            example = {k: v.numpy() for k, v in parse_example(raw, num_labels).items()}
+            examples[example["image_index"].decode()] = dict(example, split=parse_shard_name(shard.name)[0])
+    return examples

@@ -18,7 +18,6 @@ from cxr_tf.data.builder import SAMPLE_DIR, build_records
 from cxr_tf.data.datasets import padchest, vindr_cxr
 from cxr_tf.data.datasets.base import TableError
 from cxr_tf.data.images import film_to_png
-from cxr_tf.data.records import parse_example, parse_shard_name
 
 # The builder warns about val/test splits without positives for some finding (their AUC cannot be
 # measured); on fixtures of a few dozen films that is expected, and the manifest's "warnings" hold it.
@@ -30,16 +29,6 @@ SIZE = 32
 def build(release, out, dataset, **options):
     return build_records(data_dir=release, out=out, dataset=dataset, image_size=SIZE, workers=1, progress=False,
                          log=lambda *_: None, **options)
-
-
-def read_records(folder, num_labels):
-    """{image_index: example (numpy values) with its split}."""
-    examples = {}
-    for shard in sorted(Path(folder).glob("*.tfrecord")):
-        for raw in tf.data.TFRecordDataset(str(shard)):
-            example = {k: v.numpy() for k, v in parse_example(raw, num_labels).items()}
-            examples[example["image_index"].decode()] = dict(example, split=parse_shard_name(shard.name)[0])
-    return examples
 
 
 def expected_labels(film, dataset, labels):
@@ -65,7 +54,7 @@ def test_padchest_records_hold_what_the_table_says(padchest_release, tmp_path):
     films = releases.nih_films(48)
     left_out = {*releases.PADCHEST_MISSING, *releases.PADCHEST_NO_LABELS, 7, 8, 9, 10}
     expected = {releases.padchest_image_id(k): k for k in range(48) if k not in left_out}
-    examples = read_records(tmp_path / "records", len(labels))
+    examples = releases.read_records(tmp_path / "records", len(labels))
     assert set(examples) == set(expected)
     for name, example in examples.items():
         k = expected[name]
@@ -132,7 +121,7 @@ def test_vindr_records_official_split_majority_and_dicom(vindr_release, tmp_path
     labels = manifest["labels"]
     assert manifest["options"] == {"aggregate": "majority"}
     films = releases.nih_films(48)
-    examples = read_records(tmp_path / "records", len(labels))
+    examples = releases.read_records(tmp_path / "records", len(labels))
     undecodable = releases.vindr_image_id(3)
     expected = {releases.vindr_image_id(k): k for k in range(48) if k not in (*releases.VINDR_MISSING, 3)}
     assert set(examples) == set(expected)

@@ -200,7 +200,6 @@ def train(config, run_name=None, resume=True):
                          f"--out ({config['out']})")
     # A multi-worker strategy must exist before any other TensorFlow op runs.
     strategy = distribute.get_strategy(config["strategy"])
-    from cxr_tf.data import pipeline as data
     from cxr_tf.training.losses import make_loss
 
     # FileNotFoundError naming a folder without records, ValueError for folders that do not fit together

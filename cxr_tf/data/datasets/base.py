@@ -119,6 +119,29 @@ def open_text(path, hint):
     return io.StringIO(text, newline="")
 
 
+def read_csv(path, required, hint):
+    """A comma-separated table as a DataFrame of str (blank cells ""), the ``required`` columns
+    and ``line`` (the row's line in the file; the header is line 1). TableError naming the file
+    for a missing column, a table without rows or text that is not CSV; ``hint``: what to pass."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label table {path} not found; {hint}")
+    with open_text(path, hint) as handle:
+        try:
+            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        except (pd.errors.ParserError, ValueError) as err:
+            raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); {hint}") from None
+    missing = [name for name in required if name not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: line 1 (header) lacks the required column(s) {missing}; found "
+                         f"{list(frame.columns)}; {hint}")
+    if frame.empty:
+        raise TableError(f"{path}: has a header but no rows; {hint}")
+    frame = frame[list(required)].apply(lambda column: column.str.strip())
+    frame["line"] = np.arange(2, len(frame) + 2)
+    return frame.reset_index(drop=True)
+
+
 def patient_number(patient_id):
     """The int64 the records store for a patient identifier (str): the number itself when
     it is all digits and fits, else the first 63 bits of its BLAKE2b hash (stable across

@@ -41,7 +41,7 @@ from cxr_tf.data.datasets.base import (
     fail_at,
     keep_views,
     match_paths,
-    open_text,
+    read_csv,
 )
 
 NAME = "chexpert"
@@ -54,28 +54,6 @@ PROJECTIONS = ("AP", "PA", "LL", "RL", "")
 LABEL_VALUES = {"1.0": 1.0, "1": 1.0, "0.0": 0.0, "0": 0.0, "-1.0": -1.0, "-1": -1.0, "": np.nan}
 """The CheXpert labeler's encoding (also MIMIC-CXR-JPG's): positive, negative, uncertain, not mentioned."""
 _PATH_RE = re.compile(r"^(?:[^/]+/)?(?P<relative>(?:train|valid|test)/(?P<patient>patient\d+)/study\d+/[^/]+\.jpg)$")
-
-
-def read_csv(path, required, hint):
-    """A comma-separated table as a DataFrame of str (blank cells ""), the ``required`` columns
-    and ``line`` (the row's line in the file; the header is line 1). TableError naming the file
-    for a missing column, a table without rows or text that is not CSV; ``hint``: what to pass."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label table {path} not found; {hint}")
-    with open_text(path, hint) as handle:
-        try:
-            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skip_blank_lines=False)
-        except (pd.errors.ParserError, ValueError) as err:
-            raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); {hint}") from None
-    missing = [name for name in required if name not in frame.columns]
-    if missing:
-        raise TableError(f"{path}: line 1 (header) lacks the column(s) {missing}; found {list(frame.columns)}; {hint}")
-    if frame.empty:
-        raise TableError(f"{path}: has a header but no rows; {hint}")
-    frame = frame[list(required)].apply(lambda column: column.str.strip())
-    frame["line"] = np.arange(2, len(frame) + 2)
-    return frame.reset_index(drop=True)
 
 
 def first_bad(path, raw, bad, column, what, fix):

@@ -35,7 +35,8 @@ import pandas as pd
 
 from cxr_tf.data import harmonise
 from cxr_tf.data.datasets.base import Release, TableError, keep_views, match_paths
-from cxr_tf.data.datasets.chexpert import first_bad, parse_labels, read_csv
+from cxr_tf.data.datasets.base import read_csv
+from cxr_tf.data.datasets.chexpert import first_bad, parse_labels
 
 NAME = "mimic-cxr"
 TITLE = "MIMIC-CXR-JPG"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data.datasets.base import Release, TableError, file_sha256, find_files, open_text
+from cxr_tf.data.datasets.base import Release, TableError, find_files, open_text
 from cxr_tf.data.labels import LABELS, NO_FINDING
 
 # raw column name -> our name; all seven are required

@@ -51,7 +51,7 @@ from cxr_tf.data.datasets.base import (
     TableError,
     fail_at,
     keep_views,
-    open_text,
+    read_csv,
 )
 from cxr_tf.data.datasets.nih import find_images
 
@@ -92,24 +92,7 @@ def read_label_table(path):
     """The label table as a DataFrame of str with the ``REQUIRED`` columns and ``line``
     (the row's line in the file; the header is line 1). TableError for a missing column,
     a duplicated or empty ImageID, or a file pandas cannot read."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label table {path} not found; pass the PadChest {LABEL_TABLE}(.gz)")
-    with open_text(path, f"pass the PadChest {LABEL_TABLE}(.gz)") as handle:
-        try:
-            raw = pd.read_csv(handle, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            raise TableError(f"{path}: has no header; pass the complete PadChest label table") from None
-        except (pd.errors.ParserError, ValueError) as err:
-            raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); check the file is "
-                             f"the PadChest {LABEL_TABLE}") from None
-    missing = [c for c in REQUIRED if c not in raw.columns]
-    if missing:
-        raise TableError(f"{path}: line 1 (header) lacks the required column(s) {missing}; found {list(raw.columns)}")
-    table = raw[list(REQUIRED)].apply(lambda column: column.str.strip())
-    table["line"] = np.arange(2, len(table) + 2)
-    if not len(table):
-        raise TableError(f"{path}: has a header but no rows; pass the complete table")
+    table = read_csv(path, REQUIRED, f"pass the PadChest {LABEL_TABLE}(.gz)")
     empty = table["ImageID"] == ""
     if empty.any():
         row = table[empty].iloc[0]

@@ -46,7 +46,7 @@ from cxr_tf.data.datasets.base import (
     TableError,
     fail_at,
     match_paths,
-    open_text,
+    read_csv,
 )
 
 NAME = "vindr-cxr"
@@ -60,20 +60,8 @@ def _read_table(path, split, findings):
     """One label table as a DataFrame: ``image_id``, ``rad_id`` (train), the finding columns
     (float 0/1) and ``line``. TableError naming the file, line and column for a missing
     column, an empty image id, a value other than 0/1, or a test film listed twice."""
-    with open_text(path, f"pass the VinDr-CXR {TABLES[split]}") as handle:
-        try:
-            raw = pd.read_csv(handle, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            raise TableError(f"{path}: has no header; pass the complete VinDr-CXR {TABLES[split]}") from None
-        except (pd.errors.ParserError, ValueError) as err:
-            raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); check the file is "
-                             f"the VinDr-CXR {TABLES[split]}") from None
     required = ["image_id", *(["rad_id"] if split == "train" else []), *findings]
-    missing = [c for c in required if c not in raw.columns]
-    if missing:
-        raise TableError(f"{path}: line 1 (header) lacks the required column(s) {missing}; found {list(raw.columns)}")
-    table = raw[required].apply(lambda column: column.str.strip())
-    table["line"] = np.arange(2, len(table) + 2)
+    table = read_csv(path, required, f"pass the VinDr-CXR {TABLES[split]}")
     empty = table["image_id"] == ""
     if empty.any():
         raise fail_at(path, table["line"][empty].iloc[0], "image_id", "", "empty image id",
