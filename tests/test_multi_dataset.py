@@ -46,7 +46,8 @@ def chexpert_records(tmp_path_factory):
 def merged_run(tmp_path_factory, sample_records, chexpert_records):
     out = tmp_path_factory.mktemp("merged_runs")
     code = fit_cli.main(["--arch", "simple_cnn", "--records", f"{sample_records},{chexpert_records}",
-                         "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--weights", "none",
+                         "--ratio", "2,1", "--image-size", "32", "--epochs", "1", "--batch-size", "16",
+                         "--weights", "none",
                          "--out", str(out), "--set", "verbose=0", "--set", "augment=false"])
     assert code == 0
     [run] = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("simple_cnn-")]
@@ -80,6 +81,7 @@ def test_a_run_on_nih_and_chexpert_learns_the_union_with_masked_missing_labels(m
     assert tuple(labels) == (*LABELS, *CHEXPERT_ONLY)
     config = json.loads((merged_run / "config.json").read_text())
     assert config["records_datasets"] == ["nih", "chexpert"] and config["labels"] == labels
+    assert config["records_ratio"] == [2.0, 1.0]
     assert config["num_examples"]["train"] == (read_manifest(sample_records)["splits"]["train"]["num_examples"]
                                                + read_manifest(chexpert_records)["splits"]["train"]["num_examples"])
     history = (merged_run / "history.csv").read_text().splitlines()

@@ -328,7 +328,8 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
         "rows_without_files": {"count": len(inventory.rows_without_files),
                                "list": "rows_without_files.txt" if inventory.rows_without_files else None,
                                "first": inventory.rows_without_files[:10]},
-        "excluded": {reason: {"count": len(names), "first": names[:10]} for reason, names in inventory.excluded.items()},
+        "excluded": {reason: {"count": len(names), "first": names[:10]}
+                     for reason, names in inventory.excluded.items()},
         # standardising constants for metadata models; std 1 when undefined or zero
         "metadata": {"age_mean": float(train_ages.mean()) if len(train_ages) else 0.0,
                      "age_std": float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0},

@@ -303,8 +303,8 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     if len(folders) > 1 and labels is None:
         raise ValueError("several records folders need labels= (their common label set)")
     # one folder: fewer films than a batch yields nothing (checked); several are repeated
-    sources = [_films(folder, split, batch_size if len(folders) == 1 else 1, image_size, training, multimodal, with_ids, cache, shuffle_buffer,
-                      seed, deterministic, labels) for folder in folders]
+    sources = [_films(folder, split, batch_size if len(folders) == 1 else 1, image_size, training, multimodal,
+                      with_ids, cache, shuffle_buffer, seed, deterministic, labels) for folder in folders]
     stored = {size for _, size, _ in sources}
     if len(stored) > 1:
         raise ValueError(f"the records folders {[str(f) for f in folders]} store films of different sizes "

@@ -89,7 +89,8 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     n_known = {n: per[n]["n_known"] for n in labels}
     partly_labelled = any(v < len(y_true) for v in n_known.values())
     figures = {
-        "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", labels, aucs={n: per[n]["auc"] for n in labels}),
+        "roc": plots.roc_curves(y_true, y_prob, out / "roc_curves.png", labels,
+                                aucs={n: per[n]["auc"] for n in labels}),
         "pr": plots.pr_curves(y_true, y_prob, out / "pr_curves.png", labels,
                               aps={n: per[n]["average_precision"] for n in labels}),
         "auc_bars": plots.auc_bars(per, out / "auc_vs_published.png", None if external else lit, f"{name} (ours)",

@@ -1,4 +1,5 @@
-"""Training losses for K independent sigmoids (one per finding of the label set), chosen by the ``loss`` block of a pipeline.
+"""Training losses for K independent sigmoids (one per finding of the label set), chosen by the
+``loss`` block of a pipeline.
 
 =============== ==================================================================
 ``loss.name``   loss

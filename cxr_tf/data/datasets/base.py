@@ -95,8 +95,9 @@ class Release:
 def open_text(path, hint):
     """A label table's text as a stream. Gzip is recognised by its magic bytes, not the
     name (a plain CSV named ``.gz`` is read as it is); a UTF-8 byte-order mark (Excel's
-    "CSV UTF-8") is dropped. ``hint``: what to pass instead of an empty file. TableError naming the file and the fix for a damaged gzip
-    file or text that is not UTF-8 (the line of the first bad byte)."""
+    "CSV UTF-8") is dropped. ``hint``: what to pass instead of an empty file. TableError
+    naming the file and the fix for a damaged gzip file or text that is not UTF-8 (the line
+    of the first bad byte)."""
     path = Path(path)
     try:
         data = path.read_bytes()

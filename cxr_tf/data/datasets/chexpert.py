@@ -151,7 +151,8 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
         raise FileNotFoundError(f"no CheXpert train.csv or valid.csv in {data_dir} or its subfolders; pass the "
                                 f"CheXpert-v1.0(-small) folder as --data-dir")
     names = harmonise.release_labels(NAME)
-    sources = {"train.csv": Path(labels) if labels is not None else folder / "train.csv", "valid.csv": folder / "valid.csv"}
+    sources = {"train.csv": Path(labels) if labels is not None else folder / "train.csv",
+               "valid.csv": folder / "valid.csv"}
     tables, relatives = [], []
     for name, path in sources.items():
         if path.is_file() or (name == "train.csv" and labels is not None):
