@@ -11,6 +11,7 @@ into ``records/``. Re-running after an interrupted build resumes it.
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 # cxr_tf.data.builder is imported inside main(), so that the spawned decoding workers, which
@@ -64,15 +65,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from cxr_tf.data.builder import build_records  
+    from cxr_tf.data.builder import build_records
 
     try:
-        build_records(data_dir=args.data_dir, labels=args.labels, out=args.out, image_size=args.image_size,
-                      split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                      seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
-                      official_lists=args.official_lists, findings=args.findings, progress=not args.no_progress,
-                      dataset=args.dataset, uncertain=args.uncertain, laterals=args.laterals,
-                      aggregate=args.aggregate)
+        with warnings.catch_warnings():  # the closing summary prints them as "warning: ..." lines
+            warnings.filterwarnings("ignore", message=".*its AUC cannot be measured there", category=UserWarning)
+            build_records(data_dir=args.data_dir, labels=args.labels, out=args.out, image_size=args.image_size,
+                          split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
+                          official_lists=args.official_lists, findings=args.findings,
+                          progress=not args.no_progress, dataset=args.dataset, uncertain=args.uncertain,
+                          laterals=args.laterals, aggregate=args.aggregate)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
