@@ -4,7 +4,6 @@
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import argparse
 import sys
-from pathlib import Path
 
 from cxr_tf.evaluation.evaluate import evaluate_run
 from cxr_tf.evaluation.thresholds import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
@@ -49,8 +48,7 @@ def main(argv=None):
         print(f"macro ROC-AUC {macro['auc']:.3f}{ci_text}; {macro['note']}")
     print()
     print(result["comparison_text"])
-    out = Path(args.out) if args.out else Path(args.model) / f"eval-{args.split}"
-    print(f"\nwrote {', '.join(sorted(result['outputs'].values()))} to {out}")
+    print(f"\nwrote {', '.join(sorted(result['outputs'].values()))} to {result['out']}")
     return 0
 
 

@@ -46,14 +46,17 @@ DEFAULT_RUNS_DIR = Path("saved_models")
 
 # --------------------------------------------------------------------------- finding a run
 def resolve_run_dir(model=None):
-    """The run folder: ``model`` when given, else the path that ``saved_models/latest`` names
-    (looked up in the current folder). Checks it holds ``model.keras``; FileNotFoundError
-    with the fix otherwise."""
+    """The run folder: ``model`` when given (a run folder, or a ``latest`` file: the run it
+    names), else the path that ``saved_models/latest`` names (looked up in the current
+    folder). Checks it holds ``model.keras``; FileNotFoundError with the fix otherwise."""
     if model is None:
         latest = Path.cwd() / DEFAULT_RUNS_DIR / LATEST
         if not latest.is_file():
             raise FileNotFoundError("no --model RUN_DIR given and no saved_models/latest in the current folder: "
                                     "train one with `python -m cxr_tf.fit` or pass --model saved_models/<run>")
+    else:
+        latest = Path(model)
+    if latest.is_file() and latest.name == LATEST:
         named = Path(latest.read_text().strip())
         options = [named] if named.is_absolute() else [Path.cwd() / named, latest.parent / named]
         run_dir = next((o for o in options if (o / MODEL).is_file()), options[0])

@@ -100,8 +100,9 @@ def test_external_validation_on_other_datasets(merged_run, tmp_path, dataset):
               "vindr-cxr": write_vindr_release}[dataset]
     records = build(dataset, writer(tmp_path / "release"), tmp_path / "records")
     metrics_before = (merged_run / "metrics.json").read_bytes()
-    assert evaluate_cli.main(["--model", str(merged_run), "--records", str(records), "--split", "test",
-                              "--bootstrap", "20", "--out", str(tmp_path / "eval")]) == 0
+    # --model may name the run through the `latest` file fit writes beside it
+    assert evaluate_cli.main(["--model", str(merged_run.parent / "latest"), "--records", str(records),
+                              "--split", "test", "--bootstrap", "20", "--out", str(tmp_path / "eval")]) == 0
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
     external = result["external"]
     run_labels = json.loads((merged_run / "labels.json").read_text())

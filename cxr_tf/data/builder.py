@@ -134,8 +134,12 @@ def resolve_inputs(data_dir=None, labels=None, official_lists=None, dataset="nih
     if labels is None and not adapter.looks_like(data_dir):
         others = {name: what for name, what in datasets.recognise(data_dir).items() if name != dataset}
         seen = "; ".join(f"it holds {what}: pass --dataset {name}" for name, what in others.items())
+        below = [sub for sub in sorted(data_dir.iterdir()) if sub.is_dir() and adapter.looks_like(sub)]
+        if below and not seen:
+            seen = f"the release is in {below[0]}: pass --data-dir {below[0]}"
         raise ValueError(f"{data_dir} is not the {adapter.TITLE} release (--dataset {dataset}): "
-                         + (seen or f"none of its files were found there ({adapter.__doc__.strip().splitlines()[0]})"))
+                         + (seen or f"its files were not found there (docs/datasets/{dataset}.md shows the "
+                                    "release's layout)"))
     official_lists = Path(official_lists) if official_lists is not None else data_dir
     return data_dir, (Path(labels) if labels is not None else None), official_lists
 

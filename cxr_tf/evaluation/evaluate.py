@@ -236,4 +236,5 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
                                    n_boot=n_boot, seed=seed, n_bins=n_bins, labels=shared, external=external)
     if external is None:
         runs.record_evaluation(run.path, split, runs.split_block(summary, "evaluate"))
+    summary["out"] = str(out)
     return summary
