@@ -18,6 +18,7 @@ from cxr_tf.data import pipeline as data
 from cxr_tf.data.augment import DEFAULT_AUGMENT, AugmentedModel, RandomGeometry, build_augmenter, warp_bilinear
 from cxr_tf.data.labels import LABELS, META_DIM, NUM_LABELS
 from cxr_tf.data.records import parse_example, serialize_example, shard_name
+from cxr_tf.data.sources import Sources
 
 TABLE = TEST_DATA / "nih-sample" / "Data_Entry_sample.csv"
 NO_AUG = {"crop_scale": (1, 1), "crop_ratio": (1, 1), "rotation_degrees": 0, "zoom": 0, "translation": 0,
@@ -169,8 +170,8 @@ def test_multimodal_meta_and_prevalence(sample_records, table):
     np.testing.assert_allclose(v, [(60 - mean) / std, 0, 1, 0, 1], rtol=1e-6)
     np.testing.assert_allclose(data.meta_vector(None, "?", "LL", manifest), [0, 0, 0, 0, 0], atol=1e-6)
     train = table.loc[[i for i in _stored(sample_records, "train")]]
-    np.testing.assert_allclose(data.label_prevalence(manifest), np.stack(train["multi_hot"]).mean(0), rtol=1e-6)
-    np.testing.assert_allclose(data.label_prevalence(sample_records, "test").shape, (NUM_LABELS,))
+    np.testing.assert_allclose(Sources(sample_records).prevalence(), np.stack(train["multi_hot"]).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(Sources(sample_records).prevalence("test").shape, (NUM_LABELS,))
 
 
 def test_augmenter_block():

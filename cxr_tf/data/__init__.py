@@ -6,7 +6,7 @@ make_dataset``); they load lazily, so that importing ``cxr_tf.data.datasets.nih`
 imports TensorFlow (the builder's worker processes stay TensorFlow-free).
 """
 
-_PIPELINE = ("make_dataset", "label_prevalence", "meta_vector", "verify_records", "input_threads")
+_PIPELINE = ("make_dataset", "meta_vector", "verify_records", "input_threads")
 _MANIFEST = ("read_manifest",)
 __all__ = [*_PIPELINE, *_MANIFEST]
 

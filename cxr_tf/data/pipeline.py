@@ -83,26 +83,6 @@ def _split_info(manifest, split, where="manifest"):
     return splits[split]
 
 
-def label_prevalence(manifest, split="train"):
-    """Fraction of films with each finding in ``split`` among those where it is labelled
-    (missing labels left out): float32 (K,), the manifest's label order, from the manifest's
-    ``label_counts`` and ``label_known`` (no pass over the data). ``manifest``: the
-    dict of ``read_manifest`` or a records folder."""
-    manifest = _manifest_of(manifest)
-    info = _split_info(manifest, split)
-    counts = info.get("label_counts", {})
-    labels = manifest_labels(manifest)
-    missing = [label for label in labels if label not in counts]
-    if missing:
-        raise ValueError(f"manifest split {split!r} has no label_counts for {missing}; rebuild the records")
-    total = int(info["num_examples"])
-    if total <= 0:
-        raise ValueError(f"manifest split {split!r} has no examples")
-    known = info.get("label_known") or {}  # films whose label is not missing (older manifests: all)
-    known = np.array([max(known.get(label, total), 1) for label in labels], dtype=np.float32)
-    return np.array([counts[label] for label in labels], dtype=np.float32) / known
-
-
 def _age_stats(manifest):
     meta = manifest.get("metadata") or {}
     if "age_mean" not in meta or "age_std" not in meta:

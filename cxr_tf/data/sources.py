@@ -77,14 +77,19 @@ class Sources:
         """float32 (K,): per finding of ``labels``, positives / films where it is labelled, over
         every folder (0 where no film is labelled)."""
         positives, known = np.zeros(len(self.labels)), np.zeros(len(self.labels))
-        for manifest in self.manifests:
+        for folder, manifest in zip(self.folders, self.manifests):
             info = manifest["splits"].get(split, {})
             total = int(info.get("num_examples", 0))
             own = manifest_labels(manifest)
+            counts = info.get("label_counts", {})
+            if total and any(label not in counts for label in own):
+                raise ValueError(f"{folder / 'manifest.json'}: split {split!r} has no label_counts for some findings; "
+                                 "rebuild the records")
+            known_counts = info.get("label_known") or {}  # films whose label is not missing (older manifests: all)
             for j, column in enumerate(label_columns(manifest, self.labels)):
                 if column >= 0:
-                    positives[j] += info.get("label_counts", {}).get(own[column], 0)
-                    known[j] += (info.get("label_known") or {}).get(own[column], total)
+                    positives[j] += counts.get(own[column], 0)
+                    known[j] += known_counts.get(own[column], total)
         return (positives / np.maximum(known, 1)).astype(np.float32)
 
     def describe(self):

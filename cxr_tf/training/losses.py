@@ -146,7 +146,7 @@ def make_loss(loss_config, prevalence=None):
     """The Keras loss for a ``loss`` block (``{"name", "alpha", "gamma",
     "label_smoothing", "min_prevalence"}``; missing parameters take the values of
     ``pipelines/*.yaml``' focal loss), wrapped in ``MaskedLoss``. ``prevalence`` (K,) is
-    required for ``weighted_bce`` (``cxr_tf.data.pipeline.label_prevalence(manifest)``): per
+    required for ``weighted_bce`` (``cxr_tf.data.sources.Sources(records).prevalence("train")``): per
     finding, positives over the films where that finding is known."""
     return MaskedLoss(_unmasked_loss(loss_config, prevalence))
 
@@ -163,7 +163,7 @@ def _unmasked_loss(loss_config, prevalence):
     if name == "weighted_bce":
         if prevalence is None:
             raise ValueError("loss weighted_bce needs the training-split label prevalence "
-                             "(cxr_tf.data.pipeline.label_prevalence(manifest))")
+                             "(cxr_tf.data.sources.Sources(records).prevalence('train'))")
         if len(prevalence) == 0:
             raise ValueError("prevalence is empty: one value per finding of the records' label set")
         pos, neg = prevalence_weights(prevalence, float(loss_config.get("min_prevalence", 1e-3)))
