@@ -69,15 +69,16 @@ def resolve_run_dir(model=None):
 
 
 def records_candidates(run_dir, config):
-    """Where the records folder named in a run's config may be: that path when absolute, else
-    that path under the current folder, the run folder and the two folders above it."""
-    named = config.get("records")
-    if not named:
-        return []
-    named, run_dir = Path(named), Path(run_dir)
-    if named.is_absolute():
-        return [named]
-    return [Path.cwd() / named, run_dir / named, run_dir.parent / named, run_dir.parents[1] / named]
+    """Where the records folder named in a run's config may be (several folders, comma-separated:
+    each in turn): that path when absolute, else that path under the current folder, the run
+    folder and the two folders above it."""
+    run_dir, places = Path(run_dir), []
+    for named in (n.strip() for n in str(config.get("records") or "").split(",")):
+        if named:
+            named = Path(named)
+            places += [named] if named.is_absolute() else [Path.cwd() / named, run_dir / named,
+                                                           run_dir.parent / named, run_dir.parents[1] / named]
+    return places
 
 
 def mark_latest(run_dir):

@@ -82,6 +82,15 @@ def test_a_run_on_nih_and_chexpert_learns_the_union_with_masked_missing_labels(m
     config = json.loads((merged_run / "config.json").read_text())
     assert config["records_datasets"] == ["nih", "chexpert"] and config["labels"] == labels
     assert config["records_ratio"] == [2.0, 1.0]
+    # one age standardisation for the metadata input over both folders (predict reads it back)
+    manifests = [read_manifest(sample_records), read_manifest(chexpert_records)]
+    n = np.array([m["splits"]["train"]["num_examples"] for m in manifests], float)
+    means = np.array([m["metadata"]["age_mean"] for m in manifests])
+    stds = np.array([m["metadata"]["age_std"] for m in manifests])
+    pooled = (n * means).sum() / n.sum()
+    assert config["metadata"]["age_mean"] == pytest.approx(pooled)
+    spread = np.sqrt((n * (stds ** 2 + (means - pooled) ** 2)).sum() / n.sum())
+    assert config["metadata"]["age_std"] == pytest.approx(spread)
     assert config["num_examples"]["train"] == (read_manifest(sample_records)["splits"]["train"]["num_examples"]
                                                + read_manifest(chexpert_records)["splits"]["train"]["num_examples"])
     history = (merged_run / "history.csv").read_text().splitlines()

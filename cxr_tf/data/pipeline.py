@@ -248,14 +248,16 @@ def input_threads():
 
 def make_dataset(records_dir, split, batch_size, image_size=224, training=None, multimodal=False,
                  with_ids=False, cache=None, augment=None, shuffle_buffer=4096, seed=None,
-                 num_workers=None, deterministic=None, labels=None, weights=None):
+                 num_workers=None, deterministic=None, labels=None, weights=None, age_stats=None):
     """The ``tf.data.Dataset`` of one split (see the module docstring for the chain).
 
     records_dir: folder with the shards and ``manifest.json``, or a list of such folders read
     as one (``labels`` then required: their common label set, ``cxr_tf.data.harmonise``;
     same stored image size). Several folders: training samples films from them at random in
     the proportions ``weights`` (default: their sizes) and never ends (``repeat`` is inside:
-    take the steps of an epoch); evaluation reads them one after the other. split: "train", "val"
+    take the steps of an epoch); evaluation reads them one after the other. age_stats:
+    (mean, std) standardising the metadata input's age, for every folder (default: each
+    folder's own training-split statistics; several folders need one pair for all). split: "train", "val"
     or "test". batch_size: GLOBAL batch size (split across replicas by tf.distribute).
     image_size: S, the side fed to the model (<= the stored size). training: defaults
     to ``split == "train"``; True = shuffle + drop remainder + augmentation.
@@ -284,7 +286,7 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
         raise ValueError("several records folders need labels= (their common label set)")
     # one folder: fewer films than a batch yields nothing (checked); several are repeated
     sources = [_films(folder, split, batch_size if len(folders) == 1 else 1, image_size, training, multimodal,
-                      with_ids, cache, shuffle_buffer, seed, deterministic, labels) for folder in folders]
+                      with_ids, cache, shuffle_buffer, seed, deterministic, labels, age_stats) for folder in folders]
     stored = {size for _, size, _ in sources}
     if len(stored) > 1:
         raise ValueError(f"the records folders {[str(f) for f in folders]} store films of different sizes "
@@ -333,13 +335,15 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     options.deterministic = deterministic
     options.threading.private_threadpool_size = input_threads()
     workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
-    num_files = sum(len(read_manifest(f)["splits"][split]["shards"]) for f in folders)
-    options.experimental_distribute.auto_shard_policy = auto_shard_policy(num_files, workers)
+    num_files = len(read_manifest(folders[0])["splits"][split]["shards"])
+    # several folders are sampled or chained, not read file by file: shard them by element
+    options.experimental_distribute.auto_shard_policy = (auto_shard_policy(num_files, workers) if len(folders) == 1
+                                                         else tf.data.experimental.AutoShardPolicy.DATA)
     return ds.with_options(options)
 
 
 def _films(records_dir, split, batch_size, image_size, training, multimodal, with_ids, cache, shuffle_buffer,
-           seed, deterministic, labels):
+           seed, deterministic, labels, age_stats=None):
     """(dataset of single decoded films (dicts), stored size, number of films) of one records
     folder's split: read, parsed, labels mapped to ``labels``, cached, shuffled when training."""
     manifest = read_manifest(records_dir)
@@ -350,7 +354,7 @@ def _films(records_dir, split, batch_size, image_size, training, multimodal, wit
                          f"batch_size={batch_size}: training drops the last partial batch and would yield nothing")
     num_labels = len(manifest_labels(manifest))
     columns = None if labels is None else label_columns(manifest, labels)
-    age_stats = _age_stats(manifest) if multimodal else None
+    age_stats = (age_stats or _age_stats(manifest)) if multimodal else None
 
     def to_element(record, shard):
         ex = _decode(record, shard, stored, num_labels)

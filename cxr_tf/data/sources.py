@@ -92,16 +92,35 @@ class Sources:
                     known[j] += known_counts.get(own[column], total)
         return (positives / np.maximum(known, 1)).astype(np.float32)
 
+    def age_stats(self):
+        """(mean, std) of the training films' ages over every folder (each folder's manifest
+        ``metadata``, pooled by its training size): the metadata input's standardisation, the
+        same for every folder. None when a folder's manifest lacks them."""
+        stats = [(m.get("metadata") or {}, int(m["splits"].get("train", {}).get("num_examples", 0)))
+                 for m in self.manifests]
+        if any("age_mean" not in meta or "age_std" not in meta for meta, _ in stats):
+            return None
+        n = np.array([max(count, 1) for _, count in stats], np.float64)
+        mean = np.array([meta["age_mean"] for meta, _ in stats], np.float64)
+        std = np.array([meta["age_std"] for meta, _ in stats], np.float64)
+        pooled = float((n * mean).sum() / n.sum())
+        spread = float(np.sqrt((n * (std ** 2 + (mean - pooled) ** 2)).sum() / n.sum()))
+        return pooled, (spread if spread > 0 else 1.0)
+
     def describe(self):
-        """What the run's config.json records about its records."""
+        """What the run's config.json records about its records (``metadata``: the age
+        standardisation its metadata input was trained with, read back by predict)."""
+        stats = self.age_stats()
         return {"records": str(self) if len(self.folders) > 1 else str(self.folders[0]),
                 "records_datasets": [m.get("dataset", "nih") for m in self.manifests],
-                "records_ratio": self.weights}
+                "records_ratio": self.weights,
+                "metadata": None if stats is None else {"age_mean": stats[0], "age_std": stats[1]}}
 
     def dataset(self, split, batch_size, **options):
         """``make_dataset`` over the folders (keyword ``options`` as there)."""
         from cxr_tf.data.pipeline import make_dataset  # noqa: PLC0415 (this module stays TensorFlow-free)
 
-        folders = self.folders if len(self.folders) > 1 else self.folders[0]
-        return make_dataset(folders, split, batch_size, labels=self.labels if self._mapped else None,
-                            weights=self.weights, **options)
+        several = len(self.folders) > 1
+        return make_dataset(self.folders if several else self.folders[0], split, batch_size,
+                            labels=self.labels if self._mapped else None, weights=self.weights,
+                            age_stats=self.age_stats() if several else None, **options)

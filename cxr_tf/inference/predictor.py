@@ -168,7 +168,10 @@ class Predictor:
         return validate_critical(critical, self.labels)
 
     def _find_manifest(self):
-        """The records manifest (training age statistics for the meta input), or a note and None."""
+        """The records manifest (training age statistics for the meta input), or a note and None.
+        A run that records them in its config.json (``metadata``; fit writes it) needs no records."""
+        if (self.config.get("metadata") or {}).get("age_std"):
+            return {"metadata": self.config["metadata"]}
         for place in [self.run_dir, *runs.records_candidates(self.run_dir, self.config)]:
             if (place / MANIFEST).is_file():
                 return read_manifest(place)
