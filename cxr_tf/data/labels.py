@@ -1,5 +1,7 @@
-"""The one label order of the package: every multi-hot vector, model output and
-report column follows ``LABELS``. ``No Finding`` is the all-zero vector."""
+"""NIH ChestX-ray14's 14 findings in NIH's order: the label set of NIH records (the default)
+and the common names of those findings in ``cxr_tf/resources/findings.csv``. A records
+folder's own label set is its manifest's ``labels``, a run's its ``labels.json``. ``No Finding``
+is the all-zero vector."""
 
 LABELS = (
     "Atelectasis",
