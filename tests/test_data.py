@@ -19,6 +19,7 @@ from cxr_tf.data.augment import DEFAULT_AUGMENT, AugmentedModel, RandomGeometry,
 from cxr_tf.data.labels import LABELS, META_DIM, NUM_LABELS
 from cxr_tf.data.records import parse_example, serialize_example, shard_name
 from cxr_tf.data.sources import Sources
+from cxr_tf.data.verify import verify_records
 
 TABLE = TEST_DATA / "nih-sample" / "Data_Entry_sample.csv"
 NO_AUG = {"crop_scale": (1, 1), "crop_ratio": (1, 1), "rotation_degrees": 0, "zoom": 0, "translation": 0,
@@ -275,15 +276,15 @@ def test_clear_errors(sample_records, tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"val-00000-of-00001\.tfrecord(.|\n)*00099999_000"):
         list(data.make_dataset(bad, "val", 8, 64))
     with pytest.raises(ValueError, match=r"val-00000-of-00001\.tfrecord: record 0 \(image 00099999_000.png\)"):
-        data.verify_records(bad, "val")
+        verify_records(bad, "val")
     # a truncated shard (TFRecord framing damage): verify_records names it
     (bad / "val-00000-of-00001.tfrecord").write_bytes(good[: len(good) - 100])
     with pytest.raises(ValueError, match=r"corrupt record in shard .*val-00000-of-00001\.tfrecord: record \d+ "):
-        data.verify_records(bad, "val")
+        verify_records(bad, "val")
     (bad / "val-00000-of-00001.tfrecord").unlink()
     with pytest.raises(FileNotFoundError, match="val-00000-of-00001.tfrecord listed in the manifest is missing"):
         data.make_dataset(bad, "val", 8, 64)
-    assert data.verify_records(sample_records) == {s: v["num_examples"] for s, v in manifest["splits"].items()}
+    assert verify_records(sample_records) == {s: v["num_examples"] for s, v in manifest["splits"].items()}
 
 
 def test_auto_shard_policy(monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 
 from cxr_tf import evaluate as evaluate_cli
 from cxr_tf import fit as fit_cli
-from cxr_tf.data.pipeline import RecordsError, verify_records
+from cxr_tf.data.verify import RecordsError, verify_records
 from cxr_tf.evaluation.evaluate import evaluate_run
 from cxr_tf.training import config as config_lib
 from cxr_tf.training.callbacks import read_history

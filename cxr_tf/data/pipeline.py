@@ -48,14 +48,13 @@ repeat the dataset and pass ``steps_per_epoch`` in multi-worker training.
 Corrupt data: a record whose image is not a PNG of the stored size stops the
 pipeline with an InvalidArgumentError naming the shard and the image; damage that
 TensorFlow's readers report without a file name (a TFRecord CRC failure, a truncated
-PNG stream) is found and named by ``verify_records``; ``locate_damage`` turns such an
-error into a ``RecordsError`` naming the shard and the first damaged record (fit and
-evaluate do this for you).
+PNG stream) is found and named by ``cxr_tf.data.verify.verify_records``; ``locate_damage``
+there turns such an error into a ``RecordsError`` naming the shard and the first damaged
+record (fit and evaluate do this for you).
 """
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +91,7 @@ def _age_stats(manifest):
     return float(meta["age_mean"]), (std if std > 0 else 1.0)
 
 
-def _check_request(manifest, records_dir, split, image_size):
+def check_request(manifest, records_dir, split, image_size):
     """Validate a request against the manifest; returns (shard paths, stored size)."""
     stored = int(manifest["image_size"])
     if int(image_size) > stored:
@@ -347,7 +346,7 @@ def _films(records_dir, split, batch_size, image_size, training, multimodal, wit
     """(dataset of single decoded films (dicts), stored size, number of films) of one records
     folder's split: read, parsed, labels mapped to ``labels``, cached, shuffled when training."""
     manifest = read_manifest(records_dir)
-    files, stored = _check_request(manifest, records_dir, split, image_size)
+    files, stored = check_request(manifest, records_dir, split, image_size)
     num_examples = int(manifest["splits"][split].get("num_examples", 0))
     if training and 0 < num_examples < batch_size:
         raise ValueError(f"split {split!r} of {records_dir} has {num_examples} films, fewer than "
@@ -376,85 +375,3 @@ def _films(records_dir, split, batch_size, image_size, training, multimodal, wit
         buffer = max(1, min(int(shuffle_buffer), num_examples or int(shuffle_buffer)))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return ds, stored, num_examples
-
-
-# ---------------------------------------------------------------- verification
-
-
-class RecordsError(ValueError):
-    """Damaged records: the message names the shard, the record and the fix."""
-
-
-def verify_records(records_dir, split=None, image_size=None, decode=True):
-    """Read every record of ``split`` (all splits when None) and decode its film.
-
-    Returns {split: number of examples}. Raises RecordsError (a ValueError) naming the
-    shard, the record number (0-based, in the shard) and, when that record itself
-    was readable, its image, for the first corrupt record: a TFRecord CRC failure or
-    truncation, an undecodable example, a PNG that does not decode or is not the
-    manifest's size; and when a split's count disagrees with the manifest.
-    decode=False checks the TFRecord framing and CRCs only (fast: no PNG decoding).
-    Slow with decode (decodes everything): run it after copying records around,
-    or when the pipeline stops with an error that does not name the shard.
-    """
-    manifest = read_manifest(records_dir)
-    splits = [split] if split is not None else sorted(manifest["splits"])
-    num_labels = len(manifest_labels(manifest))
-    counts = {}
-    for name in splits:
-        files, stored = _check_request(manifest, records_dir, name, image_size or manifest["image_size"])
-        total = 0
-        for path in files:
-            position, image_index = 0, None  # position: 0-based number of the record being read
-            try:
-                for record in tf.data.TFRecordDataset(path):
-                    if decode:
-                        ex = parse_example(record, num_labels)
-                        image_index = ex["image_index"].numpy().decode(errors="replace")
-                        image = tf.io.decode_png(ex["image"], channels=1)
-                        if tuple(image.shape) != (stored, stored, 1):
-                            raise ValueError(f"image is {tuple(image.shape)}, the manifest says {stored} px")
-                        if ex["labels"].shape != (num_labels,):
-                            raise ValueError(f"labels have shape {tuple(ex['labels'].shape)}")
-                    total += 1
-                    position += 1
-                    image_index = None  # the next record's name is unknown until it is read
-            except (tf.errors.OpError, ValueError) as err:
-                reason = _tf_reason(err)
-                which = f"image {image_index}" if image_index else "its image unreadable"
-                raise RecordsError(f"corrupt record in shard {path}: record {position} ({which}): "
-                                   f"{reason}; {position} intact record(s) before it; "
-                                   f"rebuild that shard with tools/build_tfrecords.py") from err
-        expected = int(manifest["splits"][name].get("num_examples", total))
-        if total != expected:
-            raise RecordsError(f"split {name!r} in {records_dir}: read {total} records, manifest says {expected}")
-        counts[name] = total
-    return counts
-
-
-def _tf_reason(err):
-    """The first line of a TensorFlow error without its graph-node and op decorations."""
-    text = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
-    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
-
-
-def locate_damage(records_dir, err, splits=None):
-    """A RecordsError naming the shard and first damaged record behind ``err`` (an error
-    TensorFlow raised while reading ``records_dir``: ``DataLossError: corrupted record
-    at <byte offset>`` names no file), or None when ``err`` is not about damaged
-    records or ``verify_records`` finds nothing. Framing damage (DataLossError) is
-    located without decoding; a PNG error by decoding the films."""
-    text = getattr(err, "message", None) or str(err)
-    if isinstance(err, tf.errors.DataLossError):
-        decode = False
-    elif isinstance(err, tf.errors.InvalidArgumentError) and ".tfrecord" not in text and "png" in text.lower():
-        decode = True
-    else:
-        return None
-    try:
-        for split in splits or sorted(read_manifest(records_dir)["splits"]):
-            verify_records(records_dir, split, decode=decode)
-    except RecordsError as found:
-        return found
-    return None

@@ -127,7 +127,8 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     label set of ``y_true`` (common names: the model's outputs; findings the records do
     not label are -1), default the records' own. Returns (image_index list[str], patient_id
     int64 (N,), y_true int (N, K), 1 / 0 / -1 missing, y_prob float64 (N, K))."""
-    from cxr_tf.data.pipeline import locate_damage, make_dataset
+    from cxr_tf.data.pipeline import make_dataset
+    from cxr_tf.data.verify import locate_damage
 
     size, is_multimodal = runs.model_inputs(model)
     image_size = image_size or size
@@ -142,11 +143,10 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
             names += [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(ids["image_index"])]
             pids.append(np.asarray(ids["patient_id"]).reshape(-1))
     except tf.errors.OpError as err:  # damaged records: name the shard and record (TF names a byte offset)
-        for folder in records if isinstance(records, (list, tuple)) else [records]:
-            found = locate_damage(folder, err, [split])
-            if found is not None:
-                raise found from None
-        raise
+        found = locate_damage(records, err, [split])
+        if found is None:
+            raise
+        raise found from None
     if not ps:
         raise ValueError(f"{records}: split {split!r} has no films")
     y_true = np.rint(np.concatenate(ys)).astype(np.int64)

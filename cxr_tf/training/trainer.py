@@ -292,9 +292,9 @@ def _stop_on_damage(err, sources, work_dir, state, started):
     """Damaged records stop training with a RecordsError naming the shard and the first
     damaged record (TensorFlow's DataLossError names only a byte offset), and leave the
     run resumable (status "interrupted", not "running") once the shard is rebuilt."""
-    from cxr_tf.data.pipeline import locate_damage
+    from cxr_tf.data.verify import locate_damage
 
-    found = next((f for f in (locate_damage(folder, err) for folder in sources.folders) if f is not None), None)
+    found = locate_damage(sources.folders, err)
     if found is None:
         return
     runs.write_state(work_dir, {**state, "status": "interrupted", "error": str(found),
