@@ -304,10 +304,9 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
     return len(jobs)
 
 
-def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warnings_, findings):
+def _manifest(out, shards, release, key, data_dir, warnings_, labels):
     records = {s["name"]: _record(out, s["name"]) for s in shards}
-    labels = findings
-    rows = table.set_index("image_index")
+    rows = release.table.set_index("image_index")
     summary = {}
     for split in splitting.SPLITS:
         names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
@@ -317,23 +316,23 @@ def _manifest(out, shards, table, inventory, key, labels_path, data_dir, warning
     train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
     train_ages = train_ages.dropna()
     skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
-    skipped += [{"file": str(path), "reason": "no row in the label table"} for path in inventory.files_without_rows]
+    skipped += [{"file": str(path), "reason": "no row in the label table"} for path in release.files_without_rows]
     skipped += [{"file": str(ignored), "reason": f"duplicate file name; used {used}"}
-                for ignored, used in inventory.duplicates]
+                for ignored, used in release.duplicates]
     return {
-        "dataset": inventory.dataset, "labels": list(labels),
-        "harmonised": harmonise.mapping(inventory.dataset, labels), "options": inventory.options,
+        "dataset": release.dataset, "labels": list(labels),
+        "harmonised": harmonise.mapping(release.dataset, labels), "options": release.options,
         "image_size": key["image_size"], "splits": summary,
         "seed": key["seed"], "split_method": key["split_method"],
         "val_fraction": key["val_fraction"], "test_fraction": key["test_fraction"],
-        "label_table": str(labels_path), "label_table_sha256": key["label_table_sha256"],
+        "label_table": str(release.label_table), "label_table_sha256": key["label_table_sha256"],
         "data_dir": str(data_dir),
         "skipped": skipped,
-        "rows_without_files": {"count": len(inventory.rows_without_files),
-                               "list": "rows_without_files.txt" if inventory.rows_without_files else None,
-                               "first": inventory.rows_without_files[:10]},
+        "rows_without_files": {"count": len(release.rows_without_files),
+                               "list": "rows_without_files.txt" if release.rows_without_files else None,
+                               "first": release.rows_without_files[:10]},
         "excluded": {reason: {"count": len(names), "first": names[:10]}
-                     for reason, names in inventory.excluded.items()},
+                     for reason, names in release.excluded.items()},
         # standardising constants for metadata models; std 1 when undefined or zero
         "metadata": {"age_mean": float(train_ages.mean()) if len(train_ages) else 0.0,
                      "age_std": float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0},
@@ -361,8 +360,8 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
     the release that ``cxr_tf/resources/findings.csv`` maps); uncertain: CheXpert-style
     uncertain labels -> ``ignore`` (missing), ``ones`` or ``zeros``; laterals: keep lateral
     views (default frontal only); aggregate: how several readers' labels of one film combine
-    (VinDr-CXR: ``majority``, the default, or ``any``). Re-running with the same arguments resumes an
-    interrupted build.
+    (VinDr-CXR: ``majority``, the default, or ``any``). Re-running with the same arguments
+    resumes an interrupted build.
     """
     started = time.perf_counter()
     image_size = int(image_size)
@@ -372,21 +371,22 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
         raise ValueError(f"unknown split method {split!r}; choose one of {', '.join(splitting.METHODS)}")
     workers = default_workers() if workers is None else int(workers)
     data_dir, labels, lists_dir = resolve_inputs(data_dir, labels, official_lists, dataset)
+    adapter = datasets.get(dataset)
     extra = {}
     if aggregate is not None:
-        if "aggregate" not in inspect.signature(datasets.get(dataset).read).parameters:
+        if "aggregate" not in inspect.signature(adapter.read).parameters:
             raise ValueError(f"--aggregate applies to releases with several readers per film (vindr-cxr), "
                              f"not to {dataset}")
         extra["aggregate"] = aggregate
-    release = datasets.get(dataset).read(data_dir, labels, uncertain=uncertain, laterals=laterals, **extra)
+    release = adapter.read(data_dir, labels, uncertain=uncertain, laterals=laterals, **extra)
     findings = check_findings(findings, release.labels)
     if release.table.empty:
         raise FileNotFoundError(
             f"none of the films listed in {release.label_table} was found under {data_dir} "
             f"({len(release.rows_without_files)} row(s) without a file, e.g. {release.rows_without_files[:3]}); "
-            f"put the {datasets.get(dataset).TITLE} films there as the release lays them out (or pass --data-dir)")
+            f"put the {adapter.TITLE} films there as the release lays them out (or pass --data-dir)")
     if split == "official" and dataset != "nih" and not splitting.has_release_split(release.table):
-        raise ValueError(f"the {datasets.get(dataset).TITLE} release has no official split (its tables name no "
+        raise ValueError(f"the {adapter.TITLE} release has no official split (its tables name no "
                          "train or test films); use --split stratified")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -415,7 +415,7 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    manifest = _manifest(out, shards, matched, release, key, release.label_table, data_dir, warnings_, findings)
+    manifest = _manifest(out, shards, release, key, data_dir, warnings_, findings)
     (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in release.rows_without_files))
     excluded = [f"{name}\t{reason}\n" for reason, names in release.excluded.items() for name in names]
     if excluded:

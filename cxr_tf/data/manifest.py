@@ -47,6 +47,16 @@ def manifest_labels(manifest):
     return tuple(manifest["labels"])
 
 
+def common_image_size(folders, manifests):
+    """The film size (pixels) stored in every one of several records folders; ValueError naming
+    the folders when their sizes differ (they cannot be read as one)."""
+    sizes = {int(m["image_size"]) for m in manifests}
+    if len(sizes) > 1:
+        raise ValueError(f"the records folders {[str(f) for f in folders]} store films of different sizes "
+                         f"{sorted(sizes)} px; build them with the same --image-size")
+    return sizes.pop()
+
+
 def write_manifest(records_dir, manifest):
     """Write ``manifest`` (a dict) atomically as ``records_dir/manifest.json`` with the current
     ``format_version``; returns the path."""

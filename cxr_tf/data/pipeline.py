@@ -62,7 +62,7 @@ import tensorflow as tf
 
 from cxr_tf.data.augment import build_augmenter
 from cxr_tf.data.harmonise import label_columns
-from cxr_tf.data.manifest import MANIFEST, manifest_labels, read_manifest
+from cxr_tf.data.manifest import MANIFEST, common_image_size, manifest_labels, read_manifest
 from cxr_tf.data.records import parse_example, parse_shard_name
 
 AGE_RANGE = (0.0, 120.0)  # ages outside are table errors (the 2017 table has 414): clipped
@@ -256,8 +256,8 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     the proportions ``weights`` (default: their sizes) and never ends (``repeat`` is inside:
     take the steps of an epoch); evaluation reads them one after the other. age_stats:
     (mean, std) standardising the metadata input's age, for every folder (default: each
-    folder's own training-split statistics; several folders need one pair for all). split: "train", "val"
-    or "test". batch_size: GLOBAL batch size (split across replicas by tf.distribute).
+    folder's own training-split statistics; several folders need one pair for all).
+    split: "train", "val" or "test". batch_size: GLOBAL batch size (split across replicas by tf.distribute).
     image_size: S, the side fed to the model (<= the stored size). training: defaults
     to ``split == "train"``; True = shuffle + drop remainder + augmentation.
     multimodal: also yield the (B, META_DIM) metadata vector (``meta_vector``).
@@ -286,16 +286,12 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     # one folder: fewer films than a batch yields nothing (checked); several are repeated
     sources = [_films(folder, split, batch_size if len(folders) == 1 else 1, image_size, training, multimodal,
                       with_ids, cache, shuffle_buffer, seed, deterministic, labels, age_stats) for folder in folders]
-    stored = {size for _, size, _ in sources}
-    if len(stored) > 1:
-        raise ValueError(f"the records folders {[str(f) for f in folders]} store films of different sizes "
-                         f"{sorted(stored)} px; build them with the same --image-size")
-    stored = stored.pop()
+    stored = common_image_size(folders, [manifest for _, manifest, _ in sources])
     image_size = int(image_size)
     if len(sources) == 1:
         ds = sources[0][0]
     elif training:
-        counts = [float(count) for _, _, count in sources]
+        counts = [float(manifest["splits"][split].get("num_examples", 0)) for _, manifest, _ in sources]
         weights = counts if weights is None else [float(w) for w in weights]
         if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"weights {weights}: give one non-negative proportion per records folder")
@@ -334,17 +330,17 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     options.deterministic = deterministic
     options.threading.private_threadpool_size = input_threads()
     workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
-    num_files = len(read_manifest(folders[0])["splits"][split]["shards"])
     # several folders are sampled or chained, not read file by file: shard them by element
-    options.experimental_distribute.auto_shard_policy = (auto_shard_policy(num_files, workers) if len(folders) == 1
+    options.experimental_distribute.auto_shard_policy = (auto_shard_policy(len(sources[0][2]), workers)
+                                                         if len(folders) == 1
                                                          else tf.data.experimental.AutoShardPolicy.DATA)
     return ds.with_options(options)
 
 
 def _films(records_dir, split, batch_size, image_size, training, multimodal, with_ids, cache, shuffle_buffer,
            seed, deterministic, labels, age_stats=None):
-    """(dataset of single decoded films (dicts), stored size, number of films) of one records
-    folder's split: read, parsed, labels mapped to ``labels``, cached, shuffled when training."""
+    """(dataset of single decoded films (dicts), the folder's manifest, its shard paths) of one
+    records folder's split: read, parsed, labels mapped to ``labels``, cached, shuffled when training."""
     manifest = read_manifest(records_dir)
     files, stored = check_request(manifest, records_dir, split, image_size)
     num_examples = int(manifest["splits"][split].get("num_examples", 0))
@@ -374,4 +370,4 @@ def _films(records_dir, split, batch_size, image_size, training, multimodal, wit
     if training:
         buffer = max(1, min(int(shuffle_buffer), num_examples or int(shuffle_buffer)))
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds, stored, num_examples
+    return ds, manifest, files

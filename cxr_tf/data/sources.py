@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.data.harmonise import common_labels, label_columns, merged_labels
-from cxr_tf.data.manifest import manifest_labels, read_manifest
+from cxr_tf.data.manifest import common_image_size, manifest_labels, read_manifest
 
 
 def records_list(records):
@@ -45,11 +45,7 @@ class Sources:
             self.labels = common_labels(self.manifests[0])
         else:
             self.labels = merged_labels(self.manifests, findings)
-        sizes = {int(m["image_size"]) for m in self.manifests}
-        if len(sizes) > 1:
-            raise ValueError(f"the records folders {[str(f) for f in self.folders]} store films of different sizes "
-                             f"{sorted(sizes)} px; build them with the same --image-size")
-        self.image_size = sizes.pop()
+        self.image_size = common_image_size(self.folders, self.manifests)
         if weights is not None and (len(weights) != len(self.folders) or min(weights) < 0 or sum(weights) <= 0):
             raise ValueError(f"records_ratio {list(weights)}: give one non-negative proportion per records folder "
                              f"({len(self.folders)}), not all zero")
