@@ -223,3 +223,11 @@ def keep_views(table, laterals):
 def fail_at(path, line, column, value, what, fix):
     """A TableError naming the file, line, column and value, and what to do."""
     return TableError(f"{path}: line {line}: column {column!r}: {what} {value!r}; {fix}")
+
+
+def first_bad(path, raw, bad, column, what, fix):
+    """``fail_at`` the first row of ``raw`` (a ``read_csv`` table) where ``bad`` (bool array or
+    Series) holds, with the count of such rows."""
+    row = int(np.flatnonzero(bad)[0])
+    return fail_at(path, int(raw["line"].iloc[row]), column, raw[column].iloc[row], what,
+                   f"{fix} ({int(np.sum(bad))} such row(s) in all)")

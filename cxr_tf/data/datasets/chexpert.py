@@ -38,7 +38,7 @@ from cxr_tf.data.datasets.base import (
     Release,
     TableError,
     apply_uncertain,
-    fail_at,
+    first_bad,
     keep_views,
     match_paths,
     read_csv,
@@ -54,13 +54,6 @@ PROJECTIONS = ("AP", "PA", "LL", "RL", "")
 LABEL_VALUES = {"1.0": 1.0, "1": 1.0, "0.0": 0.0, "0": 0.0, "-1.0": -1.0, "-1": -1.0, "": np.nan}
 """The CheXpert labeler's encoding (also MIMIC-CXR-JPG's): positive, negative, uncertain, not mentioned."""
 _PATH_RE = re.compile(r"^(?:[^/]+/)?(?P<relative>(?:train|valid|test)/(?P<patient>patient\d+)/study\d+/[^/]+\.jpg)$")
-
-
-def first_bad(path, raw, bad, column, what, fix):
-    """TableError at the first row of ``raw`` where ``bad`` (bool array) holds, with the count."""
-    row = int(np.flatnonzero(bad)[0])
-    return fail_at(path, int(raw["line"].iloc[row]), column, raw[column].iloc[row], what,
-                   f"{fix} ({int(np.sum(bad))} such row(s) in all)")
 
 
 def parse_labels(raw, labels, path, uncertain):

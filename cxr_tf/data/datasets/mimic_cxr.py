@@ -34,9 +34,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.data import harmonise
-from cxr_tf.data.datasets.base import Release, TableError, keep_views, match_paths
-from cxr_tf.data.datasets.base import read_csv
-from cxr_tf.data.datasets.chexpert import first_bad, parse_labels
+from cxr_tf.data.datasets.base import Release, TableError, first_bad, keep_views, match_paths, read_csv
+from cxr_tf.data.datasets.chexpert import parse_labels
 
 NAME = "mimic-cxr"
 TITLE = "MIMIC-CXR-JPG"

@@ -50,6 +50,7 @@ from cxr_tf.data.datasets.base import (
     Release,
     TableError,
     fail_at,
+    first_bad,
     keep_views,
     read_csv,
 )
@@ -95,8 +96,7 @@ def read_label_table(path):
     table = read_csv(path, REQUIRED, f"pass the PadChest {LABEL_TABLE}(.gz)")
     empty = table["ImageID"] == ""
     if empty.any():
-        row = table[empty].iloc[0]
-        raise fail_at(path, row["line"], "ImageID", "", "empty image name", "each row names its film")
+        raise first_bad(path, table, empty.to_numpy(), "ImageID", "empty image name", "each row names its film")
     duplicated = table["ImageID"].duplicated(keep=False)
     if duplicated.any():
         name = table["ImageID"][duplicated].iloc[0]
@@ -135,17 +135,14 @@ def _ages(table, path):
     dates = table["StudyDate_DICOM"]
     bad = ~dates.str.fullmatch(r"\d{8}")
     if bad.any():
-        row = table[bad].iloc[0]
-        raise fail_at(path, row["line"], "StudyDate_DICOM", row["StudyDate_DICOM"], "not a date",
-                      "the release writes YYYYMMDD")
+        raise first_bad(path, table, bad.to_numpy(), "StudyDate_DICOM", "not a date", "the release writes YYYYMMDD")
     birth = pd.to_numeric(table["PatientBirth"].replace("", np.nan), errors="coerce")
     bad = birth.isna() & (table["PatientBirth"] != "")
     ages = dates.str[:4].astype(np.float64) - birth
     bad |= ages < 0
     if bad.any():
-        row = table[bad].iloc[0]
-        raise fail_at(path, row["line"], "PatientBirth", row["PatientBirth"], "birth year not a year before the study",
-                      "the release writes the year of birth (e.g. 1939.0), or leaves it empty")
+        raise first_bad(path, table, bad.to_numpy(), "PatientBirth", "birth year not a year before the study",
+                        "the release writes the year of birth (e.g. 1939.0), or leaves it empty")
     return np.floor(ages.to_numpy(np.float64))
 
 
@@ -168,9 +165,8 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
     label_sets = [parse_labels(text, path, line) for text, line in zip(table["Labels"], table["line"])]
     unknown_view = ~table["Projection"].isin([*VIEWS, *NOT_CHEST])
     if unknown_view.any():
-        row = table[unknown_view].iloc[0]
-        raise fail_at(path, row["line"], "Projection", row["Projection"], "unknown projection",
-                      f"the release uses {', '.join(v for v in (*VIEWS, *NOT_CHEST) if v)}")
+        raise first_bad(path, table, unknown_view.to_numpy(), "Projection", "unknown projection",
+                        f"the release uses {', '.join(v for v in (*VIEWS, *NOT_CHEST) if v)}")
     release = pd.DataFrame({"image_index": table["ImageID"], "patient_id": table["PatientID"]})
     release["age"] = _ages(table, path)
     release["sex"] = table["PatientSex_DICOM"].where(table["PatientSex_DICOM"].isin(["M", "F"]), "")

@@ -44,7 +44,7 @@ from cxr_tf.data import harmonise
 from cxr_tf.data.datasets.base import (
     Release,
     TableError,
-    fail_at,
+    first_bad,
     match_paths,
     read_csv,
 )
@@ -64,14 +64,12 @@ def _read_table(path, split, findings):
     table = read_csv(path, required, f"pass the VinDr-CXR {TABLES[split]}")
     empty = table["image_id"] == ""
     if empty.any():
-        raise fail_at(path, table["line"][empty].iloc[0], "image_id", "", "empty image id",
-                      "each row names its film")
+        raise first_bad(path, table, empty.to_numpy(), "image_id", "empty image id", "each row names its film")
     for label in findings:
         bad = ~table[label].isin(["0", "1", "0.0", "1.0"])
         if bad.any():
-            row = table[bad].iloc[0]
-            raise fail_at(path, row["line"], label, row[label], "label value",
-                          "the release writes 0 (absent) or 1 (present)")
+            raise first_bad(path, table, bad.to_numpy(), label, "label value",
+                            "the release writes 0 (absent) or 1 (present)")
         table[label] = table[label].astype(np.float64)
     if split == "test":
         twice = table["image_id"].duplicated(keep=False)
