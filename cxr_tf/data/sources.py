@@ -58,7 +58,10 @@ class Sources:
 
     @property
     def split_method(self):
-        return "+".join(sorted({str(m.get("split_method")) for m in self.manifests}))
+        """The folders' split methods ("stratified", or e.g. "official+stratified"); None when no
+        manifest names one."""
+        methods = sorted({m["split_method"] for m in self.manifests if m.get("split_method")})
+        return "+".join(methods) or None
 
     def num_examples(self, split):
         """Films in ``split`` over every folder (0 where a folder lacks the split)."""

@@ -230,8 +230,7 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
                     "internal_auc": {f: internal_test.get(f) for f in shared}}
     summary = evaluate_predictions(out, names, pids, y_true, y_prob, thresholds, info, config=run.config,
                                    split=split,
-                                   split_method="+".join(sorted({str(m.get("split_method") or run.config.get(
-                                       "split_method")) for m in sources.manifests})),
+                                   split_method=sources.split_method or run.config.get("split_method"),
                                    records=sources, run_dir=run.path, history_csv=run.path / runs.HISTORY,
                                    n_boot=n_boot, seed=seed, n_bins=n_bins, labels=shared, external=external)
     if external is None:
