@@ -119,7 +119,6 @@ class Sources:
         """``make_dataset`` over the folders (keyword ``options`` as there)."""
         from cxr_tf.data.pipeline import make_dataset  # noqa: PLC0415 (this module stays TensorFlow-free)
 
-        several = len(self.folders) > 1
-        return make_dataset(self.folders if several else self.folders[0], split, batch_size,
-                            labels=self.labels if self._mapped else None, weights=self.weights,
-                            age_stats=self.age_stats() if several else None, **options)
+        return make_dataset(self.folders, split, batch_size, labels=self.labels if self._mapped else None,
+                            weights=self.weights, age_stats=self.age_stats() if len(self.folders) > 1 else None,
+                            **options)

@@ -198,11 +198,10 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
     internal = bool(own) and records_list(records) == records_list(own)
     dataset = "+".join(m.get("dataset", "nih") for m in sources.manifests)
     out = Path(out) if out else run.path / (f"eval-{split}" if internal else f"eval-{dataset}-{split}")
-    folders = sources.folders if len(sources.folders) > 1 else sources.folders[0]
     columns = [run.labels.index(f) for f in shared]
 
     def predicted(which):
-        names, pids, y_true, y_prob = predict_split(run.model, folders, which, batch_size, labels=list(run.labels))
+        names, pids, y_true, y_prob = predict_split(run.model, sources.folders, which, batch_size, labels=list(run.labels))
         return names, pids, y_true[:, columns], y_prob[:, columns]
 
     saved = run.path / runs.THRESHOLDS
