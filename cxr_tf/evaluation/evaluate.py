@@ -201,7 +201,8 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
     columns = [run.labels.index(f) for f in shared]
 
     def predicted(which):
-        names, pids, y_true, y_prob = predict_split(run.model, sources.folders, which, batch_size, labels=list(run.labels))
+        names, pids, y_true, y_prob = predict_split(run.model, sources.folders, which, batch_size,
+                                                    labels=list(run.labels))
         return names, pids, y_true[:, columns], y_prob[:, columns]
 
     saved = run.path / runs.THRESHOLDS
