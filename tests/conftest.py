@@ -96,19 +96,21 @@ def settle_batch_norm(model, inputs):
 
 # arch: (image size, epochs, peak learning rate, head dropout) for the learning test: Adam, the
 # learning rate decayed to 0 along a cosine over the run, BatchNorm statistics settled on the
-# training films afterwards. Measured on 2 busy CPU cores (256 training films, batch 16, held-out
-# films seed 1), macro AUC and test wall time: simple_cnn 0.96 in 12 s, multimodal 0.99 in 20 s,
-# densenet121 0.97 in 59-63 s, fusion 1.00 in 83-87 s (most of these two the one-off trace of the
-# train step), efficientnetb0 0.97 in 57-62 s (0.94-0.97 over init seeds 0-2), resnet50 0.955 in
-# 70-78 s (0.93-0.96). At 32 px (a 1×1 last map) the last two reached only 0.83-0.91 in up to 126 s;
-# at 48/64 px they learn several times faster per step.
+# training films afterwards. Measured (256 training films, batch 16, held-out films seed 1), macro
+# AUC: simple_cnn 0.96, multimodal 0.99, densenet121 0.96 (0.93 at 2 epochs, 0.98 at 4), fusion 0.98
+# (0.93 at 2, 1.00 at 4), efficientnetb0 0.956 (0.94 at 5 epochs and learning rate 2e-3, 0.97 at
+# 8; 0.94-0.97 over init seeds 0-2), resnet50 0.955 (0.92 at 5 epochs, 0.93-0.96 over seeds).
+# Most of densenet121's and fusion's time is the one-off trace of the train step (densenet121 on a
+# quiet core: 37 s of trace, 0.26 s a step). At 32 px (a 1×1 last map) efficientnetb0 and resnet50
+# reached only 0.83-0.91 (resnet50 0.87 in 6 epochs); at 48/64 px they learn several times faster
+# per step.
 LEARN = {
     "simple_cnn": (32, 20, 3e-3, 0.5),
     "multimodal": (32, 15, 3e-3, 0.5),
-    "densenet121": (32, 4, 1e-3, 0.2),
-    "efficientnetb0": (64, 8, 1e-3, 0.2),
+    "densenet121": (32, 3, 1e-3, 0.2),
+    "efficientnetb0": (64, 6, 1e-3, 0.2),
     "resnet50": (48, 6, 1e-3, 0.2),
-    "fusion": (32, 4, 1e-3, 0.2),
+    "fusion": (32, 3, 1e-3, 0.2),
 }
 BATCH = 16
 
