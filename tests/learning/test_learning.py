@@ -1,7 +1,7 @@
 """Every registered architecture learns synthetic planted-finding films (held-out macro AUC
 >= 0.9). In a folder of its own, collected first, so that one of the suite's two workers (pytest-xdist,
-loadfile) starts the longest file at once while the other runs the rest; the
-trained models are the session fixture ``learned`` (tests/conftest.py), shared with other tests."""
+loadfile, files in collection order: setup.cfg) starts the longest file at once while the other runs
+the rest; the trained models are the session fixture ``learned`` (tests/conftest.py)."""
 
 import pytest
 from sklearn.metrics import roc_auc_score
