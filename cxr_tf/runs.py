@@ -81,6 +81,13 @@ def records_candidates(run_dir, config):
     return places
 
 
+def trained_age_stats(config):
+    """(age mean, age std) that a run's metadata input was trained with (its config.json
+    ``metadata``, which fit writes), or None for a run that does not record them."""
+    meta = config.get("metadata") or {}
+    return (float(meta["age_mean"]), float(meta["age_std"])) if meta.get("age_std") else None
+
+
 def mark_latest(run_dir):
     """Point ``<run_dir>/../latest`` at ``run_dir``."""
     run_dir = Path(run_dir)

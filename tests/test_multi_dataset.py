@@ -7,6 +7,7 @@ side by side). Releases in their published formats from real films: tests/releas
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from releases import write_chexpert_release, write_mimic_release, write_padchest_release, write_vindr_release
 from sklearn.metrics import roc_auc_score
@@ -73,6 +74,43 @@ def test_sources_map_each_folder_to_the_union_with_missing(sample_records, chexp
     assert len(y) == sources.num_examples("val")
     with pytest.raises(ValueError, match="none labels Hernia2"):
         Sources(f"{sample_records},{chexpert_records}", findings=["Effusion", "Hernia2"])
+
+
+def test_one_age_standardisation_for_several_folders_and_for_evaluation(sample_records, chexpert_records):
+    """The metadata input's age is standardised with the training films' mean and std pooled over
+    the folders (what fit writes to config.json as ``metadata``), and evaluation of a run uses the
+    run's, not those of the records it reads."""
+    from cxr_tf import runs
+    from cxr_tf.evaluation.evaluate import predict_split
+    from cxr_tf.evaluation.explore import table_from_records
+    from cxr_tf.models import build_model
+
+    folders = [sample_records, chexpert_records]
+    sources = Sources(",".join(map(str, folders)))
+    manifests = [read_manifest(f)["metadata"] for f in folders]
+    ages = np.concatenate([table_from_records(f).query("split == 'train'")["age"].to_numpy(np.float64)
+                           for f in folders])
+    ages = ages[ages >= 0]  # -1: unknown, left out of the statistics
+    mean, std = sources.age_stats()
+    assert (mean, std) == pytest.approx((ages.mean(), ages.std()), rel=1e-6)
+    assert sources.describe()["metadata"] == {"age_mean": mean, "age_std": std}
+    x, _ = next(iter(sources.dataset("val", 64, image_size=32, training=False, multimodal=True)))
+    # the age column under the pooled statistics, for the films of both folders
+    films = pd.concat([table_from_records(f).query("split == 'val'") for f in folders], ignore_index=True)
+    known = films["age"].to_numpy(np.float64)[:len(x["meta"])]
+    expected = (np.where(known < 0, mean, np.clip(known, 0, 120)) - mean) / std
+    np.testing.assert_allclose(x["meta"].numpy()[:, 0], expected, rtol=1e-5, atol=1e-5)
+
+    # evaluation: a run's own statistics, whatever the records'
+    assert runs.trained_age_stats({"metadata": {"age_mean": mean, "age_std": std}}) == (mean, std)
+    assert runs.trained_age_stats({}) is None
+    model = build_model("multimodal", image_size=32, weights=None)
+    own = predict_split(model, chexpert_records, "val", 16)[3]
+    same = predict_split(model, chexpert_records, "val", 16, age_stats=(manifests[1]["age_mean"],
+                                                                         manifests[1]["age_std"]))[3]
+    other = predict_split(model, chexpert_records, "val", 16, age_stats=(mean + 30, std / 2))[3]
+    np.testing.assert_allclose(same, own, atol=1e-6)
+    assert np.abs(other - own).max() > 1e-4
 
 
 def test_a_run_on_nih_and_chexpert_learns_the_union_with_masked_missing_labels(merged_run, sample_records,

@@ -120,12 +120,14 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
 
 
 # --------------------------------------------------------------------------- model -> arrays
-def predict_split(model, records, split, batch_size=32, image_size=None, multimodal=None, labels=None):
+def predict_split(model, records, split, batch_size=32, image_size=None, multimodal=None, labels=None,
+                  age_stats=None):
     """Predict every film of one split (in order, no augmentation, nothing dropped).
 
     records: a records folder or a list of them (read one after the other); labels: the
     label set of ``y_true`` (common names: the model's outputs; findings the records do
-    not label are -1), default the records' own. Returns (image_index list[str], patient_id
+    not label are -1), default the records' own; age_stats: (mean, std) standardising the
+    metadata input's age (``make_dataset``; a run's: ``runs.trained_age_stats``). Returns (image_index list[str], patient_id
     int64 (N,), y_true int (N, K), 1 / 0 / -1 missing, y_prob float64 (N, K))."""
     from cxr_tf.data.pipeline import make_dataset
     from cxr_tf.data.verify import locate_damage
@@ -134,7 +136,7 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     image_size = image_size or size
     multimodal = is_multimodal if multimodal is None else multimodal
     dataset = make_dataset(records, split, batch_size, image_size=image_size, training=False,
-                           multimodal=multimodal, with_ids=True, labels=labels)
+                           multimodal=multimodal, with_ids=True, labels=labels, age_stats=age_stats)
     names, pids, ys, ps = [], [], [], []
     try:
         for x, y, ids in dataset:
@@ -201,8 +203,10 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
     columns = [run.labels.index(f) for f in shared]
 
     def predicted(which):
+        # the age standardisation the run was trained with, not that of the records it is evaluated on
         names, pids, y_true, y_prob = predict_split(run.model, sources.folders, which, batch_size,
-                                                    labels=list(run.labels))
+                                                    labels=list(run.labels),
+                                                    age_stats=runs.trained_age_stats(run.config))
         return names, pids, y_true[:, columns], y_prob[:, columns]
 
     saved = run.path / runs.THRESHOLDS

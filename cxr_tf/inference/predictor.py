@@ -170,8 +170,9 @@ class Predictor:
     def _find_manifest(self):
         """The records manifest (training age statistics for the meta input), or a note and None.
         A run that records them in its config.json (``metadata``; fit writes it) needs no records."""
-        if (self.config.get("metadata") or {}).get("age_std"):
-            return {"metadata": self.config["metadata"]}
+        trained = runs.trained_age_stats(self.config)
+        if trained is not None:
+            return {"metadata": {"age_mean": trained[0], "age_std": trained[1]}}
         for place in [self.run_dir, *runs.records_candidates(self.run_dir, self.config)]:
             if (place / MANIFEST).is_file():
                 return read_manifest(place)
