@@ -22,7 +22,7 @@ import numpy as np
 from cxr_tf.data import harmonise
 from cxr_tf.data.builder import SAMPLE_DIR, SAMPLE_LABELS
 from cxr_tf.data.datasets import nih
-from cxr_tf.data.labels import LABELS as NIH_LABELS
+from cxr_tf.data.labels import LABELS as NIH_LABELS, NUM_LABELS
 
 
 def nih_films(count, start=0):
@@ -377,8 +377,9 @@ def write_vindr_release(root, count=48):
     return release
 
 
-def read_records(folder, num_labels):
-    """{image_index: parsed example (numpy values) + split} over every shard in folder."""
+def read_records(folder, num_labels=NUM_LABELS):
+    """{image_index: parsed example (numpy values) + split} over every shard in folder; fails
+    on a film written twice."""
     import tensorflow as tf
 
     from cxr_tf.data.records import parse_example, parse_shard_name
@@ -387,5 +388,7 @@ def read_records(folder, num_labels):
     for shard in sorted(Path(folder).glob("*.tfrecord")):
         for raw in tf.data.TFRecordDataset(str(shard)):
             example = {k: v.numpy() for k, v in parse_example(raw, num_labels).items()}
-            examples[example["image_index"].decode()] = dict(example, split=parse_shard_name(shard.name)[0])
+            name = example["image_index"].decode()
+            assert name not in examples, f"{name} written twice"
+            examples[name] = dict(example, split=parse_shard_name(shard.name)[0])
     return examples

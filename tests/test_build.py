@@ -14,28 +14,15 @@ import pytest
 import tensorflow as tf
 
 from conftest import TEST_DATA
+from releases import read_records
 from cxr_tf.data import builder as build, images
 from cxr_tf.data.datasets import nih
 from cxr_tf.data.datasets.base import file_sha256
 from cxr_tf.data.labels import LABELS
-from cxr_tf.data.records import parse_example, parse_shard_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TABLE = build.SAMPLE_LABELS  # the embedded sample: 150 real NIH films at 128 px
 FULL_SIZE = TEST_DATA / "nih-sample" / "images_001" / "images"  # 7 of them at 1024 px
-
-
-def read_records(folder):
-    """{image_index: parsed example as numpy values} over every shard in folder."""
-    examples = {}
-    for shard in sorted(Path(folder).glob("*.tfrecord")):
-        split = parse_shard_name(shard.name)[0]
-        for raw in tf.data.TFRecordDataset(str(shard)):
-            example = {k: v.numpy() for k, v in parse_example(raw).items()}
-            name = example["image_index"].decode()
-            assert name not in examples, f"{name} written twice"
-            examples[name] = dict(example, split=split)
-    return examples
 
 
 def assert_matches_table(examples, table, image_size):
