@@ -66,10 +66,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from cxr_tf.data.builder import build_records
+    from cxr_tf.data.splits import SplitWarning
 
     try:
         with warnings.catch_warnings():  # the closing summary prints them as "warning: ..." lines
-            warnings.filterwarnings("ignore", message=".*its AUC cannot be measured there", category=UserWarning)
+            warnings.simplefilter("ignore", SplitWarning)
             build_records(data_dir=args.data_dir, labels=args.labels, out=args.out, image_size=args.image_size,
                           split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                           seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,

@@ -201,8 +201,13 @@ def summarise(rows, labels=LABELS):
             "label_known": {label: int(rows[label].notna().sum()) for label in labels}}
 
 
+class SplitWarning(UserWarning):
+    """A validation or test split where some finding has no positive film (or the split is
+    empty): that finding's AUC cannot be measured there."""
+
+
 def missing_label_warnings(table, splits, names=("val", "test"), labels=LABELS):
-    """Messages (and ``UserWarning``s) for each finding with no positive film in
+    """Messages (and ``SplitWarning``s) for each finding with no positive film in
     a validation or test split: its AUC is undefined there."""
     messages = []
     for name in names:
@@ -214,5 +219,5 @@ def missing_label_warnings(table, splits, names=("val", "test"), labels=LABELS):
         if absent:
             messages.append(f"split {name!r} has no positive film for: {', '.join(absent)}")
     for message in messages:
-        warnings.warn(message + "; its AUC cannot be measured there", UserWarning, stacklevel=2)
+        warnings.warn(message + "; its AUC cannot be measured there", SplitWarning, stacklevel=2)
     return messages
