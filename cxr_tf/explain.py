@@ -1,36 +1,32 @@
-"""``python -m cxr_tf.explain --model RUN film.png ... --out DIR``: Grad-CAM overlays per
+"""``python -m cxr_tf.explain film.png ... --out DIR [--model RUN]``: Grad-CAM overlays per
 finding, scored against NIH boxes (library: ``cxr_tf.inference.explain.explain_films``)."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from cxr_tf import cli
 from cxr_tf.inference.explain import explain_films
 from cxr_tf.inference.gradcam import IOU_THRESHOLD
-from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cxr_tf.explain",
-                                     description="Grad-CAM overlays per finding, scored against NIH boxes.")
+    parser = cli.parser("explain", "Grad-CAM overlays per finding, scored against NIH boxes.")
     parser.add_argument("films", nargs="+", help="PNG, JPEG or DICOM films")
-    parser.add_argument("--model", help="run folder of cxr_tf.training.trainer (default: the one saved_models/latest names)")
     parser.add_argument("--out", required=True, help="folder for the overlay PNGs and explain.json")
-    parser.add_argument("--findings", nargs="+", help="findings to map, or 'all' (default: the positive ones); "
-                        "give it after the films")
+    parser.add_argument("--findings", nargs="+", help="findings to map, or 'all' (default: the ones predict calls "
+                        "positive; the most probable one when there is none); give it after the films")
     parser.add_argument("--boxes", help="NIH BBox_List_2017.csv(.gz): score maps of boxed films")
-    parser.add_argument("--iou-threshold", type=float, default=IOU_THRESHOLD)
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                        help=f"MC dropout passes (default {DEFAULT_SAMPLES}); the same as predict's gives its numbers")
+    parser.add_argument("--iou-threshold", type=float, default=IOU_THRESHOLD,
+                        help="IoU at which a map's box counts as a hit")
+    cli.add_predictor_options(parser)
     args = parser.parse_args(argv)
-
+    predictor = cli.predictor_from_args(parser, args)
     try:
-        result = explain_films(args.model, args.films, args.out, args.findings,
-                               args.boxes, args.iou_threshold, samples=args.samples)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+        result = explain_films(predictor, args.films, args.out, args.findings, args.boxes, args.iou_threshold)
+    except cli.USAGE_ERRORS as err:
+        cli.fail(parser, err)
     (Path(args.out) / "explain.json").write_text(json.dumps(result, indent=2))
     for entry in result["films"]:
         if "error" in entry:
@@ -39,7 +35,7 @@ def main(argv=None):
         for finding, target in entry["overlays"].items():
             note = entry["maps"][finding]["note"]
             print(f"{entry['file']}: {finding} p={entry['probabilities'][finding]:.2f} -> {target}"
-                  + (f"  WARNING: {note}" if note else ""))
+                  + (f"  WARNING: {note}" if note else "") + f"  ({entry['chosen']})")
     unusable = {k: v for k, v in result["maps"].items() if k != "ok"}
     if unusable:
         total = sum(result["maps"].values())

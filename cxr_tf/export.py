@@ -8,30 +8,29 @@ warns when the macro AUC drops by more than 0.01. Exit code 2 for a usage error.
 """
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
-import argparse
 import json
 import sys
 
+from cxr_tf import cli, runs
 from cxr_tf.inference.export import FORMATS, ExportError, export_run
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m cxr_tf.export",
-                                     description="Export a trained run for TF Serving, LiteRT or ONNX with a parity report.")
-    parser.add_argument("--model", required=True, help="run folder of cxr_tf.training.trainer")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser = cli.parser("export", "Export a trained run for TF Serving, LiteRT or ONNX with a parity report.")
+    cli.add_run_option(parser)
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to export")
     parser.add_argument("--out", help="export folder (default RUN/export/<format>)")
     parser.add_argument("--records", help="records folder for the validation split (default: the run's config)")
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        report = export_run(args.model, args.format, out=args.out, records=args.records)
-    except (ExportError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        report = export_run(runs.resolve_run_dir(args.model), args.format, out=args.out, records=args.records)
+    except (ExportError, *cli.USAGE_ERRORS) as err:
+        cli.fail(parser, err)
     summary = {k: report[k] for k in ("format", "folder", "size_bytes", "keras_size_bytes", "max_abs_diff",
                                       "macro_auc", "ms_per_film")}
     print(json.dumps(summary, indent=2))

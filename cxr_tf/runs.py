@@ -3,7 +3,8 @@
 ``<out>/<arch>-<YYYYmmdd-HHMMSS>/``:
 
 =================== ==========================================================================
-model.keras         best weights (validation macro AUC) over all phases
+model.keras         best weights (validation macro AUC) over all phases; inference-ready (no
+                    optimizer or loss: ``keras.models.load_model`` reads it without cxr_tf)
 savedmodel/         ``model.export``: inference SavedModel (endpoint ``serve``)
 config.json         the resolved config + ``split_method``, data counts, versions
 labels.json         the run's label set, in output order (the records' manifest labels)
@@ -46,9 +47,11 @@ DEFAULT_RUNS_DIR = Path("saved_models")
 
 # --------------------------------------------------------------------------- finding a run
 def resolve_run_dir(model=None):
-    """The run folder: ``model`` when given (a run folder, or a ``latest`` file: the run it
-    names), else the path that ``saved_models/latest`` names (looked up in the current
-    folder). Checks it holds ``model.keras``; FileNotFoundError with the fix otherwise."""
+    """The run folder: ``model`` when given (a run folder, a ``latest`` file: the run it names,
+    or a path inside a run: its ``model.keras``, ``export/onnx``, ...), else the path that
+    ``saved_models/latest`` names (looked up in the current folder). Checks it holds
+    ``model.keras``; FileNotFoundError with the fix otherwise. Every command that reads a run
+    finds it here."""
     if model is None:
         latest = Path.cwd() / DEFAULT_RUNS_DIR / LATEST
         if not latest.is_file():
@@ -62,6 +65,8 @@ def resolve_run_dir(model=None):
         run_dir = next((o for o in options if (o / MODEL).is_file()), options[0])
     else:
         run_dir = Path(model)
+        # a path inside a run: the nearest folder above it that holds model.keras
+        run_dir = next((p for p in (run_dir, *run_dir.parents) if (p / MODEL).is_file()), run_dir)
     if not (run_dir / MODEL).is_file():
         raise FileNotFoundError(f"{run_dir}/{MODEL} not found: RUN_DIR must be a folder written by "
                                 "`python -m cxr_tf.fit` (model.keras, config.json, labels.json, thresholds.json)")
@@ -190,19 +195,18 @@ def record_evaluation(run_dir, split, block):
 
 # --------------------------------------------------------------------------- the model
 def load_model(run_dir):
-    """The run's Keras model (``model.keras``, not compiled)."""
+    """The run's Keras model (``model.keras``). Its image size and whether it is multimodal:
+    ``cxr_tf.models.model_input_spec(model)``.
+
+    model.keras holds no training state, so plain ``keras.models.load_model`` reads it
+    (docs/models.md); ``compile=False`` and the import of ``cxr_tf.models`` (which registers
+    ``MCDropout`` and ``BackbonePreprocess``) are for files written by older versions, which
+    carried the compiled loss and those custom layers."""
     import keras
 
-    import cxr_tf.models  # noqa: F401  registers the custom layers that model.keras files use
+    import cxr_tf.models  # noqa: F401  registers the custom layers of older model.keras files
 
     return keras.models.load_model(Path(run_dir) / MODEL, compile=False)
-
-
-def model_inputs(model):
-    """(image_size, multimodal) from a model's inputs (named "image", optional "meta")."""
-    names = [t.name.split(":")[0] for t in model.inputs]
-    image = model.inputs[names.index("image")] if "image" in names else model.inputs[0]
-    return int(image.shape[1]), "meta" in names or len(model.inputs) > 1
 
 
 class Run:

@@ -1,4 +1,9 @@
-"""Shared test fixtures. Add fixtures here; never rewrite another issue's fixture."""
+"""Shared test fixtures and the suite's layout.
+
+The tests follow the package, one folder per stage: ``data/``, ``models/``, ``training/``,
+``evaluation/``, ``inference/``, ``integration/`` (front ends and whole paths against real
+peers), and ``learning/`` (every architecture learns; collected first, see
+``pytest_collection_modifyitems``). ``fixtures/`` holds the real NIH slice (not tests)."""
 
 import os
 from pathlib import Path
@@ -13,9 +18,9 @@ import pytest
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
-# Real NIH material shipped with the repository (tests/data/README.md): the full label table,
+# Real NIH material shipped with the repository (tests/fixtures/README.md): the full label table,
 # the box list, the sample's table in both layouts and 7 of its films at full size.
-TEST_DATA = Path(__file__).resolve().parent / "data"
+TEST_DATA = Path(__file__).resolve().parent / "fixtures"
 FULL_SIZE_FILMS = sorted((TEST_DATA / "nih-sample" / "images_001" / "images").glob("*.png"))
 
 
@@ -194,3 +199,11 @@ def learned_run(tmp_path_factory):
         "loss.name": "bce", "verbose": 0, "augment": False, "phases.0.epochs": 8, "phases.0.learning_rate": 2e-3,
         "early_stopping.patience": 8, "reduce_lr.patience": 8})
     return train(config)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The learning tests (``tests/learning/``, the longest file) first, the rest in folder order:
+    pytest-xdist hands files out in collection order (``--no-loadscope-reorder``, setup.cfg), so
+    one worker starts the long file at once while the other runs the rest."""
+    learning = Path(__file__).resolve().parent / "learning"
+    items.sort(key=lambda item: learning not in Path(str(item.path)).parents)

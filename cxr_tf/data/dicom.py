@@ -45,9 +45,11 @@ class DicomError(ValueError):
 
 
 def decode_dicom(data, name, check):
-    """(uint8 (H, W) greyscale pixels, (age, sex, view)) of the DICOM Part 10 bytes ``data``;
-    age/sex/view as ``dicom_meta`` gives them. ``check(width, height, bits)``: raises for an
-    implausible film, called before any pixel is decoded. DicomError naming ``name`` for a
+    """(uint8 (H, W) greyscale pixels, (age, sex, view), header) of the DICOM Part 10 bytes
+    ``data``; age/sex/view as ``dicom_meta`` gives them; header: the parsed pydicom Dataset
+    without its pixel data (reports copy identity from it, so no caller parses it again).
+    ``check(width, height, bits)``: raises for an implausible film, called before any pixel
+    is decoded. DicomError naming ``name`` for a
     corrupt file, no pixel data, a bad window or rescale, or pixel data that cannot be
     decoded (its transfer syntax named)."""
     import pydicom
@@ -78,7 +80,7 @@ def decode_dicom(data, name, check):
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim == 3 and arr.shape[-1] == 3:
             arr = cv2.cvtColor(np.asarray(arr, dtype=np.float32), cv2.COLOR_RGB2GRAY)
-            return stretch(arr, None), dicom_meta(ds)
+            return stretch(arr, None), dicom_meta(ds), _header(ds)
         raise DicomError(name, f"unsupported DICOM photometric interpretation {photometric}")
     if arr.ndim != 2:
         raise DicomError(name, f"unexpected DICOM pixel array shape {arr.shape}")
@@ -94,7 +96,15 @@ def decode_dicom(data, name, check):
     pixels = stretch(arr, value_range)
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels
-    return pixels, dicom_meta(ds)
+    return pixels, dicom_meta(ds), _header(ds)
+
+
+def _header(ds):
+    """``ds`` without its pixel data (the decoded film holds the pixels)."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            del ds[keyword]
+    return ds
 
 
 def _short(err, limit=200):

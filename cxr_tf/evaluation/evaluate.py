@@ -131,8 +131,9 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     int64 (N,), y_true int (N, K), 1 / 0 / -1 missing, y_prob float64 (N, K))."""
     from cxr_tf.data.pipeline import make_dataset
     from cxr_tf.data.verify import locate_damage
+    from cxr_tf.models import model_input_spec
 
-    size, is_multimodal = runs.model_inputs(model)
+    size, is_multimodal = model_input_spec(model)
     image_size = image_size or size
     multimodal = is_multimodal if multimodal is None else multimodal
     dataset = make_dataset(records, split, batch_size, image_size=image_size, training=False,

@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from cxr_tf.inference.outputs import FORMATS
 from cxr_tf.inference.readers import FilmError
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,22 @@ def chest_problem(ds):
 
 def _identity_problem(ds):
     """Why no SR could join ``ds``'s study (missing UIDs), or None."""
-    from cxr_tf.inference.dicom_sr import check_source
+    from cxr_tf.inference.outputs.dicom_sr import check_source
 
     try:
         check_source(ds)
     except ValueError as err:
         return str(err)
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """A film the node acknowledged: when it arrived, its SOP Instance UID, the film as read."""
+
+    received: float
+    sop_uid: str
+    film: object
 
 
 @dataclasses.dataclass
@@ -158,7 +168,9 @@ class DicomNode:
         self._idle = threading.Condition()
         self._server = None
         self._worker = None
-        self._description = predictor.describe()
+        # every format the node will make, checked now: a missing extra is one line at start
+        for name in ("dicom-sr", *(("heatmap-sc",) if heatmaps else ()), *(("fhir",) if fhir_out else ())):
+            FORMATS[name].check()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,13 +249,13 @@ class DicomNode:
             problem = chest_problem(ds) or _identity_problem(ds)
             if problem:
                 return self._refuse(sop_uid, STATUS_NOT_CHEST, problem)
-            film, x, meta = self.predictor.load(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
+            film = self.predictor.read(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
         except FilmError as err:
             return self._refuse(sop_uid, STATUS_UNREADABLE, str(err))
         except Exception as err:  # noqa: BLE001 - pydicom raises many types while decoding a damaged data set
             return self._refuse(sop_uid, STATUS_UNREADABLE, f"cannot decode the data set ({type(err).__name__}: {err})")
         self.stats["received"] += 1
-        self._queue.put((time.monotonic(), sop_uid, ds, film, x, meta))
+        self._queue.put(Received(time.monotonic(), sop_uid, film))
         return 0x0000
 
     def _refuse(self, sop_uid, status, reason):
@@ -278,7 +290,7 @@ class DicomNode:
             try:
                 self._triage(batch)
             except Exception:
-                log.exception("triage failed for SOP Instance(s) %s", [item[1] for item in batch])
+                log.exception("triage failed for SOP Instance(s) %s", [item.sop_uid for item in batch])
                 self.stats["failed"] += len(batch)
             finally:
                 for _ in batch:
@@ -298,16 +310,15 @@ class DicomNode:
     def _triage(self, batch):
         """MC run over the batch; every film's SR goes out first, then the heatmaps
         (Grad-CAM costs more than the SR, and the SR is what the worklist needs)."""
-        results = self.predictor.triage_loaded([(sop, film, x, meta) for _, sop, _, film, x, meta in batch])
+        results = self.predictor.predict([(item.sop_uid, item.film) for item in batch])
         done = []
         for item, result in zip(batch, results):
-            if self._guarded(item[1], "the SR", self._report, item, result):
+            if self._guarded(item.sop_uid, "the SR", self._report, item, result):
                 done.append((item, result))
         self._send_due()
-        if self.heatmaps:
-            for item, result in done:
-                if result["findings"]:
-                    self._guarded(item[1], "heatmaps", self._heatmaps, item, result)
+        for item, result in done:
+            if self.heatmaps and result.findings:
+                self._guarded(item.sop_uid, "heatmaps", self._heatmaps, item, result)
 
     def _guarded(self, sop_uid, what, step, *args):
         """Run one film's step; True when it worked. One film's failure costs no other
@@ -321,33 +332,22 @@ class DicomNode:
             return False
 
     def _report(self, item, result):
-        """The film's SR (and FHIR Bundle) into the outbox."""
-        from pydicom.uid import generate_uid
-
-        from cxr_tf.inference.dicom_sr import make_sr
-
-        received, sop_uid, ds, _, _, _ = item
-        sr = make_sr(result, ds, self._description, series_uid=generate_uid())
+        """The film's SR (and FHIR Bundle) into the outbox (``cxr_tf.inference.outputs``)."""
+        if result.error is not None:
+            raise ValueError(result.error)
+        [sr] = [output.value for output in FORMATS["dicom-sr"].write(result, self.predictor)]
         if self.fhir_out:
-            self._write_fhir(result, ds)
+            for output in FORMATS["fhir"].write(result, self.predictor):
+                (self.fhir_out / f"{item.sop_uid}{output.suffix}").write_bytes(output.encode())
         self.stats["triaged"] += 1
-        log.info("triaged SOP Instance %s: %s (%s)", sop_uid, result["triage"]["level"], result["message"])
-        self.outbox.append(Pending(sop_uid, [sr], received, is_report=True))
+        log.info("triaged SOP Instance %s: %s (%s)", item.sop_uid, result.verdict["triage"]["level"],
+                 result.verdict["message"])
+        self.outbox.append(Pending(item.sop_uid, [sr], item.received, is_report=True))
 
     def _heatmaps(self, item, result):
         """Grad-CAM Secondary Captures of the film's positive findings into the outbox."""
-        from cxr_tf.inference.heatmap_sc import make_heatmaps
-
-        received, sop_uid, ds, film, x, meta = item
-        cams = self.predictor.cams(film, x, meta, result["findings"])
-        self.outbox.append(Pending(sop_uid, make_heatmaps(ds, film.pixels, cams, result["probabilities"]),
-                                   received))
-
-    def _write_fhir(self, result, ds):
-        from cxr_tf.inference.fhir import bundle_json, make_bundle
-
-        bundle = make_bundle(result, self._description, ds.get("StudyInstanceUID"), ds.get("PatientID"))
-        (self.fhir_out / f"{ds.SOPInstanceUID}.fhir.json").write_text(bundle_json(bundle))
+        objects = [output.value for output in FORMATS["heatmap-sc"].write(result, self.predictor)]
+        self.outbox.append(Pending(item.sop_uid, objects, item.received))
 
     # ------------------------------------------------------------------ sending
 

@@ -8,7 +8,8 @@ on every backend as it does in Keras (backbone once per film, head sampled T tim
 ``cxr_tf.inference.uncertainty``), and a clinic PC needs only NumPy plus the LiteRT
 runtime (``ai-edge-litert``) or onnxruntime. The int8 file quantizes the backbone
 (full-integer kernels, float32 input/output tensors, representative data from the
-run's validation records); the head stays float32.
+run's validation records); the head stays float32. The conversions themselves:
+``cxr_tf.inference.converters``.
 
 Export folder::
 
@@ -16,11 +17,17 @@ Export folder::
     head.npz                                       head weights (litert / onnx)
     export.json    {"format", "arch", "image_size", "inputs", "labels", "head": [...]}
     parity.json    see ``parity``
+
+An export is built in a hidden sibling folder (``.<format>.partial-*``) and renamed into place
+only when complete, so a failed export leaves no half-written folder and an older export stays
+until then. A missing converter or runtime raises ``cxr_tf.inference.extras.MissingExtra``.
 """
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +35,8 @@ import numpy as np
 
 from cxr_tf import runs
 from cxr_tf.data.jsonfile import write_json
+from cxr_tf.inference.converters import to_litert, to_onnx
+from cxr_tf.inference.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,9 @@ REPRESENTATIVE_FILMS = 128
 """Validation films fed to the int8 calibration (more changes the ranges little)."""
 GRAPH_FILES = {"litert": "backbone.tflite", "litert-int8": "backbone.tflite", "onnx": "backbone.onnx",
                "savedmodel": "savedmodel"}
+EXTRAS = {"litert": ("ai_edge_litert",), "litert-int8": ("ai_edge_litert",), "onnx": ("tf2onnx", "onnxruntime")}
+"""Modules an export needs beyond TensorFlow (the converter, and the runtime its parity check
+runs), all installed by ``pip install 'cxr_tf[export]'``."""
 
 
 class ExportError(ValueError):
@@ -132,87 +144,6 @@ class NumpyHead:
         return x
 
 
-# --------------------------------------------------------------------------- conversions
-def _backbone_function(backbone):
-    """A tf.function of the backbone with a dynamic batch: (image[, meta]) -> features."""
-    import tensorflow as tf
-
-    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=t.name.split(":")[0])
-             for t in backbone.inputs]
-    names = [s.name for s in specs]
-    if len(specs) == 1:
-        fn = tf.function(lambda image: {"features": backbone(image, training=False)}, input_signature=specs)
-    else:
-        fn = tf.function(lambda image, meta: {"features": backbone({"image": image, "meta": meta}, training=False)},
-                         input_signature=specs)
-    return fn, names
-
-
-def _backbone_savedmodel(backbone, folder):
-    """Write the backbone as a SavedModel with one signature ``serving_default``:
-    (image[, meta]) -> {"features"}; returns the input names. The LiteRT converter
-    reads this (converting a concrete function directly leaves its variables unfrozen)."""
-    import keras
-
-    fn, names = _backbone_function(backbone)
-    archive = keras.export.ExportArchive()
-    archive.track(backbone)
-    archive.add_endpoint("serving_default", fn)
-    archive.write_out(str(folder), verbose=False)
-    return names
-
-
-def to_litert(backbone, path, representative=None):
-    """Write the backbone as a LiteRT flatbuffer; int8 when ``representative`` (the
-    backbone's inputs, a float32 array or {"image", "meta"}) is given."""
-    import tempfile
-
-    import tensorflow as tf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        names = _backbone_savedmodel(backbone, Path(tmp) / "backbone")
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "backbone"))
-        if representative is not None:
-            def samples():
-                images = representative["image"] if isinstance(representative, dict) else representative
-                for i in range(len(images)):
-                    if isinstance(representative, dict):
-                        yield {"image": images[i:i + 1], "meta": representative["meta"][i:i + 1]}
-                    else:
-                        yield {"image": images[i:i + 1]}
-
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = samples
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            flatbuffer = converter.convert()
-        except Exception as err:  # noqa: BLE001  the converter raises several types for one cause
-            if representative is None:
-                raise
-            # an op without an int8 kernel: keep it float (the rest stays int8) and say so
-            log.warning("int8 conversion with int8 kernels only failed (%s); ops without an int8 kernel "
-                        "stay float32", str(err).splitlines()[0][:300])
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
-            flatbuffer = converter.convert()
-        Path(path).write_bytes(flatbuffer)
-    return names
-
-
-def to_onnx(backbone, path):
-    """Write the backbone as ONNX (tf2onnx, opset 17)."""
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    fn, names = _backbone_function(backbone)
-    # freeze first: tf2onnx.convert.from_function leaves some Keras variables (the mean and
-    # variance of EfficientNet's Normalization layer) as graph inputs instead of constants
-    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-                                   output_names=[t.name for t in frozen.outputs], opset=17, output_path=str(path))
-    return names
-
-
 # --------------------------------------------------------------------------- loading an export
 class PortableModel:
     """An export folder (litert, litert-int8 or onnx) loaded for inference, with the
@@ -240,13 +171,13 @@ class PortableModel:
         threads = threads or os.cpu_count() or 1
         graph = self.folder / GRAPH_FILES[self.format]
         if self.format == "onnx":
-            import onnxruntime as ort
-
+            ort = require("onnxruntime", "onnx", "The ONNX backend")
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
             self._onnx_inputs = [i.name for i in self._session.get_inputs()]
         else:
+            require("ai_edge_litert", "litert", "The LiteRT backend")
             from ai_edge_litert.interpreter import Interpreter
 
             self._interpreter = Interpreter(model_path=str(graph), num_threads=threads)
@@ -356,23 +287,52 @@ def parity(reference, candidate, y_true, one_reference, one_candidate, labels):
 
 
 # --------------------------------------------------------------------------- the export
+def _check_replaceable(out):
+    """ExportError unless ``out`` is absent, an empty folder or an export (its export.json)."""
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "export.json").is_file())):
+        raise ExportError(f"{out} exists and is not an export folder (no export.json): an export replaces "
+                          "its whole folder, so choose another --out")
+
+
+@contextlib.contextmanager
+def _staged(out):
+    """A new hidden folder beside ``out`` to build an export in: renamed to ``out`` when the block
+    completes (replacing an export there only then), removed when it raises."""
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def export_run(run_dir, fmt, out=None, records=None):
     """Export run ``run_dir`` as ``fmt`` (one of ``FORMATS``) into ``out`` (default
-    ``RUN/export/<fmt>``) and write ``parity.json`` there. Returns the parity dict
-    (plus "folder", "size_bytes", "format")."""
+    ``RUN/export/<fmt>``) with ``parity.json``. Returns the parity dict (plus "folder",
+    "size_bytes", "format"). ExportError for an unusable run or ``out``; MissingExtra
+    (``cxr_tf.inference.extras``) when the format's converter or runtime is not installed."""
     import tensorflow as tf
 
-    from cxr_tf import runs
     from cxr_tf.inference.uncertainty import split_model
     from cxr_tf.models.savedmodel import export_savedmodel
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    for module in EXTRAS.get(fmt, ()):  # before the minutes of loading and converting
+        require(module, "export", f"{'ONNX' if fmt == 'onnx' else 'LiteRT'} export")
     run_dir = Path(run_dir)
+    out = Path(out) if out is not None else export_dir(run_dir, fmt)
+    _check_replaceable(out)
     run = runs.Run(run_dir)
     model, config, labels = run.model, run.config, list(run.labels)
-    out = Path(out) if out is not None else export_dir(run_dir, fmt)
-    out.mkdir(parents=True, exist_ok=True)
     image_size = int(model.inputs[0].shape[1])
     multimodal = len(model.inputs) > 1
     x, y_true = validation_arrays(find_records(run_dir, config, records), image_size, multimodal)
@@ -381,43 +341,39 @@ def export_run(run_dir, fmt, out=None, records=None):
     one_x = {"image": images[:1], "meta": meta[:1]} if multimodal else images[:1]
     keras_one = tf.function(lambda v: model(v, training=False))
 
-    if fmt == "savedmodel":
-        export_savedmodel(model, out / "savedmodel")
-        loaded = tf.saved_model.load(str(out / "savedmodel"))
-        serve = (lambda i, m: loaded.serve(i, m)) if multimodal else (lambda i, m: loaded.serve(i))
-        candidate = np.concatenate([np.asarray(serve(images[s:s + 32], None if meta is None else meta[s:s + 32]))
-                                    for s in range(0, len(images), 32)])
-        one_candidate = lambda: serve(images[:1], None if meta is None else meta[:1])  # noqa: E731
-        info = {"format": fmt, "arch": config.get("arch"), "image_size": image_size,
-                "inputs": ["image", "meta"] if multimodal else ["image"], "labels": list(labels),
-                "signatures": ["serve", "serve_bytes"]}
-    else:
-        backbone, head = split_model(model)
-        layers, arrays = head_spec(head)
-        graph = out / GRAPH_FILES[fmt]
-        if fmt == "onnx":
-            names = to_onnx(backbone, graph)
+    with _staged(out) as folder:
+        if fmt == "savedmodel":
+            export_savedmodel(model, folder / "savedmodel")
+            inputs = ["image", "meta"] if multimodal else ["image"]
+            described = {"signatures": ["serve", "serve_bytes"]}
         else:
-            representative = None
-            if fmt == "litert-int8":
+            backbone, head = split_model(model)
+            layers, arrays = head_spec(head)
+            graph = folder / GRAPH_FILES[fmt]
+            if fmt == "onnx":
+                inputs = to_onnx(backbone, graph)
+            else:
                 n = REPRESENTATIVE_FILMS
-                representative = {"image": images[:n], "meta": meta[:n]} if multimodal else images[:n]
-            names = to_litert(backbone, graph, representative)
-        np.savez(out / "head.npz", **arrays)
-        info = {"format": fmt, "arch": config.get("arch"), "image_size": image_size, "inputs": names,
-                "labels": list(labels), "head": layers}
-        write_json(out / "export.json", info)
-        portable = PortableModel(out)
-        candidate = np.concatenate([portable.deterministic(images[s:s + 32],
-                                                           None if meta is None else meta[s:s + 32])
+                representative = None if fmt == "litert" else (
+                    {"image": images[:n], "meta": meta[:n]} if multimodal else images[:n])
+                inputs = to_litert(backbone, graph, representative)
+            np.savez(folder / "head.npz", **arrays)
+            described = {"head": layers}
+        write_json(folder / "export.json", {"format": fmt, "arch": config.get("arch"), "image_size": image_size,
+                                            "inputs": inputs, "labels": labels, **described})
+        if fmt == "savedmodel":
+            loaded = tf.saved_model.load(str(folder / "savedmodel"))
+            predict = (lambda i, m: loaded.serve(i, m)) if multimodal else (lambda i, m: loaded.serve(i))
+        else:
+            predict = PortableModel(folder).deterministic
+        candidate = np.concatenate([np.asarray(predict(images[s:s + 32], None if meta is None else meta[s:s + 32]))
                                     for s in range(0, len(images), 32)])
-        one_candidate = lambda: portable.deterministic(images[:1], None if meta is None else meta[:1])  # noqa: E731
-    write_json(out / "export.json", info)
-    report = parity(reference, candidate, y_true, lambda: keras_one(one_x), one_candidate, labels)
-    report.update({"format": fmt, "folder": str(out), "size_bytes": folder_bytes(out / GRAPH_FILES[fmt])
-                   + (folder_bytes(out / "head.npz") if (out / "head.npz").is_file() else 0),
-                   "keras_size_bytes": folder_bytes(run_dir / "model.keras")})
-    write_json(out / "parity.json", report)
+        report = parity(reference, candidate, y_true, lambda: keras_one(one_x),
+                        lambda: predict(images[:1], None if meta is None else meta[:1]), labels)
+        report.update({"format": fmt, "folder": str(out), "size_bytes": folder_bytes(folder / GRAPH_FILES[fmt])
+                       + (folder_bytes(folder / "head.npz") if (folder / "head.npz").is_file() else 0),
+                       "keras_size_bytes": folder_bytes(run_dir / "model.keras")})
+        write_json(folder / "parity.json", report)
     if report["warning"]:
         log.warning("%s: %s", out, report["warning"])
     return report

@@ -1,71 +1,51 @@
-"""Triage of incoming films: ``python -m cxr_tf.predict --model RUN_DIR film.png other.dcm ...``
+"""The one predictor: a trained run, loaded once, that reads films and triages them.
+``Predictor(run).predict(films) -> [FilmResult]`` is the entry point of every front end
+(``predict``, ``explain``, the web service, the DICOM node).
 
-For each film (PNG, JPEG or DICOM, recognised by content; ``cxr_tf.inference.readers``):
-the 14 probabilities (Monte-Carlo dropout mean, ``cxr_tf.inference.uncertainty``), their
-uncertainty (MC standard deviation), the findings at or above the run's
-validation-chosen thresholds, and a triage level with a recommended action
-(``cxr_tf.inference.triage``). Films are listed most urgent first (a worklist). ``--json``
-prints, in that order, one object per film::
+For each film (PNG, JPEG or DICOM, recognised by content; ``cxr_tf.inference.readers``,
+read once into a ``Film``): the probabilities (Monte-Carlo dropout mean,
+``cxr_tf.inference.uncertainty``), their uncertainty (MC standard deviation), the findings
+at or above the run's validation-chosen thresholds, and a triage level with a recommended
+action (``cxr_tf.inference.triage``); ``cxr_tf.inference.results.FilmResult`` holds them,
+or the error naming a film that could not be read. ``worklist`` sorts results most urgent
+first; output formats (``cxr_tf.inference.outputs``) turn results into files and messages.
 
-    {"file", "probabilities": {finding: p}, "uncertainty": {finding: std},
-     "findings": [...], "borderline": [...], "triage": {"level", "action"}, "message",
-     "caveats": [...]}
-
-One probability per film: ``Predictor.film_results`` is the only code path from
-prepared films to numbers (``predict`` table and JSON, the web service and
-``explain`` all call it). The Monte-Carlo draws are seeded from the film's pixels
-and the run's ``model.keras`` digest (``cxr_tf.inference.uncertainty.film_seed``), so
-the same film on the same run gives the same numbers every time, in any batch.
-The mean is thresholded; the spread is the uncertainty. ``caveats`` carry what
-the run has not shown (``cxr_tf.inference.evidence``; an unvalidated run never says
-urgent).
-
-or ``{"file", "error"}`` for a film that could not be read; the exit code is 1
-when any film failed, 2 for a usage error (bad run folder, unknown finding).
-``--gradcam DIR`` writes a Grad-CAM overlay per positive finding,
-``DIR/<film stem>_<finding>.png``.
+One probability per film: ``predict`` is the only code path from films to numbers. The
+Monte-Carlo draws are seeded from the film's pixels and the run's ``model.keras`` digest
+(``cxr_tf.inference.uncertainty.film_seed``), so the same film on the same run gives the same
+numbers every time, in any batch. The mean is thresholded; the spread is the uncertainty.
+``caveats`` carry what the run has not shown (``cxr_tf.inference.evidence``; an unvalidated
+run never says urgent).
 
 The run folder is a ``cxr_tf.training.trainer`` run: ``model.keras``, ``config.json``
-(``arch``, ``image_size``), ``labels.json``, ``thresholds.json`` (when absent,
-0.5 for every finding, and the output says so). Without ``--model`` the run
-named in ``saved_models/latest`` is used.
+(``arch``, ``image_size``), ``labels.json``, ``thresholds.json`` (when absent, 0.5 for every
+finding, and the output says so); ``runs.resolve_run_dir`` finds it (default: the run that
+``saved_models/latest`` names).
 
-Multimodal models get their metadata input from the DICOM tags PatientAge,
-PatientSex and ViewPosition; PNG/JPEG films and missing tags use the defaults of
+Multimodal models get their metadata input from the DICOM tags PatientAge, PatientSex and
+ViewPosition; PNG/JPEG films and missing tags use the defaults of
 ``cxr_tf.data.pipeline.meta_vector``: the training-split mean age, and zeros in the sex and
-view one-hots (no information), standardised with the run's records manifest.
+view one-hots (no information), standardised with the run's training statistics.
 """
 
 import base64
 import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from cxr_tf import runs
 from cxr_tf.data.manifest import MANIFEST, read_manifest
-from cxr_tf.inference.readers import FilmError, Limits, read_film
+from cxr_tf.inference.readers import Film, Limits, read_film
+from cxr_tf.inference.results import FilmResult, error_text, unique_stems
 from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR, run_evidence
 from cxr_tf.inference.triage import (DEFAULT_BORDERLINE_K, DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD, triage,
-                                     validate_critical, worklist)
+                                     urgency_key, validate_critical)
 from cxr_tf.inference.uncertainty import DEFAULT_SAMPLES, film_seed
 
-log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 512
-"""Longest side (px) of the film and overlay images ``predict_bytes(images=True)`` returns."""
-
-
-def film_error_text(name, err):
-    """The per-film error message of ``err``: a FilmError's own text (it names the file),
-    else the file, the exception type and its first line (an unforeseen failure while
-    preparing one film is that film's error, not the batch's)."""
-    if isinstance(err, FilmError):
-        return str(err)
-    log.warning("unexpected error preparing %s", name, exc_info=err)
-    first = (str(err).strip().splitlines() or [""])[0][:200]
-    return f"{name}: could not be prepared ({type(err).__name__}: {first})"
+"""Longest side (px) of the film and overlay images of ``add_images`` (the service's ``?images=1``)."""
 
 
 def _data_uri(png):
@@ -136,16 +116,11 @@ class Predictor:
             self.image_size = self.sampler.image_size
             self.multimodal = self.sampler.multimodal
         self._manifest = self._find_manifest() if self.multimodal else None
-        if seed is not None:  # part of every film's seed (film_results reseeds per film)
+        if seed is not None:  # part of every film's seed (predict reseeds per film)
             self.run_key += int(seed).to_bytes(16, "little", signed=True)
         self.evidence = run_evidence(self.run.metrics or None, self.critical, auc_floor,
                                      self.config.get("split_method"))
-        for caveat in self.evidence["caveats"]:
-            log.warning(caveat)
         self._gradcam = None
-        self.overlay_paths = {}  # {film: {finding: path}} of the last predict_files(gradcam_dir=...)
-        for note in self.notes:
-            log.warning(note)
 
     @property
     def model(self):
@@ -203,7 +178,12 @@ class Predictor:
             "notes": list(self.notes),
         }
 
-    # ------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------ reading
+
+    def read(self, source, name=None):
+        """Read one film (a path, or bytes labelled ``name``) under this predictor's limits:
+        a ``readers.Film``. Raises FilmError (a ValueError) naming the file for an unusable one."""
+        return read_film(source, name=name, limits=self.limits)
 
     def _meta(self, film):
         if not self.multimodal:
@@ -214,25 +194,57 @@ class Predictor:
             return meta_vector(None, film.sex, film.view, {"metadata": {"age_mean": 0.0, "age_std": 1.0}})
         return meta_vector(film.age, film.sex, film.view, self._manifest)
 
-    def load(self, source, name=None):
-        """Read one film: (Film, model pixels float32 (1, S, S, 1), meta (1, 5) or None).
-        Raises FilmError (a ValueError) for an unusable file."""
+    def _prepare(self, item):
+        """A FilmResult holding the film and the model's input for it, or the error."""
         from cxr_tf.data.images import to_square
 
-        film = read_film(source, name=name, limits=self.limits)
-        x = to_square(film.pixels, self.image_size).astype(np.float32)[None, :, :, None]
-        meta = self._meta(film)
-        return film, x, (None if meta is None else meta[None, :])
-
-    def probabilities(self, x, meta=None):
-        """The film's probabilities (14,) float64: the seeded MC mean as every output
-        reports it (``film_results``). x, meta: one prepared film (see ``load``)."""
-        [result] = self.film_results([("", None, x, meta)])
-        return np.array([result["probabilities"][f] for f in self.labels])
+        name, source = item if isinstance(item, tuple) else (None, item)
+        if name is None:
+            name = source.name if isinstance(source, Film) else (
+                "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
+        try:
+            film = source if isinstance(source, Film) else self.read(source, name=name)
+            x = to_square(film.pixels, self.image_size).astype(np.float32)[None, :, :, None]
+            meta = self._meta(film)
+        except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
+            return FilmResult(name, error=error_text(name, err))
+        return FilmResult(name, film=film, x=x, meta=None if meta is None else meta[None, :])
 
     def seeds(self, x):
         """One MC seed per prepared film in ``x`` (N, S, S, 1): its pixels and the run."""
         return [film_seed(film, self.run_key) for film in np.asarray(x)]
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, films):
+        """Triage ``films``: [FilmResult], one per film, in the order given.
+
+        Each film is a path, a ``(name, path or bytes)`` pair, or a ``readers.Film`` already
+        read (``read``). All readable films go through one MC run (the one code path from
+        films to numbers: module docstring); a film that cannot be read or prepared gets a
+        result with ``error`` naming it, and costs no other film its result."""
+        results = [self._prepare(item) for item in films]
+        ready = [r for r in results if r.error is None]
+        if not ready:
+            return results
+        x = np.concatenate([r.x for r in ready])
+        meta = np.concatenate([r.meta for r in ready]) if self.multimodal else None
+        mean, std = self.sampler(x, samples=self.samples, meta=meta, seeds=self.seeds(x))
+        for result, p, s in zip(ready, mean, std):
+            # rounded first, then thresholded: what is printed is what was decided on
+            probs = {f: round(float(v), 4) for f, v in zip(self.labels, p)}
+            unc = {f: round(float(v), 4) for f, v in zip(self.labels, s)}
+            verdict = triage(probs, unc, self.thresholds, self.critical, self.uncertainty_threshold,
+                             self.borderline_k, self.evidence)
+            result.verdict = {"probabilities": probs, "uncertainty": unc, **verdict}
+        return results
+
+    def worklist(self, results):
+        """``results`` (FilmResults) most urgent first (``cxr_tf.inference.triage.urgency_key``
+        with this run's critical findings)."""
+        return sorted(results, key=lambda r: urgency_key(r.as_dict(), self.critical))
+
+    # ------------------------------------------------------------------ Grad-CAM
 
     @property
     def gradcam(self):
@@ -243,134 +255,64 @@ class Predictor:
             self._gradcam = GradCAM(self.model, arch=self.arch, labels=self.labels)
         return self._gradcam
 
-    # ------------------------------------------------------------------ prediction
+    def cams(self, result, findings=None):
+        """{finding: Grad-CAM map float32 (H, W) 0..1 on the film's own grid} of a triaged
+        ``result`` (default: its positive findings)."""
+        from cxr_tf.inference.gradcam import cam_to_film
 
-    def film_results(self, loaded):
-        """Results for successfully loaded films [(name, film, x, meta)]: the one code path
-        from prepared films to probabilities, uncertainty and triage (module docstring)."""
-        if not loaded:
-            return []
-        x = np.concatenate([item[2] for item in loaded])
-        meta = np.concatenate([item[3] for item in loaded]) if self.multimodal else None
-        mean, std = self.sampler(x, samples=self.samples, meta=meta, seeds=self.seeds(x))
-        results = []
-        for (name, _, _, _), p, s in zip(loaded, mean, std):
-            # rounded first, then thresholded: what is printed is what was decided on
-            probs = {f: round(float(v), 4) for f, v in zip(self.labels, p)}
-            unc = {f: round(float(v), 4) for f, v in zip(self.labels, s)}
-            verdict = triage(probs, unc, self.thresholds, self.critical, self.uncertainty_threshold,
-                             self.borderline_k, self.evidence)
-            results.append({"file": name, "probabilities": probs, "uncertainty": unc, **verdict})
-        return results
-
-
-    def overlays(self, film, x, meta, findings, probabilities, max_side=None):
-        """{finding: (overlay PNG bytes, ``describe_map`` dict)} of Grad-CAM maps on the
-        original film, captioned with ``probabilities`` ({finding: p}, the film's result)
-        and, for an empty, flat or too coarse map, the note saying so."""
-        from cxr_tf.inference.gradcam import cam_to_film, describe_map, overlay_png
-
+        findings = result.findings if findings is None else list(findings)
         if not findings:
             return {}
-        maps, _ = self.gradcam.cams(x, findings, meta)
+        maps, _ = self.gradcam.cams(result.x, findings, result.meta)
+        return {f: cam_to_film(cam, result.film.pixels.shape) for f, cam in zip(findings, maps[0])}
+
+    def overlays(self, result, findings=None, max_side=None):
+        """{finding: (overlay PNG bytes, ``describe_map`` dict)}: Grad-CAM maps of ``result``'s
+        positive findings (or ``findings``) on the original film, captioned with the film's
+        probability and, for an empty, flat or too coarse map, the note saying so."""
+        from cxr_tf.inference.gradcam import cam_to_film, describe_map, overlay_png
+
+        findings = result.findings if findings is None else list(findings)
+        if not findings:
+            return {}
+        maps, _ = self.gradcam.cams(result.x, findings, result.meta)
         out = {}
         for finding, cam in zip(findings, maps[0]):
             described = describe_map(cam, self.gradcam.layer_name)
-            text = f"{finding} p={probabilities[finding]:.2f}" + (f"\n{described['note']}" if described["note"] else "")
-            out[finding] = (overlay_png(film.pixels, cam_to_film(cam, film.pixels.shape), text, max_side), described)
+            text = f"{finding} p={result.probabilities[finding]:.2f}" + (
+                f"\n{described['note']}" if described["note"] else "")
+            out[finding] = (overlay_png(result.film.pixels, cam_to_film(cam, result.film.pixels.shape), text,
+                                        max_side), described)
         return out
 
-    def predict_sources(self, items):
-        """Triage [(name, path or bytes)] in one MC run, in input order: [(result, loaded)]
-        where loaded = (film, x, meta) for ``cams`` / ``overlays``, or None with an error result."""
-        loaded, out = [], []
-        for name, source in items:
-            try:
-                loaded.append((name, *self.load(source, name=name)))
-                out.append(None)
-            except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
-                out.append(({"file": name, "error": film_error_text(name, err)}, None))
-        done = iter(zip(self.film_results(loaded), loaded))
-        for i, item in enumerate(out):
-            if item is None:  # a readable film: its result, in the order they were loaded
-                result, (_, *film_x_meta) = next(done)
-                out[i] = (result, tuple(film_x_meta))
-        return out
-
-    def triage_loaded(self, loaded):
-        """Results for films already read with ``load``: [(name, film, x, meta)] -> [result], one MC run."""
-        return self.film_results(loaded)
-
-    def cams(self, film, x, meta, findings):
-        """{finding: Grad-CAM map float32 (H, W) 0..1 on the film's own grid}."""
-        from cxr_tf.inference.gradcam import cam_to_film
-
-        if not findings:
-            return {}
-        maps, _ = self.gradcam.cams(x, findings, meta)
-        return {f: cam_to_film(cam, film.pixels.shape) for f, cam in zip(findings, maps[0])}
-
-    def predict_files(self, paths, gradcam_dir=None):
-        """Triage films given as paths, in input order (``worklist`` sorts them).
-
-        Returns one dict per path: the result object, or {"file", "error"}.
-        gradcam_dir: write ``<stem>_<finding>.png`` overlays of positive findings there;
-        each result then has ``"gradcam": {finding: {"path", "status", "grid", "layer", "note"}}``.
-        """
-        loaded, errors = [], {}
-        for i, path in enumerate(paths):
-            name = str(path)
-            try:
-                film, x, meta = self.load(path, name=name)
-            except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
-                errors[i] = {"file": name, "error": film_error_text(name, err)}
-                continue
-            loaded.append((name, film, x, meta, i))
-        results = self.film_results([item[:4] for item in loaded])
-        if gradcam_dir is not None:
-            self._write_overlays(loaded, results, Path(gradcam_dir))
-        by_index = {item[4]: r for item, r in zip(loaded, results)}
-        by_index.update(errors)
-        return [by_index[i] for i in range(len(paths))]
-
-    def _write_overlays(self, loaded, results, folder):
+    def add_overlays(self, results, folder):
+        """Write ``<stem>_<finding>.png`` Grad-CAM overlays of each triaged result's positive
+        findings into ``folder``; each such result gets ``extras["gradcam"]``: {finding:
+        {"path", "status", "grid", "layer", "note"}}. Stems that repeat get a "_" appended."""
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        used = set()
-        self.overlay_paths = {}
-        for (name, film, x, meta, _), result in zip(loaded, results):
-            stem = Path(name).stem
-            while stem in used:  # two films with one name in different folders
-                stem += "_"
-            used.add(stem)
-            for finding, (png, described) in self.overlays(film, x, meta, result["findings"],
-                                                            result["probabilities"]).items():
-                target = folder / f"{stem}_{finding}.png"
+        stems = unique_stems(results)
+        for result in results:
+            if not result.ok:
+                continue
+            for finding, (png, described) in self.overlays(result).items():
+                target = folder / f"{stems[id(result)]}_{finding}.png"
                 target.write_bytes(png)
-                self.overlay_paths.setdefault(name, {})[finding] = str(target)
-                result.setdefault("gradcam", {})[finding] = {"path": str(target), **described}
+                result.extras.setdefault("gradcam", {})[finding] = {"path": str(target), **described}
 
-    def predict_bytes(self, name, data, images=False):
-        """Triage one film given as bytes (an upload); ``name`` is its file name.
+    def add_images(self, result):
+        """Add ``extras["images"]`` to a triaged result: {"film": data-URI, "gradcam": {finding:
+        data-URI}, "gradcam_maps": {finding: describe_map dict}} (PNG, longest side
+        ``DISPLAY_SIDE``; overlays of the positive findings; an empty/flat/coarse map is named)."""
+        from cxr_tf.inference.gradcam import overlay_png
 
-        images=True adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI},
-        "gradcam_maps": {finding: describe_map dict}}`` (PNG, longest side ``DISPLAY_SIDE``;
-        overlays of the positive findings; an empty/flat/coarse map is named).
-        """
-        try:
-            film, x, meta = self.load(data, name=name)
-        except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
-            return {"file": name, "error": film_error_text(name, err)}
-        [result] = self.film_results([(name, film, x, meta)])
-        if images:
-            from cxr_tf.inference.gradcam import overlay_png
-
-            blank = np.zeros(film.pixels.shape, np.float32)
-            pngs = self.overlays(film, x, meta, result["findings"], result["probabilities"], max_side=DISPLAY_SIDE)
-            result["images"] = {"film": _data_uri(overlay_png(film.pixels, blank, max_side=DISPLAY_SIDE)),
-                                "gradcam": {f: _data_uri(png) for f, (png, _) in pngs.items()},
-                                "gradcam_maps": {f: described for f, (_, described) in pngs.items()}}
+        if not result.ok:
+            return result
+        blank = np.zeros(result.film.pixels.shape, np.float32)
+        pngs = self.overlays(result, max_side=DISPLAY_SIDE)
+        result.extras["images"] = {
+            "film": _data_uri(overlay_png(result.film.pixels, blank, max_side=DISPLAY_SIDE)),
+            "gradcam": {f: _data_uri(png) for f, (png, _) in pngs.items()},
+            "gradcam_maps": {f: described for f, (_, described) in pngs.items()}}
         return result
 
-    def worklist(self, results):
-        """``results`` most urgent first (``cxr_tf.inference.triage.worklist`` with this run's critical findings)."""
-        return worklist(results, self.critical)

@@ -63,6 +63,8 @@ class Film:
 
     pixels: uint8 (H, W) greyscale, 0 = black. fmt: "png" | "jpeg" | "dicom".
     age (years), sex ("M"/"F"), view ("PA"/"AP"): from DICOM tags when present, else None.
+    header: a DICOM film's pydicom Dataset without its pixel data (the identity that reports
+    copy), else None. The file is read and parsed once; everything after uses this value.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Film:
     age: float | None = None
     sex: str | None = None
     view: str | None = None
+    header: object = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,8 +186,8 @@ def _read_dicom(data, name, limits):
     from cxr_tf.data.dicom import DicomError, decode_dicom  # noqa: PLC0415 (pydicom only when a DICOM arrives)
 
     try:
-        pixels, meta = decode_dicom(data, name, lambda width, height, bits: check_size(width, height, name, limits,
-                                                                                       bits))
+        pixels, meta, header = decode_dicom(data, name, lambda width, height, bits: check_size(width, height, name,
+                                                                                               limits, bits))
     except DicomError as err:
         raise FilmError(str(err)) from None
-    return Film(name, pixels, "dicom", *meta)
+    return Film(name, pixels, "dicom", *meta, header=header)

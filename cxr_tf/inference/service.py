@@ -5,9 +5,10 @@ A FastAPI app over `cxr_tf.inference.predictor.Predictor`, loaded once at start:
 - ``POST /api/predict``  multipart field ``files`` (one or several films: PNG, JPEG or
   DICOM, recognised by content). Answers the JSON list of ``predict --json`` sorted by
   urgency; ``?images=1`` adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI}}``
-  to each result (what the page shows). ``?format=fhir`` answers instead, in the same
-  order, one FHIR R4 ``Bundle`` per film (``cxr_tf.inference.fhir``) and an
-  ``OperationOutcome`` for each film that could not be read.
+  to each result (what the page shows). ``?format=NAME`` answers instead, in the same
+  order, one object per film in a format of ``cxr_tf.inference.outputs`` that answers JSON
+  (``fhir``: a FHIR R4 ``Bundle`` per film, an ``OperationOutcome`` for each film that could
+  not be read); a format whose extra is not installed answers 501 naming what to install.
 - ``GET /api/health``, ``GET /api/model`` (architecture, labels, thresholds, split, test AUCs).
 - ``GET /`` the single page (``cxr_tf/static/index.html``; no CDN assets).
 
@@ -44,6 +45,9 @@ from python_multipart.multipart import (
     parse_options_header,
 )
 
+from cxr_tf.inference.extras import MissingExtra
+from cxr_tf.inference.outputs import ANSWERS, FORMATS
+
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 32
 DEFAULT_MAX_FILES = 16
@@ -71,6 +75,7 @@ class Triage(BaseModel):
 class FilmImages(BaseModel):
     film: str = Field(description="the film as a PNG data-URI (longest side 512 px)")
     gradcam: dict[str, str] = Field(description="Grad-CAM overlay PNG data-URI per positive finding")
+    gradcam_maps: dict[str, dict[str, Any]] = Field(description="per overlay: map status, grid, layer, note")
 
 
 class FilmPrediction(BaseModel):
@@ -80,8 +85,10 @@ class FilmPrediction(BaseModel):
     probabilities: dict[str, float] = Field(description="MC-dropout mean probability per finding, 0..1")
     uncertainty: dict[str, float] = Field(description="MC-dropout standard deviation per finding")
     findings: list[str] = Field(description="findings at or above the run's thresholds")
+    borderline: list[str] = Field(description="findings within k MC standard deviations of their threshold")
     triage: Triage
     message: str
+    caveats: list[str] = Field(description="what the run has not shown (docs/triage.md)")
     images: FilmImages | None = Field(None, description="only with ?images=1")
 
 
@@ -218,7 +225,8 @@ async def read_uploads(request, limit_bytes, max_files):
 def _errors(*codes):
     """OpenAPI ``responses`` entries for error statuses answered with ErrorBody."""
     text = {400: "malformed request or no films", 413: "a file, the file count or the body over its cap",
-            415: "body is not multipart/form-data", 503: "prediction queue full; retry after Retry-After seconds"}
+            415: "body is not multipart/form-data", 501: "the asked-for format needs an extra this server lacks",
+            503: "prediction queue full; retry after Retry-After seconds"}
     out = {code: {"model": ErrorBody, "description": text[code]} for code in codes}
     if 503 in out:
         out[503]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
@@ -236,18 +244,18 @@ def _request_body(max_files, max_upload_mb):
 
 
 def _predict_all(predictor, uploads, images, answer_format="json"):
-    """Worker-thread task: the JSON response of the worklist of ``uploads`` [(name, bytes)].
-    Rendered here, not on the event loop: with ``images`` the body is megabytes of
-    base64 that would stall every other request while it is encoded."""
-    results = [predictor.predict_bytes(name, data, images=images) for name, data in uploads]
-    data_of = {id(r): data for r, (_, data) in zip(results, uploads)}  # worklist keeps the objects
+    """Worker-thread task: the JSON response of the worklist of ``uploads`` [(name, bytes)],
+    each film's answer in ``answer_format`` (``cxr_tf.inference.outputs``). Rendered here, not
+    on the event loop: with ``images`` the body is megabytes of base64 that would stall every
+    other request while it is encoded."""
+    results = [predictor.predict([upload])[0] for upload in uploads]
+    if images:
+        for result in results:
+            predictor.add_images(result)
     results = predictor.worklist(results)
-    status = 422 if all("error" in r for r in results) else 200
-    if answer_format == "fhir":
-        from cxr_tf.inference.outputs import fhir_answer
-
-        results = [fhir_answer(predictor, r, data_of[id(r)]) for r in results]
-    return JSONResponse(results, status_code=status)
+    status = 422 if not any(r.ok for r in results) else 200
+    answer = FORMATS[answer_format]
+    return JSONResponse([answer.answer(r, predictor) for r in results], status_code=status)
 
 
 def _model_info(predictor):
@@ -302,14 +310,20 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
         return JSONResponse(_model_info(predictor))
 
     @app.post("/api/predict", response_model=list[FilmPrediction | FilmFailure | FhirResource],
-              responses={**_errors(400, 413, 415), 422: {"model": list[FilmFailure | FhirResource],
+              responses={**_errors(400, 413, 415, 501), 422: {"model": list[FilmFailure | FhirResource],
                                                         "description": "no film could be read"},
                          **_errors(503)},
               openapi_extra=_request_body(max_files, max_upload_mb))
     async def predict(request: Request, images: bool = Query(False, description="add film and Grad-CAM images"),
-                      format: str = Query("json", pattern="^(json|fhir)$",
-                                          description="json (results) or fhir (a FHIR R4 Bundle per film)")):
+                      format: str = Query("json", description="answer format per film: " + "; ".join(
+                          f"{name}: {FORMATS[name].summary}" for name in ANSWERS))):
         nonlocal admitted
+        if format not in ANSWERS:
+            raise RequestRefused(400, f"format={format!r}: choose from {', '.join(ANSWERS)}")
+        try:
+            FORMATS[format].check()
+        except MissingExtra as err:
+            raise RequestRefused(501, f"format={format} is not available on this server: {err}") from None
         if admitted >= max_queue:
             raise RequestRefused(503, f"busy: {admitted} prediction requests in progress; retry in "
                                       f"{RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})

@@ -4,7 +4,9 @@
 mc_dropout=False, **kw)`` is the one entry point; ``ARCHITECTURES`` maps each
 name to its ``ArchSpec`` (builder, default input size, Grad-CAM layers,
 multimodal flag). New models are added by registering, not by editing a
-dispatcher.
+dispatcher. ``model_input_spec(model)`` reads (image size, multimodal) off a
+built or loaded model: the one answer to "is this model multimodal?" once a
+model exists.
 
 Every model: input "image" (H, W, 1) raw pixels 0..255 (multimodal adds "meta"
 (5,)); a layer "features" (the pooled vector feeding the head); a head of
@@ -102,6 +104,19 @@ def build_model(arch, image_size=224, num_labels=NUM_LABELS, weights=None, dropo
                         dropout=float(dropout), mc_dropout=bool(mc_dropout), **kw)
 
 
+def model_input_spec(model):
+    """(image_size, multimodal) of a cxr_tf model, read from its named inputs: "image"
+    (S, S, 1) gives S; a "meta" input makes it multimodal. For a model built by
+    ``build_model`` or loaded from a run's model.keras (``ArchSpec.multimodal`` says the
+    same of an architecture before it is built). ValueError naming the inputs when the
+    model has no "image" input."""
+    names = [tensor.name.split(":")[0] for tensor in model.inputs]
+    if "image" not in names:
+        raise ValueError(f"model {model.name!r} has inputs {names}: a cxr_tf model takes 'image' (S, S, 1) "
+                         f"and, when multimodal, 'meta' ({META_DIM},); build it with cxr_tf.models.build_model")
+    return int(model.inputs[names.index("image")].shape[1]), "meta" in names
+
+
 def gradcam_layer_for(model, arch):
     """The Grad-CAM layer of ``model`` (built by ``build_model(arch, ...)``): the
     deepest of the spec's ``gradcam_layers`` whose grid is at least ``MIN_CAM_GRID``
@@ -149,4 +164,4 @@ def set_backbone_trainable(model, trainable, train_bn=False):
 
 
 __all__ = ["ARCHITECTURES", "ArchSpec", "META_DIM", "MIN_CAM_GRID", "build_model", "get_spec", "gradcam_layer_for",
-           "set_backbone_trainable", "is_backbone_layer"]
+           "model_input_spec", "set_backbone_trainable", "is_backbone_layer"]

@@ -18,19 +18,17 @@ import keras
 import tensorflow as tf
 
 from cxr_tf.data.tf_images import films_to_pixels
-
-SIGNATURES = ("serve", "serve_bytes")
+from cxr_tf.models import META_DIM, model_input_spec
 
 
 def export_savedmodel(model, path):
     """Write ``model`` (a cxr_tf model, inputs "image" (S, S, 1) [+ "meta"]) as a SavedModel
     with the ``serve`` and ``serve_bytes`` signatures to ``path``. Returns the path."""
     path = Path(path)
-    size = int(model.inputs[0].shape[1])
-    multimodal = len(model.inputs) > 1
+    size, multimodal = model_input_spec(model)
     image_spec = tf.TensorSpec((None, size, size, 1), tf.float32, name="image")
     bytes_spec = tf.TensorSpec((None,), tf.string, name="image_bytes")
-    meta_spec = tf.TensorSpec((None, int(model.inputs[1].shape[-1])), tf.float32, name="meta") if multimodal else None
+    meta_spec = tf.TensorSpec((None, META_DIM), tf.float32, name="meta") if multimodal else None
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -1,9 +1,9 @@
 """Training callbacks that write the run folder as epochs finish: ``history.csv`` one row per
-epoch (restart-safe) and the best model saved atomically."""
+epoch (restart-safe) and the best model saved atomically, inference-ready (no optimizer, no
+loss: ``keras.models.load_model("model.keras")`` works without cxr_tf)."""
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import keras
@@ -47,17 +47,28 @@ class EpochLog(keras.callbacks.Callback):
         tmp.replace(self.path)
 
 
+def inference_model(model):
+    """``model`` without its training state: a new, uncompiled functional model over the same
+    layers and weights (nothing is copied), so saving it writes no optimizer and no
+    ``compile_config`` (whose loss, ``cxr_tf.training.losses.MaskedLoss``, only loads with
+    cxr_tf imported). ``model``: a functional model (every cxr_tf model is one)."""
+    return keras.Model(model.input, model.output, name=model.name)
+
+
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """``ModelCheckpoint`` that writes ``x.partial.keras`` and renames it to ``x.keras``,
-    so a run killed while saving keeps its previous best model intact. ``model``: the
-    model to save when ``fit`` runs a wrapper of it (``cxr_tf.data.augment.AugmentedModel``)."""
+    """``ModelCheckpoint`` that saves ``inference_model(model)`` to ``x.partial.keras`` and
+    renames it to ``x.keras``, so a run killed while saving keeps its previous best model
+    intact, and the file loads with plain ``keras.models.load_model``. Resuming needs only its
+    weights (each phase starts from them with a fresh optimizer; within a phase
+    ``BackupAndRestore`` keeps the optimizer). ``model``: the model to save when ``fit`` runs
+    a wrapper of it (``cxr_tf.data.augment.AugmentedModel``)."""
 
     def __init__(self, filepath, model=None, **kwargs):
         super().__init__(filepath, **kwargs)
         self._saved_model = model
 
     def set_model(self, model):
-        super().set_model(self._saved_model or model)
+        super().set_model(inference_model(self._saved_model or model))
 
     def _partial(self, path):
         return str(path)[: -len(".keras")] + ".partial.keras"
@@ -91,26 +102,3 @@ def best_epoch(rows, monitor=MONITOR):
     scored = [r for r in rows if isinstance(r.get(monitor), float) and math.isfinite(r[monitor])]
     sign = 1.0 if MONITORS[monitor] == "max" else -1.0
     return max(scored, key=lambda r: sign * r[monitor]) if scored else None
-
-
-STOP_AFTER_STEPS = "CXR_TF_STOP_AFTER_STEPS"
-"""Fault injection: with this environment variable set to N, the process dies (as ``kill -9``
-would, no clean-up) after N training steps of this process. The resume tests use it instead
-of killing after a sleep, which can land before training or after it on a fast host."""
-
-
-class _StopAfterSteps(keras.callbacks.Callback):
-    def __init__(self, steps):
-        super().__init__()
-        self.left = steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.left -= 1
-        if self.left <= 0:
-            os._exit(137)
-
-
-def stop_after_steps():
-    """[the fault-injection callback] when ``CXR_TF_STOP_AFTER_STEPS`` is set, else []."""
-    steps = os.environ.get(STOP_AFTER_STEPS)
-    return [_StopAfterSteps(int(steps))] if steps else []

@@ -24,12 +24,14 @@ since TF 2.16 (keras-team/keras#20585, tensorflow/tensorflow#72388), in two plac
    dimension 0"). Fix: ``axis=None`` for rank-0 values.
 
 ``apply_multiworker_shim()`` swaps in the two fixed functions, once, and only
-``get_strategy("multiworker")`` calls it. ``upstream_still_broken()`` checks the
-unpatched upstream source still has both bugs; tests/test_distribute.py fails when
-it does not, so the shim is removed once Keras fixes them.
+``get_strategy("multiworker")`` calls it. tests/training/test_distribute.py reads the
+installed upstream source and fails once either bug is gone, so the shim is removed
+when Keras fixes them.
+
+``TF_CONFIG`` is parsed here and nowhere else (``tf_config``, ``num_workers``, ``is_chief``):
+the trainer passes the worker count on to the data pipeline.
 """
 
-import inspect
 import json
 import os
 
@@ -140,43 +142,13 @@ def chief_value(strategy, value):
 
 
 # --------------------------------------------------------------------------- the shim
-def _trainer_module():
-    from keras.src.backend.tensorflow import trainer
-
-    return trainer
-
-
-def upstream_functions():
-    """The unpatched upstream ``(_maybe_symbolic_build, reduce_per_replica)``."""
-    trainer = _trainer_module()
-    return (_ORIGINALS.get("_maybe_symbolic_build", trainer.TensorFlowTrainer._maybe_symbolic_build),
-            _ORIGINALS.get("reduce_per_replica", trainer.reduce_per_replica))
-
-
-def upstream_still_broken():
-    """{bug: bool}: whether the unpatched upstream code still has each of the two bugs
-    (read from its source). When either turns False, retest without the shim."""
-    build, reduce_fn = upstream_functions()
-    build_src, reduce_src = inspect.getsource(build), inspect.getsource(reduce_fn)
-    return {
-        "symbolic_build_reduces_input_batch": 'self.distribute_strategy.reduce(' in build_src
-        and "experimental_local_results" not in build_src,
-        "scalar_logs_reduced_on_axis_0": 'strategy.reduce("MEAN", v, axis=0)' in reduce_src
-        and "rank" not in reduce_src,
-    }
-
-
-def shim_applied():
-    return bool(_ORIGINALS)
-
-
 def apply_multiworker_shim():
     """Patch Keras' TF trainer for multi-worker ``fit`` (idempotent). Returns True
     if this call patched it."""
     if _ORIGINALS:
         return False
-    trainer = _trainer_module()
     from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
 
     original_reduce = trainer.reduce_per_replica
     multi_worker = trainer._collective_all_reduce_multi_worker

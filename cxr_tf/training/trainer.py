@@ -27,6 +27,7 @@ import math
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -35,28 +36,24 @@ import tensorflow as tf
 
 from cxr_tf import runs
 from cxr_tf.data.sources import Sources
-from cxr_tf.training.callbacks import (MONITORS, AtomicModelCheckpoint, EpochLog, best_epoch, read_history,
-                                       stop_after_steps)
+from cxr_tf.training.callbacks import MONITORS, AtomicModelCheckpoint, EpochLog, best_epoch, read_history
 from cxr_tf.training.optimizers import make_optimizer
 from cxr_tf.training.resume import agree_on_run_dir, is_chief
 from cxr_tf.training import config as config_lib
 from cxr_tf.training import distribute
 from cxr_tf.training.auc import MacroAUC
+from cxr_tf.training.losses import make_loss
+from cxr_tf.models import ARCHITECTURES, build_model, set_backbone_trainable
 from cxr_tf.models.savedmodel import export_savedmodel
 
 
 
 # --------------------------------------------------------------------------- model
 def _architecture(arch):
-    from cxr_tf.models import ARCHITECTURES
-
+    """The registry's ArchSpec of ``arch``; ConfigError when a pipeline names an unregistered one."""
     if arch not in ARCHITECTURES:
         raise config_lib.ConfigError(f"arch={arch!r}: allowed values are {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[arch]
-
-
-def _multimodal(spec):
-    return bool(spec.get("multimodal") if isinstance(spec, dict) else getattr(spec, "multimodal", False))
 
 
 def precision_policy(setting):
@@ -100,17 +97,46 @@ def _arrays(model, dataset):
 
 
 # --------------------------------------------------------------------------- training
+@dataclass
+class Datasets:
+    """What every phase's ``fit`` reads: the training and validation datasets and, under
+    multi-worker (where both repeat), their steps per epoch (None: Keras counts them)."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    steps: int | None = None
+    val_steps: int | None = None
+
+
+@dataclass
+class Progress:
+    """A run's progress as its state.json records it: ``work_dir`` (the run folder, or this
+    worker's own under multi-worker), ``state`` (the dict written there: ``phases_done``,
+    ``augment_in_model``) and ``started`` (``time.time()`` when training began, minus the
+    seconds earlier sessions trained, so ``seconds`` adds up across restarts)."""
+
+    work_dir: Path
+    state: dict
+    started: float
+
+    def save(self, status="running", **extra):
+        """Write state.json: the state, ``status``, the training ``seconds`` so far and ``extra``."""
+        runs.write_state(self.work_dir, {**self.state, "status": status,
+                                         "seconds": round(time.time() - self.started, 1), **extra})
+
+
 def _num_batches(sources, split, batch_size, training):
     n = sources.num_examples(split)
     return n // batch_size if training else math.ceil(n / batch_size)
 
 
-def eval_dataset(sources, split, config, multimodal, cache=None):
+def eval_dataset(sources, split, config, multimodal, cache=None, num_workers=1):
     """The deterministic evaluation dataset of ``split`` (``sources``: a
     ``cxr_tf.data.sources.Sources``), with its batch count known to Keras (progress bars; no
-    "ran out of data" warnings)."""
+    "ran out of data" warnings). num_workers: the training processes that read it
+    (``distribute.num_workers()``; it sets the auto-shard policy under multi-worker)."""
     ds = sources.dataset(split, config["batch_size"], image_size=config["image_size"], training=False,
-                         multimodal=multimodal, cache=cache)
+                         multimodal=multimodal, cache=cache, num_workers=num_workers)
     steps = _num_batches(sources, split, config["batch_size"], training=False)
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
@@ -126,26 +152,27 @@ def augment_in_model(config):
 
 
 def _datasets(config, sources, multimodal, strategy, in_model):
-    """(train, val, steps_per_epoch, validation_steps). Multi-worker: repeated datasets
-    with fixed step counts, so every worker runs the same number of steps. With the
-    augmentation in the model, the training films come un-augmented at the stored size
+    """The run's ``Datasets``. Multi-worker: repeated datasets with fixed step counts, so
+    every worker runs the same number of steps. With the augmentation in the model, the training films come un-augmented at the stored size
     (``in_model``: the model's random resized crop takes them to ``image_size``). Several
     records folders: an epoch is as many films as their training splits hold together,
     sampled from them in the configured proportions."""
     cache = config["cache"] or None
+    workers = distribute.num_workers()  # TF_CONFIG's, read by distribute alone
     train_ds = sources.dataset("train", config["batch_size"],
                                image_size=sources.image_size if in_model else config["image_size"],
                                training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
-                               seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache)
+                               seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache,
+                               num_workers=workers)
     steps = _num_batches(sources, "train", config["batch_size"], training=True)
     if len(sources.folders) > 1:
         train_ds = train_ds.take(steps)  # sampled from repeated folders: endless until cut to an epoch
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
     val_ds = eval_dataset(sources, "val", config, multimodal,
-                          cache=cache if cache in (True, "memory") else None)
+                          cache=cache if cache in (True, "memory") else None, num_workers=workers)
     if not distribute.is_multiworker(strategy):
-        return train_ds, val_ds, None, None
-    return train_ds.repeat(), val_ds.repeat(), steps, len(val_ds)
+        return Datasets(train_ds, val_ds)
+    return Datasets(train_ds.repeat(), val_ds.repeat(), steps, len(val_ds))
 
 
 def _check_records(config, sources):
@@ -200,16 +227,11 @@ def train(config, run_name=None, resume=True):
                          f"--out ({config['out']})")
     # A multi-worker strategy must exist before any other TensorFlow op runs.
     strategy = distribute.get_strategy(config["strategy"])
-    from cxr_tf.training.losses import make_loss
-
     # FileNotFoundError naming a folder without records, ValueError for folders that do not fit together
     sources = Sources(config["records"], config["findings"], config["records_ratio"])
     _check_records(config, sources)
     labels = sources.labels
-    from cxr_tf.models import build_model, set_backbone_trainable
-
-    spec = _architecture(config["arch"])
-    multimodal = _multimodal(spec)
+    multimodal = _architecture(config["arch"]).multimodal
     chief = is_chief(strategy)
 
     signature = config_lib.resume_signature({**config, "records": str(sources)})
@@ -224,10 +246,10 @@ def train(config, run_name=None, resume=True):
     # Where augmentation runs is decided once per run and recorded: a run started on a GPU
     # host ("auto" -> in the model) and resumed on a CPU host keeps it, so its backup fits.
     in_model = state.setdefault("augment_in_model", augment_in_model(config))
-    # Training time is counted across restarts: this session starts where the last one's stopped.
-    started -= float(state.get("seconds", 0.0))
     state.pop("error", None)
-    runs.write_state(work_dir, {**state, "status": "running"})
+    # Training time is counted across restarts: this session starts where the last one's stopped.
+    progress = Progress(work_dir, state, started - float(state.pop("seconds", 0.0)))
+    progress.save()
     if resumed:
         print(f"fit: resuming {run_dir} (phases done: {', '.join(state['phases_done']) or 'none'})", flush=True)
 
@@ -237,7 +259,7 @@ def train(config, run_name=None, resume=True):
     try:
         prevalence = sources.prevalence("train") if config["loss"]["name"] == "weighted_bce" else None
         loss = make_loss(config["loss"], prevalence)
-        train_ds, val_ds, steps, val_steps = _datasets(config, sources, multimodal, strategy, in_model)
+        data = _datasets(config, sources, multimodal, strategy, in_model)
         with strategy.scope():
             model = build_model(config["arch"], image_size=config["image_size"], num_labels=len(labels),
                                 head_units=config["head_units"],
@@ -251,10 +273,9 @@ def train(config, run_name=None, resume=True):
                 trainer = AugmentedModel(model, augmenter, name=f"{model.name}_augmented")
         where = "in the train step" if trainer is not model else "in the tf.data pipeline"
         print(f"fit: augmentation {'off' if config['augment'] is False else where}", flush=True)
-        _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
-                    set_backbone_trainable, started)
+        _run_phases(model, config, trainer=trainer, loss=loss, strategy=strategy, data=data, progress=progress)
     except tf.errors.OpError as err:
-        _stop_on_damage(err, sources, work_dir, state, started)
+        _stop_on_damage(err, sources, progress)
         raise
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -268,9 +289,9 @@ def train(config, run_name=None, resume=True):
         print(f"fit: {distribute.task_label()} done; the chief writes {run_dir}", flush=True)
         return run_dir
     try:
-        _finish(run_dir, config, sources, multimodal, started)
+        _finish(run_dir, config, sources, multimodal, progress.started)
     except tf.errors.OpError as err:
-        _stop_on_damage(err, sources, work_dir, state, started)
+        _stop_on_damage(err, sources, progress)
         raise
     return run_dir
 
@@ -288,7 +309,7 @@ def _from_scratch(config, phase_name):
     return True
 
 
-def _stop_on_damage(err, sources, work_dir, state, started):
+def _stop_on_damage(err, sources, progress):
     """Damaged records stop training with a RecordsError naming the shard and the first
     damaged record (TensorFlow's DataLossError names only a byte offset), and leave the
     run resumable (status "interrupted", not "running") once the shard is rebuilt."""
@@ -297,20 +318,19 @@ def _stop_on_damage(err, sources, work_dir, state, started):
     found = locate_damage(sources.folders, err)
     if found is None:
         return
-    runs.write_state(work_dir, {**state, "status": "interrupted", "error": str(found),
-                                "seconds": round(time.time() - started, 1)})
+    progress.save("interrupted", error=str(found))
     raise found from None
 
 
-def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps, val_steps, work_dir, state,
-                set_backbone_trainable, started=None):
-    """Train ``trainer`` (``model`` or ``model`` behind the augmenter) phase by phase;
-    the best checkpoint holds ``model`` itself."""
+def _run_phases(model, config, *, trainer, loss, strategy, data, progress):
+    """Train ``trainer`` (``model``, or ``model`` behind the augmenter) on ``data``
+    (``Datasets``) in the config's phases that ``progress`` (``Progress``) has not recorded
+    as done, compiled with ``loss`` in ``strategy``'s scope; the best checkpoint
+    (``model.keras`` in ``progress.work_dir``) holds ``model`` itself, inference-ready."""
+    work_dir, state = progress.work_dir, progress.state
     best_path = work_dir / runs.MODEL
     history_path = work_dir / runs.HISTORY
-    verbose = config["verbose"]
     frozen = False  # models are built fully trainable; one-phase CNNs never touch their backbone
-    fault = stop_after_steps()  # fault injection for the resume tests; none unless asked
     for phase in config["phases"]:
         name = phase["name"]
         if name in state["phases_done"] or phase["epochs"] == 0:
@@ -344,22 +364,18 @@ def _run_phases(model, trainer, config, loss, strategy, train_ds, val_ds, steps,
             # between does not run the phase again.
             keras.callbacks.BackupAndRestore(str(backup_dir), save_freq=config["backup_every"],
                                              delete_checkpoint=False),
+            # training time so far, kept across restarts (state.json "seconds")
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: progress.save()),
         ]
-        if started is not None:  # training time so far, kept across restarts (state.json "seconds")
-            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: runs.write_state(
-                work_dir, {**state, "status": "running", "seconds": round(time.time() - started, 1)})))
-        callbacks += fault
         if config["tensorboard"] and is_chief(strategy):
             callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard" / name)))
         print(f"fit: phase {name}: {phase['epochs']} epoch(s) at learning rate {phase['learning_rate']:g}, "
               f"backbone {'trainable' if train_backbone else 'frozen'}", flush=True)
-        trainer.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + phase["epochs"],
-                  initial_epoch=initial_epoch, steps_per_epoch=steps, validation_steps=val_steps,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles
+        trainer.fit(data.train, validation_data=data.val, epochs=initial_epoch + phase["epochs"],
+                    initial_epoch=initial_epoch, steps_per_epoch=data.steps, validation_steps=data.val_steps,
+                    callbacks=callbacks, verbose=config["verbose"], shuffle=False)  # the dataset shuffles
         state["phases_done"].append(name)
-        if started is not None:
-            state["seconds"] = round(time.time() - started, 1)
-        runs.write_state(work_dir, {**state, "status": "running"})
+        progress.save()
         shutil.rmtree(backup_dir, ignore_errors=True)
     if not best_path.is_file():
         raise RuntimeError(f"no checkpoint was written to {best_path}: validation {config['monitor']} was never finite")

@@ -27,7 +27,7 @@ from cxr_tf.training.resume import choose_run_dir
 from cxr_tf.data.labels import LABELS, NUM_LABELS
 from cxr_tf.training.losses import MaskedLoss, WeightedBinaryCrossentropy, make_loss, prevalence_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = ("model.keras", "savedmodel/saved_model.pb", "config.json", "labels.json", "thresholds.json",
            "history.csv", "training_curves.png", "metrics.json")
 

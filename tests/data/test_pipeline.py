@@ -337,5 +337,5 @@ def test_distributed_two_logical_cpus(two_shards):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("TF_CONFIG", None)
     proc = subprocess.run([sys.executable, "-c", _DISTRIBUTED, str(two_shards)], capture_output=True,
-                          text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+                          text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0 and "DISTRIBUTED_OK 2" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from cxr_tf.inference.readers import Film, FilmError, read_film
 
-SAMPLE_FILMS = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+SAMPLE_FILMS = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))
 FUZZ_DICOM = 2500
 FUZZ_PNG = 1500
 

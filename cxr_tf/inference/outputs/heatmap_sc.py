@@ -12,8 +12,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from cxr_tf.inference.dicom_sr import check_source
-from cxr_tf.inference.structured import MANUFACTURER
+from cxr_tf.inference.outputs.dicom_sr import check_source
+from cxr_tf.inference.outputs.structured import MANUFACTURER
 
 HEATMAP_SERIES_NUMBER = 9002
 
@@ -56,3 +56,13 @@ def _orientation(source):
     if value and len(value) == 2 and all(value):
         return tuple(str(v) for v in value)
     return ("A", "F")
+
+
+def write(result, predictor):
+    """``<stem>_<finding>.sc.dcm``: one Secondary Capture per positive finding of a triaged DICOM
+    FilmResult (none for a film without one; registry entry point)."""
+    from cxr_tf.inference.outputs import Output
+
+    cams = predictor.cams(result)
+    images = make_heatmaps(result.header, result.film.pixels, cams, result.probabilities) if cams else []
+    return [Output(f"_{finding}.sc.dcm", sc) for finding, sc in zip(cams, images)]

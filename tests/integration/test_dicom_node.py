@@ -16,13 +16,13 @@ from orthanc_server import AET, ORTHANC, Orthanc
 
 from cxr_tf import predict as predict_cli
 from cxr_tf.inference.dicom_node import Destination, DicomNode
-from cxr_tf.inference.dicom_sr import read_sr
+from cxr_tf.inference.outputs.dicom_sr import read_sr
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
 
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc binary not installed (Debian package "
                                                             "orthanc; .ci/run installs it)")
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))
 SEED, MC = 11, 5
 
 

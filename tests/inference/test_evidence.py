@@ -17,7 +17,7 @@ from cxr_tf.inference.service import create_app
 from cxr_tf.inference.triage import triage
 from cxr_tf.testing import LiveServer
 
-SAMPLE = Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images"
+SAMPLE = Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images"
 FILMS = sorted(SAMPLE.glob("*.png"))[:3]
 
 

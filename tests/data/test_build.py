@@ -20,7 +20,7 @@ from cxr_tf.data.datasets import nih
 from cxr_tf.data.datasets.base import file_sha256
 from cxr_tf.data.labels import LABELS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TABLE = build.SAMPLE_LABELS  # the embedded sample: 150 real NIH films at 128 px
 FULL_SIZE = TEST_DATA / "nih-sample" / "images_001" / "images"  # 7 of them at 1024 px
 

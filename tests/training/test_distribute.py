@@ -2,6 +2,8 @@
 with two real worker processes on 127.0.0.1, and the sentinel for the upstream bugs
 the multi-worker shim works around."""
 
+import ast
+import inspect
 import json
 import os
 import re
@@ -16,7 +18,7 @@ import pytest
 
 from cxr_tf.training import distribute
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra):
@@ -36,24 +38,44 @@ def tiny_records(tmp_path_factory):
     return out
 
 
+def upstream_source(module, qualname):
+    """The source of ``qualname`` ("function" or "Class.method") as ``module``'s installed file
+    has it: unpatched, whether or not the shim has replaced it in memory."""
+    text = inspect.getsource(module)
+    node = ast.parse(text)
+    for name in qualname.split("."):
+        node = next(n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == name)
+    return ast.get_source_segment(text, node)
+
+
 def test_upstream_multiworker_bugs_still_present():
     """Fails when Keras fixes keras-team/keras#20585 (tensorflow/tensorflow#72388):
     then retest `fit` under MultiWorkerMirroredStrategy without the shim and delete
-    it from cxr_tf/distribute.py."""
+    it from cxr_tf/training/distribute.py."""
     from keras.src.backend.tensorflow import trainer
 
     assert hasattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build"), "patch target 1 is gone"
     assert hasattr(trainer, "reduce_per_replica"), "patch target 2 is gone"
     assert hasattr(trainer, "_collective_all_reduce_multi_worker"), "the shim's helper is gone"
-    broken = distribute.upstream_still_broken()
+    build = upstream_source(trainer, "TensorFlowTrainer._maybe_symbolic_build")
+    reduce = upstream_source(trainer, "reduce_per_replica")
+    broken = {
+        "symbolic_build_reduces_input_batch": "self.distribute_strategy.reduce(" in build
+        and "experimental_local_results" not in build,
+        "scalar_logs_reduced_on_axis_0": 'strategy.reduce("MEAN", v, axis=0)' in reduce and "rank" not in reduce,
+    }
     assert all(broken.values()), f"upstream changed: {broken}; check whether the multi-worker shim is still needed"
 
 
 def test_shim_is_applied_only_for_multiworker(monkeypatch):
+    from keras.src.backend.tensorflow import trainer
+
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert distribute.resolve_name("default") == "default"
     distribute.get_strategy("default")
-    assert not distribute.shim_applied()
+    # the shim's replacements are defined in cxr_tf.training.distribute; upstream's in Keras
+    assert trainer.reduce_per_replica.__module__ == trainer.__name__
+    assert trainer.TensorFlowTrainer._maybe_symbolic_build.__module__ == trainer.__name__
     with pytest.raises(ValueError, match="strategy=multiworker needs TF_CONFIG"):
         distribute.get_strategy("multiworker")
     with pytest.raises(ValueError, match="allowed values are auto, default, mirrored, multiworker"):

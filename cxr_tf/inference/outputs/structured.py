@@ -1,6 +1,6 @@
 """One mapping from a triage result to coded content: what the DICOM SR
-(``cxr_tf.inference.dicom_sr``), the Grad-CAM Secondary Captures
-(``cxr_tf.inference.heatmap_sc``) and the FHIR Bundle (``cxr_tf.inference.fhir``) say.
+(``cxr_tf.inference.outputs.dicom_sr``), the Grad-CAM Secondary Captures
+(``cxr_tf.inference.outputs.heatmap_sc``) and the FHIR Bundle (``cxr_tf.inference.outputs.fhir``) say.
 
 The input is the dict ``Predictor`` produces for one film (``predict --json``)::
 

@@ -17,7 +17,7 @@ import pytest
 
 from cxr_tf.data.images import read_image, to_square
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FILMS = sorted((REPO / "cxr_tf" / "sample" / "images").glob("*.png"))[:16]
 
 

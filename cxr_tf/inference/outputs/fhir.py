@@ -17,13 +17,15 @@ Bundle (type "collection", entries linked by ``urn:uuid`` full URLs):
   to the study by its Study Instance UID (identifier system ``urn:dicom:uid``), subject
   = a logical reference to the patient by the DICOM PatientID when known.
 
-See ``docs/integration.md``. ``make_bundle`` builds it, ``bundle_json`` serialises it.
+See ``docs/integration.md``. ``make_bundle`` builds it, ``bundle_json`` serialises it; ``write`` and ``answer`` are the
+registry's entry points (``cxr_tf.inference.outputs``).
 """
 
 import datetime
+import json
 import uuid
 
-from cxr_tf.inference.structured import (
+from cxr_tf.inference.outputs.structured import (
     DISCLAIMER,
     MANUFACTURER,
     MC_STD,
@@ -130,3 +132,26 @@ def operation_outcome(message):
 
     return OperationOutcome.model_validate({"resourceType": "OperationOutcome", "issue": [
         {"severity": "error", "code": "invalid", "diagnostics": message}]})
+
+
+def make_result_bundle(result, predictor):
+    """The Bundle of a triaged FilmResult: study and patient from the film's DICOM header when
+    it has one (the one place the FHIR identity is read)."""
+    header = result.header
+    study = header.get("StudyInstanceUID") if header is not None else None
+    patient = header.get("PatientID") if header is not None else None
+    return make_bundle(result.as_dict(), predictor.describe(), study, patient)
+
+
+def write(result, predictor):
+    """``<stem>.fhir.json``: the Bundle as FHIR JSON text."""
+    from cxr_tf.inference.outputs import Output
+
+    return [Output(".fhir.json", bundle_json(make_result_bundle(result, predictor)))]
+
+
+def answer(result, predictor):
+    """The service's answer for one film: its Bundle, or an OperationOutcome carrying the error."""
+    if not result.ok:
+        return json.loads(operation_outcome(result.error).model_dump_json(exclude_none=True))
+    return json.loads(make_result_bundle(result, predictor).model_dump_json(exclude_none=True))

@@ -28,7 +28,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from cxr_tf.inference.structured import (
+from cxr_tf.inference.outputs.structured import (
     DECISION_AID,
     DISCLAIMER,
     MANUFACTURER,
@@ -208,3 +208,10 @@ def _read_group(group):
         elif kind == "CODE" and name != "Finding" and item.RelationshipType == "CONTAINS":
             values["positive"] = item.ConceptCodeSequence[0].CodeValue == codes.SCT.Present.value
     return label, values
+
+
+def write(result, predictor):
+    """``<stem>.sr.dcm``: the SR (a new series) of a triaged DICOM FilmResult (registry entry point)."""
+    from cxr_tf.inference.outputs import Output
+
+    return [Output(".sr.dcm", make_sr(result.as_dict(), result.header, predictor.describe()))]

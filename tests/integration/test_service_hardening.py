@@ -22,7 +22,7 @@ from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer
 
-FILMS = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+FILMS = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))
 BOUNDARY = "cxrboundary7d3a"
 
 

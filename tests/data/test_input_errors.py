@@ -12,7 +12,7 @@ from cxr_tf.data.datasets import nih
 from cxr_tf.data.images import FilmLimits, film_problem, film_to_png
 from cxr_tf.inference.readers import FilmError, read_film
 
-SAMPLE = Path(__file__).resolve().parents[1] / "cxr_tf" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "cxr_tf" / "sample"
 TABLE = SAMPLE / "Data_Entry_sample.csv"
 
 

@@ -15,12 +15,12 @@ from fhir.resources.R4B.bundle import Bundle
 from cxr_tf import predict as predict_cli
 from cxr_tf.data.labels import LABELS
 from cxr_tf.inference.dicom_node import Destination, chest_problem
-from cxr_tf.inference.dicom_sr import read_sr
+from cxr_tf.inference.outputs.dicom_sr import read_sr
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer, dicom_bytes, dx_dataset
 
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images").glob("*.png"))
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))
 DCIODVFY = shutil.which("dciodvfy")
 MC = ["--samples", "3", "--seed", "5"]
 
@@ -136,8 +136,8 @@ def test_service_answers_fhir(tiny_run, films):
 
 def test_other_label_sets_are_encoded_in_the_runs_order(films):
     """A run trained on another label set: its labels, in its order; unknown ones get local codes."""
-    from cxr_tf.inference.dicom_sr import make_sr
-    from cxr_tf.inference.fhir import make_bundle
+    from cxr_tf.inference.outputs.dicom_sr import make_sr
+    from cxr_tf.inference.outputs.fhir import make_bundle
 
     _, ds, _ = films
     labels = ("Pneumothorax", "Lung Opacity")

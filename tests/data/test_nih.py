@@ -1,4 +1,4 @@
-"""cxr_tf.data.datasets.nih on the real NIH tables and films shipped in tests/data (see tests/data/README.md)."""
+"""cxr_tf.data.datasets.nih on the real NIH tables and films shipped in tests/fixtures (see tests/fixtures/README.md)."""
 
 import gzip
 import os
