@@ -21,7 +21,9 @@ class LiveServer:
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        # log_config=None: uvicorn leaves the logging set-up alone (its dictConfig would close the
+        # handlers already installed, pytest's log capture among them)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", log_config=None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -7,7 +7,7 @@ Wraps ``--films`` real NIH films (``cxr_tf/sample/images``) as DX DICOM, starts 
 this process on free loopback ports, warms the node up with 2 films, then pushes the
 films over one C-STORE association with a pynetdicom SCU. Film-to-SR latency: from the
 start of a film's C-STORE to the arrival of its SR at the destination. Baseline: the
-same films through ``Predictor.predict_files`` (what ``predict --json`` runs), warm, once
+same films through ``Predictor.predict`` (what ``predict --json`` runs), warm, once
 as one batch of all films and once one film per call; and through ``predict --format
 dicom-sr`` (the same SRs as the node, written to a temporary folder). Last line:
 Also the film-to-SR latency of films sent one at a time (each after the previous SR:
@@ -86,7 +86,7 @@ def main(argv=None):
     from pydicom.uid import generate_uid
 
     from cxr_tf.inference.dicom_node import Destination, DicomNode
-    from cxr_tf.inference.outputs import export_files
+    from cxr_tf.inference.outputs import write_files
     from cxr_tf.inference.predictor import Predictor
     from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
 
@@ -127,19 +127,20 @@ def main(argv=None):
             path = Path(tmp) / f"{ds.SOPInstanceUID}.dcm"
             path.write_bytes(dicom_bytes(ds))
             paths.append(path)
-        predictor.predict_files(paths[:2])
-        predictor.predict_files(paths[2:3])
+        predictor.predict(paths[:2])
+        predictor.predict(paths[2:3])
         t = time.perf_counter()
-        predictor.predict_files(paths[2:])
+        predictor.predict(paths[2:])
         batch_s = time.perf_counter() - t
         t = time.perf_counter()
         for path in paths[2:]:
-            predictor.predict_files([path])
+            predictor.predict([path])
         single_s = time.perf_counter() - t
         # like for like: predict --format dicom-sr (the same SR, built the same way)
-        export_files(predictor, paths[:1], "dicom-sr", Path(tmp) / "sr", heatmaps=args.heatmaps)
+        formats = ["dicom-sr", "heatmap-sc"] if args.heatmaps else ["dicom-sr"]
+        write_files(predictor, predictor.predict(paths[:1]), formats, Path(tmp) / "sr")
         t = time.perf_counter()
-        export_files(predictor, paths[2:], "dicom-sr", Path(tmp) / "sr", heatmaps=args.heatmaps)
+        write_files(predictor, predictor.predict(paths[2:]), formats, Path(tmp) / "sr")
         sr_s = time.perf_counter() - t
 
     n = len(timed)

@@ -1,12 +1,13 @@
 """The TFRecord builder: a dataset release (label tables + films) -> ``{split}-{i:05d}-of-{n:05d}.tfrecord``
-shards + ``manifest.json``. ``tools/build_tfrecords.py`` is its command line.
+shards + their manifest. ``python -m cxr_tf.build`` is its command line.
 
 How a build runs:
 
-1. The dataset's adapter (``cxr_tf.data.datasets``: nih, chexpert, mimic-cxr, padchest,
-   vindr-cxr) reads the release's tables and matches them with the films on disk; rows
-   without a file, files without a row and rows left out on purpose (lateral views) are
-   counted and listed. Missing labels stay missing (-1 in the records).
+1. The dataset's adapter (one module of ``cxr_tf.data.datasets`` per release, which also
+   declares the release's own options and where its official split is) reads the release's
+   tables and matches them with the films on disk; rows without a file, files without a row
+   and rows left out on purpose (lateral views) are counted and listed. Missing labels stay
+   missing (-1 in the records).
 2. Split by patient (``cxr_tf.data.splits``); a patient in two splits stops the build.
 3. Plan every shard up front: each split's rows, shuffled with the seed, cut into
    ``ceil(bytes / shard_size_mb)`` contiguous shards (bytes estimated from
@@ -20,9 +21,9 @@ How a build runs:
    final file (and its ``.build/<name>.json`` record of what went in) exists; a
    killed build never leaves a partial shard under a final name. Different
    settings or inputs replace the previous build's shards.
-6. ``manifest.json``: labels, image size, per split examples / patients / label
-   counts / shards, seed, split method, the label table's SHA-256, every skipped
-   input with its reason, and train-split age mean/std for metadata models.
+6. The manifest (``cxr_tf.data.manifest``): labels, image size, per split examples / patients /
+   label counts / shards, seed, split method, the label table's SHA-256, every skipped input
+   with its reason, and train-split age mean/std for metadata models.
 
 An unreadable or implausible film (empty, truncated, not an image, too large, too
 small, a strip: ``cxr_tf.data.images.FilmLimits``, the rule ``predict`` applies) is
@@ -30,11 +31,14 @@ skipped with its reason; it never stops the build. A shard whose films were all
 skipped is not written (no zero-byte shards) and is left out of the manifest.
 Worker processes watch their parent and exit when it dies, so a killed build
 leaves no workers (nor, with them gone, multiprocessing's resource tracker).
+
+What to build is one ``BuildSettings`` (the release, its options, the records' layout), given to
+``build_records(settings, out=...)`` or as keywords: ``build_records(out=..., image_size=64)``.
 """
 
 import contextlib
+import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import multiprocessing
@@ -49,18 +53,53 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tf.data import datasets, harmonise, splits as splitting
+from cxr_tf.data import datasets, harmonise, manifest, splits as splitting
 from cxr_tf.data.datasets.base import MISSING, file_sha256, patient_number
 from cxr_tf.data.images import encode_films, worker_init
 from cxr_tf.data.jsonfile import write_json
-from cxr_tf.data.labels import LABELS
-from cxr_tf.data.manifest import MANIFEST, write_manifest
+from cxr_tf.data.labels import check_findings
+from cxr_tf.data.manifest import Manifest, Split
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample"
-SAMPLE_LABELS = SAMPLE_DIR / "Data_Entry_sample.csv"
 PLAN_DIR = ".build"
 PLAN_VERSION = 1
 _CHUNK = 8  # films per worker task
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+    """What to build (the defaults are the command's, ``python -m cxr_tf.build --help``).
+
+    The release: dataset: its adapter (``cxr_tf.data.datasets.DATASETS``); data_dir: its
+    folder, searched recursively for its films (None: the adapter's ``SAMPLE``, a copy shipped
+    with cxr_tf); labels: its main label table when it is not where the release puts it;
+    official_lists: folder with the official split's list files of a release that has them
+    (adapter ``OFFICIAL_LISTS``; default: data_dir); uncertain: uncertain labels ->
+    ``ignore`` (missing), ``ones`` or ``zeros``; laterals: keep lateral views (default
+    frontal only); options: the release's own options (its adapter's ``OPTIONS``, e.g.
+    ``{"aggregate": "any"}`` for VinDr-CXR).
+
+    The records: findings: their label set (release names, in the order given; default every
+    finding of the release that ``cxr_tf/resources/findings.csv`` maps); image_size: side of
+    the square 8-bit greyscale PNGs written (pixels); split: ``stratified`` or ``official``
+    (the release's own split, val carved from train by patient when it has none);
+    val_fraction / test_fraction: of patients (official: val of all films); seed: the split
+    and the shard order; shard_size_mb: target shard size.
+    """
+
+    dataset: str = datasets.DEFAULT
+    data_dir: str | Path | None = None
+    labels: str | Path | None = None
+    official_lists: str | Path | None = None
+    uncertain: str = "ignore"
+    laterals: bool = False
+    options: dict = dataclasses.field(default_factory=dict)
+    findings: tuple | None = None
+    image_size: int = 256
+    split: str = "stratified"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    shard_size_mb: float = 128
 
 
 def default_workers():
@@ -103,30 +142,16 @@ def _worker_pool(workers):
     return pool
 
 
-def check_findings(findings, available=LABELS):
-    """The label set to build (tuple): all of ``available`` (the release's labels) when None,
-    else the given names, each one of them, no repeats. ValueError naming the bad ones."""
-    if findings is None:
-        return tuple(available)
-    findings = tuple(findings)
-    unknown = [f for f in findings if f not in available]
-    if unknown or not findings or len(set(findings)) != len(findings):
-        raise ValueError(f"findings {list(findings)}: give distinct names from {', '.join(available)}"
-                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    return findings
-
-
-def resolve_inputs(data_dir=None, labels=None, official_lists=None, dataset="nih"):
-    """(data_dir, labels or None, official_lists) as Paths: the embedded NIH sample when
-    data_dir is None; the lists folder defaults to data_dir. ValueError when ``data_dir``
-    is not ``dataset``'s release but looks like another's (the folder is named, and the
-    ``--dataset`` that fits)."""
-    adapter = datasets.get(dataset)
+def _inputs(settings, adapter):
+    """(data_dir, labels or None, official_lists) as Paths: the adapter's embedded sample when
+    data_dir is None; the lists folder defaults to data_dir. ValueError when ``data_dir`` is not
+    the release but looks like another's (the folder is named, and the ``--dataset`` that fits)."""
+    data_dir, labels, dataset = settings.data_dir, settings.labels, settings.dataset
     if data_dir is None:
-        if dataset != "nih":
+        if adapter.SAMPLE is None:
             raise ValueError(f"--dataset {dataset} needs --data-dir: the folder of the {adapter.TITLE} release")
-        data_dir = SAMPLE_DIR
-        labels = labels if labels is not None else SAMPLE_LABELS
+        data_dir, sample_labels = adapter.SAMPLE
+        labels = labels if labels is not None else sample_labels
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the "
@@ -140,7 +165,7 @@ def resolve_inputs(data_dir=None, labels=None, official_lists=None, dataset="nih
         raise ValueError(f"{data_dir} is not the {adapter.TITLE} release (--dataset {dataset}): "
                          + (seen or f"its files were not found there (docs/datasets/{dataset}.md shows the "
                                     "release's layout)"))
-    official_lists = Path(official_lists) if official_lists is not None else data_dir
+    official_lists = Path(settings.official_lists) if settings.official_lists is not None else data_dir
     return data_dir, (Path(labels) if labels is not None else None), official_lists
 
 
@@ -167,16 +192,20 @@ def plan_shards(table, splits, image_size, shard_size_mb, seed):
     return shards
 
 
-def _plan_key(labels_sha, files, image_size, split, val_fraction, test_fraction, seed, shard_size_mb,
-              lists_sha, findings, release):
-    files_sha = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
-    key = {"version": PLAN_VERSION, "label_table_sha256": labels_sha, "files_sha256": files_sha,
-           "image_size": int(image_size), "split_method": split, "val_fraction": float(val_fraction),
-           "test_fraction": float(test_fraction), "seed": int(seed), "shard_size_mb": float(shard_size_mb),
-           "official_lists_sha256": lists_sha}
-    if tuple(findings) != LABELS:  # NIH's 14 keep the key of builds made before label subsets existed
+def _plan_key(settings, release, findings, lists_sha):
+    """What identifies a build: the same key resumes it, another replaces its shards."""
+    files_sha = hashlib.sha256("\n".join(sorted(release.table["image_index"])).encode()).hexdigest()
+    stratified = settings.split == "stratified"
+    key = {"version": PLAN_VERSION, "label_table_sha256": file_sha256(release.label_table),
+           "files_sha256": files_sha, "image_size": int(settings.image_size), "split_method": settings.split,
+           "val_fraction": float(settings.val_fraction),
+           "test_fraction": float(settings.test_fraction) if stratified else 0.0, "seed": int(settings.seed),
+           "shard_size_mb": float(settings.shard_size_mb), "official_lists_sha256": lists_sha}
+    # A release without options, built with all its findings, keeps the key of the builds made
+    # before releases had options and label subsets existed (so that those builds resume).
+    if release.options or tuple(findings) != tuple(release.labels):
         key["findings"] = list(findings)
-    if release.dataset != "nih":  # likewise NIH builds keep their key
+    if release.options:
         key.update(dataset=release.dataset, options=release.options)
     return key
 
@@ -200,7 +229,7 @@ def _prepare_out(out, key, shards, log):
         for shard in old.get("shards", []):
             for stale in (out / shard["name"], state / f"{shard['name']}.json"):
                 stale.unlink(missing_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)
+        manifest.remove(out)
         old = None
     if old is not None:
         shards = old["shards"]
@@ -248,24 +277,9 @@ def _result(future):
                            "are kept: run the same build again to resume") from None
 
 
-STOP_AFTER_SHARDS = "CXR_TF_STOP_AFTER_SHARDS"
-"""Fault injection: with this environment variable set to N, the build process dies (as ``kill
--9`` would, no clean-up) right after writing its N-th shard. The resume test uses it instead
-of killing after a sleep, which can land before or after the build on a fast host."""
-
-
-def _maybe_stop(shards_written):
-    limit = os.environ.get(STOP_AFTER_SHARDS)
-    if limit and shards_written >= int(limit):
-        os._exit(137)
-
-
 def _write_shards(out, todo, table, findings, image_size, workers, pool, progress):
     """Encode and write the shards in ``todo``; returns the number of films encoded."""
-    import tensorflow as tf  # noqa: PLC0415 (only the writing process needs it)
     from tqdm import tqdm  # noqa: PLC0415
-
-    from cxr_tf.data.records import serialize_example  # noqa: PLC0415
 
     # missing labels (NaN) and unknown ages are stored as -1 (cxr_tf.data.records)
     labels = np.nan_to_num(table[list(findings)].to_numpy(np.float64), nan=MISSING).astype(np.int64)
@@ -278,131 +292,122 @@ def _write_shards(out, todo, table, findings, image_size, workers, pool, progres
     bar = tqdm(total=len(jobs), unit="img", desc="encoding", disable=not progress, dynamic_ncols=True)
     try:
         for shard in todo:
-            final = out / shard["name"]
-            tmp = final.with_name(final.name + ".tmp")
-            written, skipped = [], []
-            with tf.io.TFRecordWriter(str(tmp)) as writer:
-                for name in shard["images"]:
-                    png, reason = next(results)
-                    bar.update(1)
-                    path, labels, patient, age, sex, view, follow_up = rows[name]
-                    if png is None:
-                        skipped.append({"file": path, "reason": reason})
-                        continue
-                    writer.write(serialize_example(png, labels, name, int(patient), int(age), str(sex),
-                                                   str(view), int(follow_up)))
-                    written.append(name)
-            write_json(out / PLAN_DIR / f"{shard['name']}.json",
-                        {"shard": shard["name"], "split": shard["split"], "images": written, "skipped": skipped})
-            if written:
-                os.replace(tmp, final)
-            else:  # every film of the shard skipped: no zero-byte shard (training refuses those)
-                tmp.unlink()
-            _maybe_stop(todo.index(shard) + 1)
+            _write_shard(out, shard, rows, results, bar)
     finally:
         bar.close()
     return len(jobs)
 
 
-def _manifest(out, shards, release, key, data_dir, warnings_, labels):
+def _write_shard(out, shard, rows, results, bar):
+    """Write one shard: its films' examples to ``<name>.tmp``, what went in to
+    ``.build/<name>.json``, then the rename to its final name (none when every film was skipped)."""
+    import tensorflow as tf  # noqa: PLC0415 (only the writing process needs it)
+
+    from cxr_tf.data.records import serialize_example  # noqa: PLC0415
+
+    final = out / shard["name"]
+    tmp = final.with_name(final.name + ".tmp")
+    written, skipped = [], []
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for name in shard["images"]:
+            png, reason = next(results)
+            bar.update(1)
+            path, labels, patient, age, sex, view, follow_up = rows[name]
+            if png is None:
+                skipped.append({"file": path, "reason": reason})
+                continue
+            writer.write(serialize_example(png, labels, name, int(patient), int(age), str(sex), str(view),
+                                           int(follow_up)))
+            written.append(name)
+    write_json(out / PLAN_DIR / f"{shard['name']}.json",
+               {"shard": shard["name"], "split": shard["split"], "images": written, "skipped": skipped})
+    if written:
+        os.replace(tmp, final)
+    else:  # every film of the shard skipped: no zero-byte shard (training refuses those)
+        tmp.unlink()
+
+
+def _manifest(out, shards, release, key, data_dir, warnings_, labels, build):
+    """The records' ``Manifest``, from what the shards' ``.build`` records say went in."""
     records = {s["name"]: _record(out, s["name"]) for s in shards}
     rows = release.table.set_index("image_index")
     summary = {}
     for split in splitting.SPLITS:
         names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
-        summary[split] = {**splitting.summarise(rows.loc[names], labels),
-                          "shards": [s["name"] for s in shards
-                                     if s["split"] == split and records[s["name"]]["images"]]}
+        counts = splitting.summarise(rows.loc[names], labels)
+        summary[split] = Split(count=counts["num_examples"], patients=counts["num_patients"],
+                               label_counts=counts["label_counts"], label_known=counts["label_known"],
+                               shards=tuple(s["name"] for s in shards
+                                            if s["split"] == split and records[s["name"]]["images"]))
     train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
     train_ages = train_ages.dropna()
     skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
     skipped += [{"file": str(path), "reason": "no row in the label table"} for path in release.files_without_rows]
     skipped += [{"file": str(ignored), "reason": f"duplicate file name; used {used}"}
                 for ignored, used in release.duplicates]
-    return {
-        "dataset": release.dataset, "labels": list(labels),
-        "harmonised": harmonise.mapping(release.dataset, labels), "options": release.options,
-        "image_size": key["image_size"], "splits": summary,
-        "seed": key["seed"], "split_method": key["split_method"],
-        "val_fraction": key["val_fraction"], "test_fraction": key["test_fraction"],
-        "label_table": str(release.label_table), "label_table_sha256": key["label_table_sha256"],
-        "data_dir": str(data_dir),
-        "skipped": skipped,
-        "rows_without_files": {"count": len(release.rows_without_files),
-                               "list": "rows_without_files.txt" if release.rows_without_files else None,
-                               "first": release.rows_without_files[:10]},
-        "excluded": {reason: {"count": len(names), "first": names[:10]}
-                     for reason, names in release.excluded.items()},
+    return Manifest(
+        dataset=release.dataset, labels=tuple(labels), harmonised=harmonise.mapping(release.dataset, labels),
+        options=release.options, image_size=key["image_size"], splits=summary,
+        seed=key["seed"], split_method=key["split_method"],
+        val_fraction=key["val_fraction"], test_fraction=key["test_fraction"],
+        label_table=str(release.label_table), label_table_sha256=key["label_table_sha256"],
+        data_dir=str(data_dir),
+        skipped=skipped,
+        rows_without_files={"count": len(release.rows_without_files),
+                            "list": "rows_without_files.txt" if release.rows_without_files else None,
+                            "first": release.rows_without_files[:10]},
+        excluded={reason: {"count": len(names), "first": names[:10]} for reason, names in release.excluded.items()},
         # standardising constants for metadata models; std 1 when undefined or zero
-        "metadata": {"age_mean": float(train_ages.mean()) if len(train_ages) else 0.0,
-                     "age_std": float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0},
-        "warnings": warnings_,
-    }
+        age_mean=float(train_ages.mean()) if len(train_ages) else 0.0,
+        age_std=float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0,
+        warnings=warnings_, build=build)
 
 
-def build_records(data_dir=None, labels=None, out="records", image_size=256, split="stratified",
-                  val_fraction=0.1, test_fraction=0.2, seed=0, workers=None, shard_size_mb=128,
-                  official_lists=None, findings=None, progress=True, log=print, dataset="nih",
-                  uncertain="ignore", laterals=False, aggregate=None):
-    """Build TFRecord shards and ``manifest.json`` into ``out``; returns the manifest (dict).
+def build_records(settings=None, out="records", workers=None, progress=True, log=print, **fields):
+    """Build TFRecord shards and their manifest into ``out``; returns the records' ``Manifest``.
 
-    dataset: the release's adapter (``cxr_tf.data.datasets.DATASETS``; default NIH);
-    data_dir: the release's folder, searched recursively for its films (None: the embedded
-    NIH sample of 150 real films, 128 px); labels: the release's main label table when it
-    is not where the release puts it (NIH: ``Data_Entry_2017*.csv*`` in data_dir);
-    official_lists: folder with NIH's ``train_val_list.txt`` / ``test_list.txt`` (default:
-    data_dir); image_size: side of the square 8-bit greyscale PNGs written (pixels); split:
-    ``stratified`` or ``official`` (NIH: the lists; other releases: their own split, val
-    carved from train by patient when the release has none); val_fraction / test_fraction:
-    of patients (official: val of all films); workers: decoding processes (default: all
-    cores; 0 or 1 decodes in this process); shard_size_mb: target shard size; findings: the
-    label set of the records (release names, in the order given; default every finding of
-    the release that ``cxr_tf/resources/findings.csv`` maps); uncertain: CheXpert-style
-    uncertain labels -> ``ignore`` (missing), ``ones`` or ``zeros``; laterals: keep lateral
-    views (default frontal only); aggregate: how several readers' labels of one film combine
-    (VinDr-CXR: ``majority``, the default, or ``any``). Re-running with the same arguments
-    resumes an interrupted build.
+    settings: what to build (``BuildSettings``; default: the default dataset's sample, 256 px);
+    ``fields``: ``BuildSettings`` fields given as keywords instead, or over ``settings``
+    (``build_records(data_dir="/data/release", image_size=64)``). workers: decoding processes
+    (default: all cores; 0 or 1 decodes in this process); progress: a progress bar; log: where
+    the closing summary goes. Re-running with the same settings resumes an interrupted build.
     """
     started = time.perf_counter()
-    image_size = int(image_size)
-    if not 8 <= image_size <= 4096:
-        raise ValueError(f"image_size must be 8..4096 pixels, got {image_size}")
-    if split not in splitting.METHODS:
-        raise ValueError(f"unknown split method {split!r}; choose one of {', '.join(splitting.METHODS)}")
+    settings = dataclasses.replace(settings or BuildSettings(), **fields)
+    if not 8 <= int(settings.image_size) <= 4096:
+        raise ValueError(f"image_size must be 8..4096 pixels, got {settings.image_size}")
+    if settings.split not in splitting.METHODS:
+        raise ValueError(f"unknown split method {settings.split!r}; choose one of {', '.join(splitting.METHODS)}")
     workers = default_workers() if workers is None else int(workers)
-    data_dir, labels, lists_dir = resolve_inputs(data_dir, labels, official_lists, dataset)
-    adapter = datasets.get(dataset)
-    extra = {}
-    if aggregate is not None:
-        if "aggregate" not in inspect.signature(adapter.read).parameters:
-            raise ValueError(f"--aggregate applies to releases with several readers per film (vindr-cxr), "
-                             f"not to {dataset}")
-        extra["aggregate"] = aggregate
-    release = adapter.read(data_dir, labels, uncertain=uncertain, laterals=laterals, **extra)
-    findings = check_findings(findings, release.labels)
+    adapter = datasets.get(settings.dataset)
+    data_dir, labels, lists_dir = _inputs(settings, adapter)
+    options = datasets.check_options(settings.dataset, settings.options)
+    release = adapter.read(data_dir, labels, uncertain=settings.uncertain, laterals=settings.laterals, **options)
+    findings = (release.labels if settings.findings is None
+                else check_findings(settings.findings, release.labels, f"the {adapter.TITLE} release"))
     if release.table.empty:
         raise FileNotFoundError(
             f"none of the films listed in {release.label_table} was found under {data_dir} "
             f"({len(release.rows_without_files)} row(s) without a file, e.g. {release.rows_without_files[:3]}); "
             f"put the {adapter.TITLE} films there as the release lays them out (or pass --data-dir)")
-    if split == "official" and dataset != "nih" and not splitting.has_release_split(release.table):
+    official = settings.split == "official"
+    if official and not adapter.OFFICIAL_LISTS and not splitting.has_release_split(release.table):
         raise ValueError(f"the {adapter.TITLE} release has no official split (its tables name no "
                          "train or test films); use --split stratified")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    image_size = int(settings.image_size)
     pool = _worker_pool(workers) if workers > 1 else None
     try:
         matched = release.table
-        assignment = splitting.make_split(matched, split, val_fraction, test_fraction, seed, lists_dir, findings)
+        assignment = splitting.make_split(matched, settings.split, settings.val_fraction, settings.test_fraction,
+                                          settings.seed, lists_dir, findings)
         lists_sha = None
-        if split == "official" and not splitting.has_release_split(matched):
-            found = splitting.find_official_lists(lists_dir)
-            lists_sha = {k: file_sha256(p) for k, p in found.items()}
-        key = _plan_key(file_sha256(release.label_table), matched["image_index"], image_size, split,
-                        val_fraction, test_fraction if split == "stratified" else 0.0, seed, shard_size_mb,
-                        lists_sha, findings, release)
-        shards, done = _prepare_out(out, key, plan_shards(matched, assignment, image_size, shard_size_mb, seed),
-                                    log)
+        if official and not splitting.has_release_split(matched):
+            lists_sha = {k: file_sha256(p) for k, p in splitting.find_official_lists(lists_dir).items()}
+        key = _plan_key(settings, release, findings, lists_sha)
+        plan = plan_shards(matched, assignment, image_size, settings.shard_size_mb, settings.seed)
+        shards, done = _prepare_out(out, key, plan, log)
         planned = _planned_splits(shards, matched)  # what will be written: checked once more
         splitting.check_no_patient_overlap(matched["patient_id"], planned)
         warnings_ = splitting.missing_label_warnings(matched, planned, labels=findings)
@@ -415,35 +420,31 @@ def build_records(data_dir=None, labels=None, out="records", image_size=256, spl
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    manifest = _manifest(out, shards, release, key, data_dir, warnings_, findings)
     (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in release.rows_without_files))
     excluded = [f"{name}\t{reason}\n" for reason, names in release.excluded.items() for name in names]
     if excluded:
         (out / "excluded.txt").write_text("".join(excluded))
-    seconds = time.perf_counter() - started
-    manifest["build"] = {"seconds": round(seconds, 3), "encoded": encoded, "resumed_shards": len(done),
-                         "images_per_s": round(encoded / encode_seconds, 2) if encoded else None,
-                         "workers": workers}
-    write_manifest(out, manifest)
-    log(format_summary(manifest, out))
-    return manifest
+    build = {"seconds": round(time.perf_counter() - started, 3), "encoded": encoded, "resumed_shards": len(done),
+             "images_per_s": round(encoded / encode_seconds, 2) if encoded else None, "workers": workers}
+    records = _manifest(out, shards, release, key, data_dir, warnings_, findings, build)
+    manifest.write(out, records)
+    log(format_summary(records, out))
+    return records
 
 
-def format_summary(manifest, out):
-    """The closing summary of a build, as text."""
-    lines = [f"records in {out} ({manifest['image_size']} px, split {manifest['split_method']}, "
-             f"seed {manifest['seed']}):"]
-    for name, split in manifest["splits"].items():
-        lines.append(f"  {name:5s} {split['num_examples']:7d} films  {split['num_patients']:6d} patients  "
-                     f"{len(split['shards']):4d} shards")
-    build = manifest.get("build", {})
+def format_summary(records, out):
+    """The closing summary of a build (``records``: its ``Manifest``), as text."""
+    lines = [f"records in {out} ({records.image_size} px, split {records.split_method}, seed {records.seed}):"]
+    for name, split in records.splits.items():
+        lines.append(f"  {name:5s} {split.count:7d} films  {split.patients:6d} patients  {len(split.shards):4d} shards")
+    build = records.build or {}
     rate = f"{build['images_per_s']:.1f} images/s" if build.get("images_per_s") else "nothing to encode"
-    lines.append(f"  skipped {len(manifest['skipped'])} input file(s); "
-                 f"{manifest['rows_without_files']['count']} table row(s) without a file")
-    for reason, excluded in manifest.get("excluded", {}).items():
+    lines.append(f"  skipped {len(records.skipped)} input file(s); "
+                 f"{(records.rows_without_files or {}).get('count', 0)} table row(s) without a file")
+    for reason, excluded in records.excluded.items():
         lines.append(f"  excluded {excluded['count']} film(s): {reason} (listed in excluded.txt)")
     lines.append(f"  {build.get('encoded', 0)} films encoded in {build.get('seconds', 0):.1f} s ({rate}, "
                  f"{build.get('workers')} workers); {build.get('resumed_shards', 0)} shards kept from before")
-    for warning in manifest.get("warnings", []):
+    for warning in records.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)

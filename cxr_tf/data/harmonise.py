@@ -18,6 +18,8 @@ import csv
 from functools import lru_cache
 from importlib import resources
 
+from cxr_tf.data.labels import check_findings
+
 RESOURCE = "findings.csv"
 
 
@@ -63,25 +65,18 @@ def mapping(dataset, labels):
 
 
 def common_labels(manifest):
-    """The common names of a records folder's labels (manifest order)."""
-    harmonised = manifest.get("harmonised") or {}
-    return tuple(harmonised.get(label, label) for label in manifest["labels"])
+    """The common names of a records folder's labels (its ``Manifest``; manifest order)."""
+    return tuple(manifest.harmonised.get(label, label) for label in manifest.labels)
 
 
 def merged_labels(manifests, findings=None):
-    """The label set of a run trained on several records folders: ``findings`` (common names,
-    each labelled by at least one of them) in the order given, else the union of their
-    common names in vocabulary order. ValueError naming what no folder labels."""
-    present = [set(common_labels(m)) for m in manifests]
-    union = set().union(*present)
+    """The label set of a run trained on several records folders (their ``Manifest``s):
+    ``findings`` (common names, each labelled by at least one of them) in the order given,
+    else the union of their common names in vocabulary order. ValueError naming what no
+    folder labels."""
+    union = set().union(*(common_labels(m) for m in manifests))
     if findings is not None:
-        findings = tuple(findings)
-        unlabelled = [f for f in findings if f not in union]
-        if unlabelled or not findings or len(set(findings)) != len(findings):
-            raise ValueError(f"findings {list(findings)}: give distinct names labelled by at least one records "
-                             f"folder ({', '.join(sorted(union))})"
-                             + (f"; none labels {', '.join(unlabelled)}" if unlabelled else ""))
-        return findings
+        return check_findings(findings, sorted(union), "at least one records folder")
     order = {name: i for i, name in enumerate(vocabulary())}
     return tuple(sorted(union, key=lambda name: (order.get(name, len(order)), name)))
 

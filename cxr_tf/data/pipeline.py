@@ -55,56 +55,34 @@ record (fit and evaluate do this for you).
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf.data import manifest
 from cxr_tf.data.augment import build_augmenter
 from cxr_tf.data.harmonise import label_columns
-from cxr_tf.data.manifest import MANIFEST, common_image_size, manifest_labels, read_manifest
 from cxr_tf.data.records import parse_example, parse_shard_name
+from cxr_tf.data.sources import Sources, check_image_size
 
 AGE_RANGE = (0.0, 120.0)  # ages outside are table errors (the 2017 table has 414): clipped
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _manifest_of(manifest_or_dir):
-    if isinstance(manifest_or_dir, dict):
-        return manifest_or_dir
-    return read_manifest(manifest_or_dir)
-
-
-def _split_info(manifest, split, where="manifest"):
-    splits = manifest["splits"]
-    if split not in splits:
-        raise ValueError(f"split {split!r} is not in {where}; its splits are {sorted(splits)}")
-    return splits[split]
-
-
-def _age_stats(manifest):
-    meta = manifest.get("metadata") or {}
-    if "age_mean" not in meta or "age_std" not in meta:
-        raise ValueError("manifest has no metadata.age_mean / metadata.age_std (training-split age "
-                         "statistics, needed for the multimodal input); rebuild the records")
-    std = float(meta["age_std"])
-    return float(meta["age_mean"]), (std if std > 0 else 1.0)
-
-
-def check_request(manifest, records_dir, split, image_size):
-    """Validate a request against the manifest; returns (shard paths, stored size)."""
-    stored = int(manifest["image_size"])
-    if int(image_size) > stored:
-        raise ValueError(f"image_size={image_size} is larger than the {stored} px stored in {records_dir}: "
-                         f"upsampling adds no detail; rebuild the records with --image-size {image_size} "
-                         f"or train at image_size <= {stored}")
-    info = _split_info(manifest, split, where=f"{Path(records_dir) / MANIFEST}")
-    names = list(info.get("shards", []))
+def check_request(records, records_dir, split, image_size):
+    """Validate a request against a records folder and its manifest ``records`` (a
+    ``Manifest``); returns (shard paths, stored size)."""
+    check_image_size(image_size, records.image_size, records_dir)
+    if split not in records.splits:
+        raise ValueError(f"split {split!r} is not in {manifest.path(records_dir)}; "
+                         f"its splits are {sorted(records.splits)}")
+    names = records.splits[split].shards
     if not names:
         raise ValueError(f"split {split!r} in {records_dir} lists no shards; rebuild the records")
     paths = []
     for name in names:
-        name = name["name"] if isinstance(name, dict) else name
         shard_split, _, _ = parse_shard_name(Path(name).name)
         if shard_split != split:
             raise ValueError(f"manifest split {split!r} lists shard {name} of split {shard_split!r}")
@@ -114,8 +92,8 @@ def check_request(manifest, records_dir, split, image_size):
         if path.stat().st_size == 0:
             raise ValueError(f"shard {path} is empty (an interrupted copy?); rebuild or copy it")
         paths.append(str(path))
-    _check_label_count(paths[0], len(manifest_labels(manifest)), records_dir)
-    return paths, stored
+    _check_label_count(paths[0], len(records.labels), records_dir)
+    return paths, records.image_size
 
 
 def _check_label_count(shard, num_labels, records_dir):
@@ -124,7 +102,7 @@ def _check_label_count(shard, num_labels, records_dir):
     for raw in tf.data.TFRecordDataset(shard).take(1):
         stored = len(tf.train.Example.FromString(raw.numpy()).features.feature["labels"].int64_list.value)
         if stored != num_labels:
-            raise ValueError(f"{shard}: its records hold {stored} labels but {Path(records_dir) / MANIFEST} "
+            raise ValueError(f"{shard}: its records hold {stored} labels but {manifest.path(records_dir)} "
                              f"names {num_labels}; rebuild the records or restore their manifest")
 
 
@@ -148,13 +126,14 @@ def meta_tensor(age, sex, view, age_mean, age_std):
     ], axis=-1)
 
 
-def meta_vector(age, sex, view, manifest):
+def meta_vector(age, sex, view, age_stats):
     """The metadata input for one film: np.float32 (META_DIM,) =
-    [(age - age_mean) / age_std, sex_M, sex_F, view_PA, view_AP], with the
-    training-split age statistics of ``manifest`` (dict or records folder).
-    ``age`` in years (clipped to AGE_RANGE; None -> the mean); ``sex`` "M"/"F",
-    ``view`` "PA"/"AP" (str or bytes; anything else, or None -> zeros)."""
-    mean, std = _age_stats(_manifest_of(manifest))
+    [(age - age_mean) / age_std, sex_M, sex_F, view_PA, view_AP], with ``age_stats`` =
+    (age_mean, age_std): the training films' (``manifest.read(folder).age_stats()``, or a
+    run's ``runs.trained_age_stats(config)``). ``age`` in years (clipped to AGE_RANGE;
+    None -> the mean); ``sex`` "M"/"F", ``view`` "PA"/"AP" (str or bytes; anything else,
+    or None -> zeros)."""
+    mean, std = age_stats
     age = mean if age is None else age
     sex = sex.decode() if isinstance(sex, bytes) else (sex or "")
     view = view.decode() if isinstance(view, bytes) else (view or "")
@@ -216,8 +195,10 @@ def _reader(files, training, seed):
     return ds.interleave(read, cycle_length=1, num_parallel_calls=None)
 
 
-def _cache(ds, cache, split, stored, training, multimodal, source=""):
-    """``source``: the records folder's name when several are read together (one cache each)."""
+def _cache(ds, request, stored, source=""):
+    """``request.cache`` applied; ``source``: the records folder's name when several are read
+    together (one cache each)."""
+    cache = request.cache
     if cache in (None, False):
         return ds
     if cache is True or cache == "memory":
@@ -226,8 +207,8 @@ def _cache(ds, cache, split, stored, training, multimodal, source=""):
     tag = f"{source}-" if source else ""
     if path.is_dir() or str(cache).endswith(os.sep):
         path.mkdir(parents=True, exist_ok=True)
-        kind = ("train" if training else "eval") + ("-meta" if multimodal else "")
-        path = path / f"{tag}{split}-{stored}px-{kind}.cache"
+        kind = ("train" if request.training else "eval") + ("-meta" if request.multimodal else "")
+        path = path / f"{tag}{request.split}-{stored}px-{kind}.cache"
     elif tag:
         path = path.with_name(f"{path.name}-{tag[:-1]}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,18 +226,37 @@ def input_threads():
     return max(4, 2 * default_workers())
 
 
-def make_dataset(records_dir, split, batch_size, image_size=224, training=None, multimodal=False,
-                 with_ids=False, cache=None, augment=None, shuffle_buffer=4096, seed=None,
-                 num_workers=None, deterministic=None, labels=None, weights=None, age_stats=None):
+
+@dataclass(frozen=True)
+class _Request:
+    """What ``make_dataset`` was asked for (its arguments, resolved), handed to its helpers."""
+
+    split: str
+    batch_size: int
+    image_size: int
+    training: bool
+    multimodal: bool
+    with_ids: bool
+    cache: object
+    shuffle_buffer: int
+    seed: int | None
+    deterministic: bool
+    labels: tuple | None
+    age_stats: tuple | None
+
+
+def make_dataset(records, split, batch_size, image_size=224, *, training=None, multimodal=False, with_ids=False,
+                 augment=None, cache=None, shuffle_buffer=4096, seed=None, deterministic=None, num_workers=None,
+                 age_stats=None):
     """The ``tf.data.Dataset`` of one split (see the module docstring for the chain).
 
-    records_dir: folder with the shards and ``manifest.json``, or a list of such folders read
-    as one (``labels`` then required: their common label set, ``cxr_tf.data.harmonise``;
-    same stored image size). Several folders: training samples films from them at random in
-    the proportions ``weights`` (default: their sizes) and never ends (``repeat`` is inside:
-    take the steps of an epoch); evaluation reads them one after the other. age_stats:
-    (mean, std) standardising the metadata input's age, for every folder (default: each
-    folder's own training-split statistics; several folders need one pair for all).
+    records: a records folder (shards + manifest), a list of them read as one, or a
+    ``cxr_tf.data.sources.Sources`` (which chooses the label set and the folders'
+    proportions). Several folders yield their common label set (``cxr_tf.data.harmonise``;
+    -1, missing, for a finding a folder does not label); training samples films from them at
+    random in the ``Sources``' proportions (default: their sizes) and never ends (``repeat``
+    is inside: take the steps of an epoch); evaluation reads them one after the other; they
+    must store the same image size.
     split: "train", "val" or "test". batch_size: GLOBAL batch size (split across replicas by tf.distribute).
     image_size: S, the side fed to the model (<= the stored size). training: defaults
     to ``split == "train"``; True = shuffle + drop remainder + augmentation.
@@ -269,45 +269,55 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
     when training, False = none, or a dict of parameters (pipelines yaml ``augment:``)
     merged over the defaults; ignored at evaluation. shuffle_buffer: records held for
     shuffling (memory: N² bytes each, 64 KiB at 256 px). seed: shard order, shuffle
-    and augmentation draws. num_workers: for the auto-shard policy; default from
-    TF_CONFIG. deterministic: element order; default: not training (a seed alone does
-    not make a parallel training pipeline's order repeatable; pass True for that).
-    labels: the label set to yield, as common finding names (``cxr_tf.data.harmonise``):
-    each records label mapped to its common name, and -1 (missing) for a name these
-    records do not label; default: the records' own labels, unchanged.
+    and augmentation draws. deterministic: element order; default: not training (a seed
+    alone does not make a parallel training pipeline's order repeatable; pass True for
+    that). num_workers: for the auto-shard policy; default from TF_CONFIG. age_stats:
+    (mean, std) standardising the metadata input's age (default: the folder's training
+    films; several folders: pooled, ``Sources.age_stats``).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sources = records if isinstance(records, Sources) else Sources(records)
     training = (split == "train") if training is None else bool(training)
-    deterministic = (not training) if deterministic is None else bool(deterministic)
-    folders = list(records_dir) if isinstance(records_dir, (list, tuple)) else [records_dir]
-    if len(folders) > 1 and labels is None:
-        raise ValueError("several records folders need labels= (their common label set)")
+    several = len(sources.folders) > 1
+    request = _Request(split, int(batch_size), int(image_size), training, multimodal, with_ids, cache,
+                       shuffle_buffer, seed, (not training) if deterministic is None else bool(deterministic),
+                       tuple(sources.labels) if sources.mapped else None,
+                       age_stats or (sources.age_stats() if several else None))
     # one folder: fewer films than a batch yields nothing (checked); several are repeated
-    sources = [_films(folder, split, batch_size if len(folders) == 1 else 1, image_size, training, multimodal,
-                      with_ids, cache, shuffle_buffer, seed, deterministic, labels, age_stats) for folder in folders]
-    stored = common_image_size(folders, [manifest for _, manifest, _ in sources])
-    image_size = int(image_size)
-    if len(sources) == 1:
-        ds = sources[0][0]
+    read = [_films(folder, m, request, check_batch=not several)
+            for folder, m in zip(sources.folders, sources.manifests)]
+    if not several:
+        ds = read[0][0]
     elif training:
-        counts = [float(manifest["splits"][split].get("num_examples", 0)) for _, manifest, _ in sources]
-        weights = counts if weights is None else [float(w) for w in weights]
-        if len(weights) != len(sources) or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"weights {weights}: give one non-negative proportion per records folder")
-        ds = tf.data.Dataset.sample_from_datasets([d.repeat() for d, _, _ in sources],
+        weights = sources.weights or [float(m.splits[split].count) for m in sources.manifests]
+        ds = tf.data.Dataset.sample_from_datasets([d.repeat() for d, _ in read],
                                                   [w / sum(weights) for w in weights], seed=seed)
     else:
-        ds = sources[0][0]
-        for other, _, _ in sources[1:]:
+        ds = read[0][0]
+        for other, _ in read[1:]:
             ds = ds.concatenate(other)
+    ds = _batches(ds, request, augment, sources.image_size)
+    options = tf.data.Options()
+    options.deterministic = request.deterministic
+    options.threading.private_threadpool_size = input_threads()
+    workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
+    # several folders are sampled or chained, not read file by file: shard them by element
+    options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.DATA if several
+                                                         else auto_shard_policy(len(read[0][1]), workers))
+    return ds.with_options(options)
+
+
+def _batches(ds, request, augment, stored):
+    """Single films -> the batches ``make_dataset`` yields (augmented when training)."""
+    image_size = request.image_size
     augment_batch = None
-    if training and augment is not False:
-        augmenter = build_augmenter(augment if augment is not True else None, image_size, seed=seed)
+    if request.training and augment is not False:
+        augmenter = build_augmenter(augment if augment is not True else None, image_size, seed=request.seed)
         # XLA: one fused program per batch shape, ~3x the plain ops on CPU (cxr_tf.data.augment)
         augment_batch = tf.function(lambda images: augmenter(images, training=True), jit_compile=True)
-    ds = ds.batch(int(batch_size), drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE,
-                  deterministic=deterministic)
+    ds = ds.batch(request.batch_size, drop_remainder=request.training, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=request.deterministic)
 
     def finish(batch):
         images = batch["image"]  # (B, N, N, 1) uint8
@@ -318,38 +328,29 @@ def make_dataset(records_dir, split, batch_size, image_size=224, training=None, 
             if image_size != stored:
                 images = tf.image.resize(images, (image_size, image_size), method="area")
         images = tf.ensure_shape(images, (None, image_size, image_size, 1))
-        x = {"image": images, "meta": batch["meta"]} if multimodal else images
-        if with_ids:
+        x = {"image": images, "meta": batch["meta"]} if request.multimodal else images
+        if request.with_ids:
             return x, batch["labels"], {"image_index": batch["image_index"], "patient_id": batch["patient_id"]}
         return x, batch["labels"]
 
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    options.threading.private_threadpool_size = input_threads()
-    workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
-    # several folders are sampled or chained, not read file by file: shard them by element
-    options.experimental_distribute.auto_shard_policy = (auto_shard_policy(len(sources[0][2]), workers)
-                                                         if len(folders) == 1
-                                                         else tf.data.experimental.AutoShardPolicy.DATA)
-    return ds.with_options(options)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=request.deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _films(records_dir, split, batch_size, image_size, training, multimodal, with_ids, cache, shuffle_buffer,
-           seed, deterministic, labels, age_stats=None):
-    """(dataset of single decoded films (dicts), the folder's manifest, its shard paths) of one
-    records folder's split: read, parsed, labels mapped to ``labels``, cached, shuffled when training."""
-    manifest = read_manifest(records_dir)
-    files, stored = check_request(manifest, records_dir, split, image_size)
-    num_examples = int(manifest["splits"][split].get("num_examples", 0))
-    if training and 0 < num_examples < batch_size:
+def _films(records_dir, records, request, check_batch):
+    """(dataset of single decoded films (dicts), its shard paths) of one records folder's split
+    (``records``: its manifest): read, parsed, labels mapped to ``request.labels``, cached,
+    shuffled when training. ``check_batch``: refuse a training split smaller than a batch."""
+    split = request.split
+    files, stored = check_request(records, records_dir, split, request.image_size)
+    num_examples = records.splits[split].count
+    if check_batch and request.training and 0 < num_examples < request.batch_size:
         raise ValueError(f"split {split!r} of {records_dir} has {num_examples} films, fewer than "
-                         f"batch_size={batch_size}: training drops the last partial batch and would yield nothing")
-    num_labels = len(manifest_labels(manifest))
-    columns = None if labels is None else label_columns(manifest, labels)
-    age_stats = (age_stats or _age_stats(manifest)) if multimodal else None
+                         f"batch_size={request.batch_size}: training drops the last partial batch and would "
+                         "yield nothing")
+    num_labels = len(records.labels)
+    columns = None if request.labels is None else label_columns(records, request.labels)
+    age_stats = (request.age_stats or records.age_stats()) if request.multimodal else None
 
     def to_element(record, shard):
         ex = _decode(record, shard, stored, num_labels)
@@ -358,16 +359,16 @@ def _films(records_dir, split, batch_size, image_size, training, multimodal, wit
             y = tf.gather(tf.concat([y, tf.constant([-1], tf.int64)], 0),
                           [c if c >= 0 else num_labels for c in columns])
         out = {"image": ex["image"], "labels": tf.cast(y, tf.float32)}
-        if multimodal:
+        if request.multimodal:
             out["meta"] = meta_tensor(ex["age"], ex["sex"], ex["view"], *age_stats)
-        if with_ids:
+        if request.with_ids:
             out["image_index"], out["patient_id"] = ex["image_index"], ex["patient_id"]
         return out
 
-    ds = _reader(files, training, seed)
-    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = _cache(ds, cache, split, stored, training, multimodal, Path(records_dir).name if labels else "")
-    if training:
-        buffer = max(1, min(int(shuffle_buffer), num_examples or int(shuffle_buffer)))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds, manifest, files
+    ds = _reader(files, request.training, request.seed)
+    ds = ds.map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=request.deterministic)
+    ds = _cache(ds, request, stored, Path(records_dir).name if request.labels else "")
+    if request.training:
+        buffer = max(1, min(int(request.shuffle_buffer), num_examples or int(request.shuffle_buffer)))
+        ds = ds.shuffle(buffer, seed=request.seed, reshuffle_each_iteration=True)
+    return ds, files

@@ -4,10 +4,14 @@
 ``Sources`` gives what training needs without caring how many folders there are: the label
 set (common finding names, ``cxr_tf.data.harmonise``: the union of the folders' findings, or
 a chosen list), the stored film size (the same in every folder), films and label prevalence
-per split, and the ``tf.data`` pipeline (``cxr_tf.data.pipeline.make_dataset``), in which a
-finding that a folder does not label is missing (-1) for its films, so the masked loss and
-metrics leave it out. Training samples the folders in the proportions ``weights`` (default:
-their training sizes, i.e. every film equally likely).
+per split. ``cxr_tf.data.pipeline.make_dataset(sources, ...)`` reads them as one ``tf.data``
+pipeline, in which a finding that a folder does not label is missing (-1) for its films, so
+the masked loss and metrics leave it out. Training samples the folders in the proportions
+``weights`` (default: their training sizes, i.e. every film equally likely).
+
+The rules for what may be asked of records live here, once: ``check_ratio`` (the folders'
+proportions: config, command line, ``Sources``) and ``check_image_size`` (no film larger than
+the records store: fit, the pipeline, verification).
 
 One NIH folder reads exactly as before: its labels are NIH's names, which are the common names.
 """
@@ -16,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_tf.data import manifest
 from cxr_tf.data.harmonise import common_labels, label_columns, merged_labels
-from cxr_tf.data.manifest import common_image_size, manifest_labels, read_manifest
 
 
 def records_list(records):
@@ -32,6 +36,31 @@ def records_list(records):
     return folders
 
 
+def check_ratio(ratio, folders=None, what="records_ratio"):
+    """The sampling proportions of records folders as a list of floats: ``ratio`` (numbers, or
+    one comma-separated string), each non-negative, not all zero, one per folder when the
+    number of ``folders`` is known. ValueError starting with ``what`` (the setting's name)."""
+    numbers = ratio.split(",") if isinstance(ratio, str) else ratio
+    try:
+        numbers = [float(v) for v in numbers]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or min(numbers) < 0 or sum(numbers) <= 0 or (folders is not None and len(numbers) != folders):
+        count = f" ({folders})" if folders is not None else " (e.g. [1, 1])"
+        raise ValueError(f"{what}={ratio!r}: give one non-negative proportion per records folder{count}, "
+                         "not all zero")
+    return numbers
+
+
+def check_image_size(image_size, stored, records):
+    """ValueError when films of ``image_size`` px are asked of records that store ``stored`` px
+    (``records``: the folder(s), for the message): upsampling adds no detail."""
+    if int(image_size) > int(stored):
+        raise ValueError(f"image_size={image_size} is larger than the {stored} px stored in {records}: upsampling "
+                         f"adds no detail; pass --image-size {stored} or less, or rebuild the records with "
+                         f"--image-size {image_size}")
+
+
 class Sources:
     """One or several records folders as one training source (module docstring).
 
@@ -40,18 +69,15 @@ class Sources:
 
     def __init__(self, records, findings=None, weights=None):
         self.folders = records_list(records)
-        self.manifests = [read_manifest(folder) for folder in self.folders]
+        self.manifests = [manifest.read(folder) for folder in self.folders]
         if len(self.folders) == 1 and findings is None:
             self.labels = common_labels(self.manifests[0])
         else:
             self.labels = merged_labels(self.manifests, findings)
-        self.image_size = common_image_size(self.folders, self.manifests)
-        if weights is not None and (len(weights) != len(self.folders) or min(weights) < 0 or sum(weights) <= 0):
-            raise ValueError(f"records_ratio {list(weights)}: give one non-negative proportion per records folder "
-                             f"({len(self.folders)}), not all zero")
-        self.weights = None if weights is None else [float(w) for w in weights]
+        self.image_size = manifest.common_image_size(self.folders, self.manifests)
+        self.weights = None if weights is None else check_ratio(weights, len(self.folders))
         # the fast path: one folder whose labels are already the label set
-        self._mapped = len(self.folders) > 1 or tuple(manifest_labels(self.manifests[0])) != tuple(self.labels)
+        self.mapped = len(self.folders) > 1 or self.manifests[0].labels != tuple(self.labels)
 
     def __str__(self):
         return ",".join(str(f) for f in self.folders)
@@ -60,48 +86,50 @@ class Sources:
     def split_method(self):
         """The folders' split methods ("stratified", or e.g. "official+stratified"); None when no
         manifest names one."""
-        methods = sorted({m["split_method"] for m in self.manifests if m.get("split_method")})
+        methods = sorted({m.split_method for m in self.manifests if m.split_method})
         return "+".join(methods) or None
+
+    @property
+    def datasets(self):
+        """The release (adapter name) of each folder, in order."""
+        return [m.dataset for m in self.manifests]
 
     def num_examples(self, split):
         """Films in ``split`` over every folder (0 where a folder lacks the split)."""
-        return sum(int(m["splits"].get(split, {}).get("num_examples", 0)) for m in self.manifests)
+        return sum(m.splits[split].count for m in self.manifests if split in m.splits)
 
     def missing_split(self, split):
         """The first folder whose ``split`` is missing or empty, else None."""
         return next((f for f, m in zip(self.folders, self.manifests)
-                     if int(m["splits"].get(split, {}).get("num_examples", 0)) <= 0), None)
+                     if split not in m.splits or m.splits[split].count <= 0), None)
 
     def prevalence(self, split="train"):
         """float32 (K,): per finding of ``labels``, positives / films where it is labelled, over
         every folder (0 where no film is labelled)."""
         positives, known = np.zeros(len(self.labels)), np.zeros(len(self.labels))
-        for folder, manifest in zip(self.folders, self.manifests):
-            info = manifest["splits"].get(split, {})
-            total = int(info.get("num_examples", 0))
-            own = manifest_labels(manifest)
-            counts = info.get("label_counts", {})
-            if total and any(label not in counts for label in own):
-                raise ValueError(f"{folder / 'manifest.json'}: split {split!r} has no label_counts for some findings; "
+        for folder, m in zip(self.folders, self.manifests):
+            if split not in m.splits:
+                continue
+            info = m.splits[split]
+            if info.count and any(label not in info.label_counts for label in m.labels):
+                raise ValueError(f"{manifest.path(folder)}: split {split!r} has no label_counts for some findings; "
                                  "rebuild the records")
-            known_counts = info.get("label_known") or {}  # films whose label is not missing (older manifests: all)
-            for j, column in enumerate(label_columns(manifest, self.labels)):
+            for j, column in enumerate(label_columns(m, self.labels)):
                 if column >= 0:
-                    positives[j] += counts.get(own[column], 0)
-                    known[j] += known_counts.get(own[column], total)
+                    positives[j] += info.label_counts.get(m.labels[column], 0)
+                    known[j] += info.known(m.labels[column])
         return (positives / np.maximum(known, 1)).astype(np.float32)
 
     def age_stats(self):
         """(mean, std) of the training films' ages over every folder (each folder's manifest
         ``metadata``, pooled by its training size): the metadata input's standardisation, the
         same for every folder. None when a folder's manifest lacks them."""
-        stats = [(m.get("metadata") or {}, int(m["splits"].get("train", {}).get("num_examples", 0)))
-                 for m in self.manifests]
-        if any("age_mean" not in meta or "age_std" not in meta for meta, _ in stats):
+        if any(m.age_mean is None or m.age_std is None for m in self.manifests):
             return None
-        n = np.array([max(count, 1) for _, count in stats], np.float64)
-        mean = np.array([meta["age_mean"] for meta, _ in stats], np.float64)
-        std = np.array([meta["age_std"] for meta, _ in stats], np.float64)
+        n = np.array([max(m.splits["train"].count if "train" in m.splits else 0, 1) for m in self.manifests],
+                     np.float64)
+        mean = np.array([m.age_mean for m in self.manifests], np.float64)
+        std = np.array([m.age_std for m in self.manifests], np.float64)
         pooled = float((n * mean).sum() / n.sum())
         spread = float(np.sqrt((n * (std ** 2 + (mean - pooled) ** 2)).sum() / n.sum()))
         return pooled, (spread if spread > 0 else 1.0)
@@ -111,14 +139,6 @@ class Sources:
         standardisation its metadata input was trained with, read back by predict)."""
         stats = self.age_stats()
         return {"records": str(self) if len(self.folders) > 1 else str(self.folders[0]),
-                "records_datasets": [m.get("dataset", "nih") for m in self.manifests],
+                "records_datasets": self.datasets,
                 "records_ratio": self.weights,
                 "metadata": None if stats is None else {"age_mean": stats[0], "age_std": stats[1]}}
-
-    def dataset(self, split, batch_size, **options):
-        """``make_dataset`` over the folders (keyword ``options`` as there)."""
-        from cxr_tf.data.pipeline import make_dataset  # noqa: PLC0415 (this module stays TensorFlow-free)
-
-        return make_dataset(self.folders, split, batch_size, labels=self.labels if self._mapped else None,
-                            weights=self.weights, age_stats=self.age_stats() if len(self.folders) > 1 else None,
-                            **options)

@@ -5,9 +5,9 @@ a dark, noisy "film": the label grid is 4 × 4 cells (row-major, label ``k`` in
 cell ``k``; the last two cells stay empty), so a model that learns can be
 checked (macro AUC) and a Grad-CAM map can be checked against the known box.
 
-``write_synthetic_records`` writes real shards and a ``manifest.json`` in the
-builder's format (``cxr_tf.data.records``), so data, fit and explain tests run on the
-same files a real build would give.
+``write_synthetic_records`` writes real shards (``cxr_tf.data.records``) and their manifest
+(``cxr_tf.data.manifest``), so data, fit and explain tests run on the same files a real build
+would give.
 """
 
 import hashlib
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from cxr_tf.data.images import encode_png
 from cxr_tf.data.labels import LABELS, NUM_LABELS
-from cxr_tf.data.manifest import FORMAT_VERSION, write_manifest
+from cxr_tf.data import manifest
 from cxr_tf.data.records import serialize_example, shard_name
 
 GRID = 4
@@ -123,20 +123,20 @@ def make_films(n, image_size, seed):
 
 
 def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shards_per_split=1, labels=LABELS):
-    """Write synthetic films as real TFRecord shards + ``manifest.json`` into ``out``.
+    """Write synthetic films as real TFRecord shards + their manifest into ``out``.
 
     Splits with a count of 0 are left out. Each film is its own patient
     (``patient_id`` unique across splits), with random age 20..89, sex M/F and view
-    PA/AP. The manifest has the builder's keys (``split_method`` is ``"synthetic"``).
-    ``labels``: the records' label set, a subset of NIH's findings (films still show every
-    shape; only these labels are stored). Returns the manifest dict.
+    PA/AP. ``split_method`` is ``"synthetic"``. ``labels``: the records' label set, a subset
+    of NIH's findings (films still show every shape; only these labels are stored). Returns
+    the ``Manifest``.
     """
     columns = [LABELS.index(name) for name in labels]  # ValueError for a name NIH does not have
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     rng = np.random.default_rng([seed, 1])
-    manifest_splits = {}
+    splits = {}
     next_patient = 1
     train_ages = []
     for offset, (split, n) in enumerate(counts.items()):
@@ -163,23 +163,13 @@ def write_synthetic_records(out, n_train, n_val, n_test, image_size, seed, shard
             for writer in writers:
                 writer.close()
         next_patient += n
-        manifest_splits[split] = {
-            "num_examples": int(n),
-            "num_patients": int(n),
-            "label_counts": {label: int(c) for label, c in zip(labels, y.sum(axis=0))},
-            "shards": names,
-        }
+        splits[split] = manifest.Split(count=int(n), patients=int(n), shards=tuple(names),
+                                       label_counts={label: int(c) for label, c in zip(labels, y.sum(axis=0))})
     if len(train_ages) == 0:
         train_ages = np.array([50.0])
-    manifest = {
-        "labels": list(labels),
-        "image_size": int(image_size),
-        "splits": manifest_splits,
-        "seed": seed,
-        "split_method": "synthetic",
-        "label_table_sha256": hashlib.sha256(f"synthetic:{seed}".encode()).hexdigest(),
-        "skipped": [],
-        "metadata": {"age_mean": float(np.mean(train_ages)), "age_std": float(max(np.std(train_ages), 1.0))},
-    }
-    write_manifest(out, manifest)
-    return {"format_version": FORMAT_VERSION, **manifest}
+    records = manifest.Manifest(
+        labels=tuple(labels), image_size=int(image_size), splits=splits, seed=seed, split_method="synthetic",
+        label_table_sha256=hashlib.sha256(f"synthetic:{seed}".encode()).hexdigest(),
+        age_mean=float(np.mean(train_ages)), age_std=float(max(np.std(train_ages), 1.0)))
+    manifest.write(out, records)
+    return records

@@ -7,7 +7,7 @@ import re
 
 import tensorflow as tf
 
-from cxr_tf.data.manifest import manifest_labels, read_manifest
+from cxr_tf.data import manifest
 from cxr_tf.data.pipeline import check_request
 from cxr_tf.data.records import parse_example
 
@@ -28,12 +28,12 @@ def verify_records(records_dir, split=None, image_size=None, decode=True):
     Slow with decode (decodes everything): run it after copying records around,
     or when the pipeline stops with an error that does not name the shard.
     """
-    manifest = read_manifest(records_dir)
-    splits = [split] if split is not None else sorted(manifest["splits"])
-    num_labels = len(manifest_labels(manifest))
+    records = manifest.read(records_dir)
+    splits = [split] if split is not None else sorted(records.splits)
+    num_labels = len(records.labels)
     counts = {}
     for name in splits:
-        files, stored = check_request(manifest, records_dir, name, image_size or manifest["image_size"])
+        files, stored = check_request(records, records_dir, name, image_size or records.image_size)
         total = 0
         for path in files:
             position, image_index = 0, None  # position: 0-based number of the record being read
@@ -56,7 +56,7 @@ def verify_records(records_dir, split=None, image_size=None, decode=True):
                 raise RecordsError(f"corrupt record in shard {path}: record {position} ({which}): "
                                    f"{reason}; {position} intact record(s) before it; "
                                    f"rebuild that shard with tools/build_tfrecords.py") from err
-        expected = int(manifest["splits"][name].get("num_examples", total))
+        expected = records.splits[name].count
         if total != expected:
             raise RecordsError(f"split {name!r} in {records_dir}: read {total} records, manifest says {expected}")
         counts[name] = total
@@ -85,7 +85,7 @@ def locate_damage(records, err, splits=None):
         return None
     try:
         for records_dir in records if isinstance(records, (list, tuple)) else [records]:
-            for split in splits or sorted(read_manifest(records_dir)["splits"]):
+            for split in splits or sorted(manifest.read(records_dir).splits):
                 verify_records(records_dir, split, decode=decode)
     except RecordsError as found:
         return found

@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 
 from cxr_tf.data.augment import AUGMENT_ON
+from cxr_tf.data.labels import check_findings
+from cxr_tf.data.sources import check_ratio
 from cxr_tf.evaluation.thresholds import THRESHOLD_METHODS
 from cxr_tf.training.distribute import STRATEGIES
 from cxr_tf.training.callbacks import MONITORS
@@ -126,30 +128,26 @@ def _weights(value, key, source):
 
 
 def _findings(value, key, source):
-    """None (every finding of the records), or a list of finding names (common names)."""
+    """None (every finding of the records), or a list of distinct finding names (common names;
+    whether the records label them is checked when they are read)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"{_where(key, source)}={value!r}: expected null or a list of finding names")
-    return value
+    try:
+        return list(check_findings(value))
+    except ValueError:
+        raise ConfigError(f"{_where(key, source)}={value!r}: expected null or a list of distinct finding "
+                          "names") from None
 
 
 def _ratio(value, key, source):
-    """None (sample records folders by their sizes), or one non-negative number per folder."""
+    """None (sample records folders by their sizes), or one non-negative number per folder
+    (their number is checked when the records are read)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = value.split(",")
     try:
-        numbers = [float(v) for v in value]
-    except (TypeError, ValueError):
-        numbers = None
-    if not numbers or min(numbers) < 0 or sum(numbers) <= 0:
-        raise ConfigError(f"{_where(key, source)}={value!r}: expected null or non-negative proportions, one per "
-                          "records folder (e.g. [1, 1]), not all zero")
-    return numbers
+        return check_ratio(value, what=_where(key, source))
+    except ValueError as err:
+        raise ConfigError(f"{err}; or null to sample them by their sizes") from None
 
 
 def _mixed_precision(value, key, source):

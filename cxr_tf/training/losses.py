@@ -27,9 +27,10 @@ prevalence must count known labels only (positives / known films per finding).
 
 ``MaskedLoss`` and ``WeightedBinaryCrossentropy`` are registered as ``cxr_tf>MaskedLoss``
 and ``cxr_tf>WeightedBinaryCrossentropy`` with everything in their configs (the inner loss
-through ``keras.losses.serialize``), so a ``model.keras`` compiled with them reloads with
-``keras.models.load_model`` once ``cxr_tf.training.losses`` has been imported (as custom
-layers need ``cxr_tf.models.layers``).
+through ``keras.losses.serialize``), so a model compiled with them and saved reloads with
+``keras.models.load_model`` once ``cxr_tf.training.losses`` has been imported. A run's
+``model.keras`` carries no loss at all (``cxr_tf.training.callbacks.AtomicModelCheckpoint``):
+it loads without cxr_tf.
 """
 
 import keras

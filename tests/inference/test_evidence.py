@@ -128,7 +128,7 @@ def test_same_film_same_numbers_in_cli_service_and_explain(alarm_runs, unvalidat
 def explain_cli_run(run, film, out, samples):
     from cxr_tf.inference.explain import explain_films
 
-    return explain_films(run, [film], out, findings=["Effusion"], samples=samples)["films"][0]
+    return explain_films(Predictor(run, samples=samples), [film], out, findings=["Effusion"])["films"][0]
 
 
 def test_unvalidated_run_never_urgent_and_says_why(alarm_runs, capsys):
@@ -204,7 +204,7 @@ def test_explain_names_an_empty_map_in_json_and_caption(tiny_run, tmp_path):
 
     black = tmp_path / "black.png"
     cv2.imwrite(str(black), np.zeros((64, 64), np.uint8))
-    report = explain_films(tiny_run, [black, FILMS[0]], tmp_path / "out", findings=["Effusion"], samples=2)
+    report = explain_films(Predictor(tiny_run, samples=2), [black, FILMS[0]], tmp_path / "out", findings=["Effusion"])
     maps = {Path(e["file"]).name: e["maps"]["Effusion"] for e in report["films"]}
     assert maps["black.png"]["status"] in ("empty", "flat"), maps
     assert maps["black.png"]["note"] == MAP_NOTES[maps["black.png"]["status"]]

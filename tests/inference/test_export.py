@@ -6,6 +6,7 @@ Small on purpose: simple_cnn at 32 px (the ``learned_run`` fixture), a few real 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -76,9 +77,9 @@ def test_serve_bytes_matches_predict_on_real_films(learned_run):
     served = loaded.signatures["serve_bytes"](image_bytes=tf.constant(data))
     served = np.asarray(next(iter(served.values())))
     predictor = Predictor(learned_run, samples=1)
-    # the deterministic pass on the pixels predict prepares (Predictor.load)
-    expected = np.concatenate([predictor.sampler.deterministic(predictor.load(d, name=f"film{i}")[1])
-                               for i, d in enumerate(data)])
+    # the deterministic pass on the pixels predict prepares (FilmResult.x)
+    prepared = predictor.predict([(f"film{i}", d) for i, d in enumerate(data)])
+    expected = np.concatenate([predictor.sampler.deterministic(r.x) for r in prepared])
     assert np.abs(served - expected).max() <= 1e-5
     assert np.ptp(expected, axis=0).max() > 0.01  # the films differ, so a wrong pixel path would show
 
@@ -131,6 +132,71 @@ def test_mc_dropout_on_exported_backends(exports, learned_run, fmt):
     keras_mean, keras_std = MCSampler(keras.models.load_model(learned_run / "model.keras"), seed=0)(x, samples=10_000)
     tolerance = 0.03 + exports[fmt][1]["max_abs_diff"]
     assert np.abs(mean - keras_mean).max() < tolerance and np.abs(std - keras_std).max() < tolerance
+
+
+def test_failed_export_leaves_no_half_written_folder(exports, learned_run, tmp_path, monkeypatch):
+    import shutil
+
+    from cxr_tf.inference import export
+
+    def failing_converter(backbone, path, representative=None):  # as an int8 conversion that dies midway
+        Path(path).write_bytes(b"half a flatbuffer")
+        raise RuntimeError("int8 conversion failed")
+
+    out = tmp_path / "export" / "litert-int8"
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "to_litert", failing_converter)
+        with pytest.raises(RuntimeError, match="int8 conversion failed"):
+            export.export_run(learned_run, "litert-int8", out=out)
+        assert not out.parent.exists() or list(out.parent.iterdir()) == []  # no folder, no hidden leftovers
+        shutil.copytree(exports["litert-int8"][0], out)  # an earlier complete export of the same format
+        (out / "earlier.txt").write_text("from the earlier export")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(RuntimeError, match="int8 conversion failed"):
+            export.export_run(learned_run, "litert-int8", out=out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # kept, untouched
+        assert list(out.parent.iterdir()) == [out]
+    export.export_run(learned_run, "litert-int8", out=out)  # a complete export replaces it whole
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.tflite", "export.json", "head.npz", "parity.json"]
+    assert list(out.parent.iterdir()) == [out]
+    assert json.loads((out / "parity.json").read_text())["folder"] == str(out)
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_an_export(learned_run, tmp_path):
+    from cxr_tf.inference.export import ExportError, export_run
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an export folder"):
+        export_run(learned_run, "onnx", out=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("fmt, module", [("onnx", "tf2onnx"), ("onnx", "onnxruntime"),
+                                         ("litert-int8", "ai_edge_litert")])
+def test_missing_extra_names_the_extra_to_install(learned_run, tmp_path, monkeypatch, fmt, module):
+    from cxr_tf.inference.export import export_run
+    from cxr_tf.inference.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    what = "ONNX" if fmt == "onnx" else "LiteRT"
+    with pytest.raises(MissingExtra) as error:
+        export_run(learned_run, fmt, out=tmp_path / fmt)
+    assert str(error.value) == f"{what} export needs {module}: pip install 'cxr_tf[export]'"
+    assert isinstance(error.value, ImportError) and error.value.name == module
+    assert not (tmp_path / fmt).exists()
+
+
+@pytest.mark.parametrize("fmt, module, extra", [("onnx", "onnxruntime", "onnx"),
+                                                ("litert-int8", "ai_edge_litert", "litert")])
+def test_portable_backend_without_its_runtime_names_the_extra(exports, monkeypatch, fmt, module, extra):
+    from cxr_tf.inference.export import PortableModel
+    from cxr_tf.inference.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, module, None)
+    what = "ONNX" if fmt == "onnx" else "LiteRT"
+    with pytest.raises(MissingExtra, match=re.escape(f"The {what} backend needs {module}: "
+                                                     f"pip install 'cxr_tf[{extra}]'")):
+        PortableModel(exports[fmt][0])
 
 
 def test_predict_command_on_the_onnx_backend(exports, learned_run, capsys):

@@ -198,9 +198,11 @@ def films(tmp_path_factory):
 GOOD = ("nih.png", "film.jpg", "m1.dcm")
 
 
-def test_predict_files_schema_and_per_file_errors(tiny_run, films):
+def test_predict_schema_and_per_file_errors(tiny_run, films):
     predictor = Predictor(tiny_run, samples=5)
-    results = predictor.predict_files(list(films.values()))
+    answers = predictor.predict(list(films.values()))
+    assert all(a.ok == (name in GOOD) for name, a in zip(films, answers))
+    results = [a.as_dict() for a in answers]
     assert [r["file"] for r in results] == [str(p) for p in films.values()]  # input order
     for name, result in zip(films, results):
         if name in GOOD:
@@ -213,20 +215,20 @@ def test_predict_files_schema_and_per_file_errors(tiny_run, films):
         else:
             assert set(result) == {"file", "error"} and name in result["error"]
     json.dumps(results)  # JSON-serialisable as is
-    # bytes in, same answer shape; MC mean agrees with the file path within sampling noise
-    one = predictor.predict_bytes("nih.png", films["nih.png"].read_bytes())
-    assert set(one) == RESULT_KEYS and one["file"] == "nih.png"
-    for f in LABELS:
-        assert one["probabilities"][f] == pytest.approx(results[0]["probabilities"][f], abs=0.1)
-    bad = predictor.predict_bytes("x.png", b"garbage")
-    assert set(bad) == {"file", "error"} and bad["file"] == "x.png"
+    # bytes in (name, data), a Film already read: same answer, to the last bit (seeded per film)
+    one, read = predictor.predict([("nih.png", films["nih.png"].read_bytes()), predictor.read(films["nih.png"])])
+    assert set(one.as_dict()) == RESULT_KEYS and one.file == "nih.png"
+    assert one.probabilities == results[0]["probabilities"] == read.probabilities
+    [bad] = predictor.predict([("x.png", b"garbage")])
+    assert set(bad.as_dict()) == {"file", "error"} and bad.file == "x.png" and not bad.ok
 
 
-def test_predict_bytes_images_and_describe(tiny_run):
+def test_images_and_describe(tiny_run):
     # thresholds 0 make every finding positive, so every finding gets an overlay
     predictor = Predictor(tiny_run, samples=3)
     predictor.thresholds = {f: 0.0 for f in LABELS}
-    result = predictor.predict_bytes(FILMS[0].name, FILMS[0].read_bytes(), images=True)
+    [answer] = predictor.predict([(FILMS[0].name, FILMS[0].read_bytes())])
+    result = predictor.add_images(answer).as_dict()
     assert result["images"]["film"].startswith("data:image/png;base64,")
     assert set(result["images"]["gradcam"]) == set(result["findings"]) == set(LABELS)
     info = predictor.describe()
@@ -274,9 +276,8 @@ def test_multimodal_meta_from_dicom_tags(tmp_path):
     model = build_model("multimodal", image_size=64, weights=None, dropout=0.5)
     run = write_run_dir(tmp_path / "run", model, "multimodal", 64, records=str(records))
     predictor = Predictor(run, samples=3)
-    film_m, _, meta_m = predictor.load(make_dicom(bars(), PatientAge="070Y", PatientSex="M", ViewPosition="PA"))
-    film_f, _, meta_f = predictor.load(make_dicom(bars(), PatientSex="F", ViewPosition="AP"))
-    assert meta_m.shape == (1, 5) and meta_m[0, 1:].tolist() == [1, 0, 1, 0]
-    assert meta_f[0, 1:].tolist() == [0, 1, 0, 1] and meta_f[0, 0] == pytest.approx(0.0)  # age -> mean
-    [result] = predictor.predict_files([FILMS[0]])
-    assert set(result) == RESULT_KEYS
+    male, female, png = predictor.predict([make_dicom(bars(), PatientAge="070Y", PatientSex="M", ViewPosition="PA"),
+                                           make_dicom(bars(), PatientSex="F", ViewPosition="AP"), FILMS[0]])
+    assert male.meta.shape == (1, 5) and male.meta[0, 1:].tolist() == [1, 0, 1, 0]
+    assert female.meta[0, 1:].tolist() == [0, 1, 0, 1] and female.meta[0, 0] == pytest.approx(0.0)  # age -> mean
+    assert set(png.as_dict()) == RESULT_KEYS

@@ -196,8 +196,8 @@ def test_damaged_dicom_among_good_films_costs_them_nothing(server, predictor, tm
     # The library path (predict command): the same per-film outcome.
     for name, data in files:
         (tmp_path / name).write_bytes(data)
-    results = predictor.predict_files([tmp_path / name for name, _ in files])
-    assert ["error" in r for r in results] == [False, True, True, False]
+    results = predictor.predict([tmp_path / name for name, _ in files])
+    assert [r.ok for r in results] == [True, False, False, True]
 
 
 def test_responses_carry_no_file_paths(server, tiny_run):

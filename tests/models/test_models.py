@@ -1,6 +1,12 @@
 """The model zoo, looped over the registry with weights=None at small sizes:
 contract (inputs, "features", "predictions", Grad-CAM layer), serialization
-round trips, freezing, MC dropout (learning: tests/learning)."""
+round trips (model.keras loaded without cxr_tf), freezing, MC dropout (learning:
+tests/learning)."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -10,7 +16,7 @@ from conftest import inputs_for
 from cxr_tf.data.labels import NUM_LABELS
 from cxr_tf.models.layers import BackbonePreprocess, preprocess
 from cxr_tf.inference.uncertainty import MCSampler
-from cxr_tf.models import ARCHITECTURES, build_model, is_backbone_layer, set_backbone_trainable
+from cxr_tf.models import ARCHITECTURES, build_model, is_backbone_layer, model_input_spec, set_backbone_trainable
 from cxr_tf.data.synthetic import make_films
 
 SIZE = 32  # smallest size every backbone builds at (fusion: a 2×2 token grid)
@@ -47,6 +53,7 @@ def test_contract(arch_model, films):
     spec = ARCHITECTURES[arch]
     names = {t.name.split(":")[0] for t in model.inputs}
     assert "image" in names and ("meta" in names) == spec.multimodal
+    assert model_input_spec(model) == (SIZE, spec.multimodal)  # the built model says what its spec says
     assert tuple(model.get_layer("features").output.shape)[0:1] == (None,)
     assert len(model.get_layer("features").output.shape) == 2
     assert len(model.get_layer(spec.gradcam_layer).output.shape) == 4
@@ -56,12 +63,59 @@ def test_contract(arch_model, films):
     assert np.all((p >= 0) & (p <= 1))
 
 
-def test_keras_round_trip(arch_model, films, tmp_path):
-    arch, model = arch_model
-    x = inputs_for(arch, films[0])
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")  # no custom_objects
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+def test_model_input_spec_needs_an_image_input():
+    inputs = keras.Input((4,), name="pixels")
+    with pytest.raises(ValueError, match=r"inputs \['pixels'\]: a cxr_tf model takes 'image'"):
+        model_input_spec(keras.Model(inputs, keras.layers.Dense(2)(inputs), name="other"))
+
+
+# Loads each file with Keras' defaults (compile=True, safe_mode=True) in a Python where any
+# import of cxr_tf fails, as a user without cxr_tf would: argv = folder, then architectures.
+LOAD_WITHOUT_CXR_TF = textwrap.dedent("""
+    import sys
+    sys.modules["cxr_tf"] = None
+    try:
+        import cxr_tf
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("cxr_tf importable")
+    import numpy as np
+    import keras
+
+    folder = sys.argv[1]
+    for arch in sys.argv[2:]:
+        x = dict(np.load(f"{folder}/{arch}.npz"))
+        model = keras.models.load_model(f"{folder}/{arch}.keras")
+        np.save(f"{folder}/{arch}.npy", np.asarray(model(x if "meta" in x else x["image"])))
+""")
+
+
+@pytest.fixture(scope="module")
+def loaded_without_cxr_tf(model_cache, films, tmp_path_factory):
+    """{arch: (predictions of the model, of its .keras file loaded without cxr_tf)} for every
+    architecture, from one subprocess (one TensorFlow start for all of them)."""
+    folder = tmp_path_factory.mktemp("without_cxr_tf")
+    expected = {}
+    for arch in ARCHS:
+        if arch not in model_cache:
+            model_cache[arch] = build_model(arch, image_size=SIZE)
+        x = inputs_for(arch, films[0])
+        x = x if isinstance(x, dict) else {"image": x}
+        np.savez(folder / f"{arch}.npz", **x)
+        model_cache[arch].save(folder / f"{arch}.keras")
+        expected[arch] = np.asarray(model_cache[arch](x if "meta" in x else x["image"]))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CONFIG")}
+    result = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_CXR_TF, str(folder), *ARCHS], cwd=folder,
+                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {arch: (expected[arch], np.load(folder / f"{arch}.npy")) for arch in ARCHS}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_keras_file_loads_without_cxr_tf(arch, loaded_without_cxr_tf):
+    expected, loaded = loaded_without_cxr_tf[arch]
+    np.testing.assert_allclose(loaded, expected, atol=1e-5)
 
 
 # The three keras.applications backbones share one builder: one of them (resnet50, the quickest

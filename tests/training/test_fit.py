@@ -1,5 +1,5 @@
 """Training end to end: `python -m cxr_tf.fit` on real and synthetic records, resume
-after SIGKILL, a learning check on synthetic films, losses, and config errors.
+after a kill, a learning check on synthetic films, losses, and config errors.
 
 Small on purpose (2 shared CPU cores): the simple CNN at 32 px, a few epochs."""
 
@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from datetime import datetime
 from pathlib import Path
 
@@ -15,14 +16,13 @@ import keras
 import numpy as np
 import pytest
 
-import cxr_tf.models  # noqa: F401  (registers the custom layers model.keras files use)
 from cxr_tf.training import config as config_lib
 from cxr_tf import fit as fit_cli
 from cxr_tf.training import trainer as fit
 from cxr_tf.data.jsonfile import write_json
 from cxr_tf.data.sources import Sources
 from cxr_tf.evaluation.metrics import auc_summary
-from cxr_tf.training.callbacks import STOP_AFTER_STEPS, best_epoch, read_history
+from cxr_tf.training.callbacks import best_epoch, read_history
 from cxr_tf.training.resume import choose_run_dir
 from cxr_tf.data.labels import LABELS, NUM_LABELS
 from cxr_tf.training.losses import MaskedLoss, WeightedBinaryCrossentropy, make_loss, prevalence_weights
@@ -41,6 +41,40 @@ def fit_env():
 
 def fit_command(*args):
     return [sys.executable, "-m", "cxr_tf.fit", *map(str, args)]
+
+
+# `python -m cxr_tf.fit ARGS` that dies as kill -9 would (no clean-up, exit status 137) after
+# STEPS training steps: every Model.fit call gets one more callback. The resume test
+# interrupts at the same step on any host, where a kill after a sleep could land before
+# training or after it.
+KILLED_FIT = textwrap.dedent("""
+    import os
+    import sys
+
+    from cxr_tf import fit
+    import keras
+
+    steps_left = int(sys.argv[1])
+
+
+    class DieAfterSteps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            global steps_left
+            steps_left -= 1
+            if steps_left <= 0:
+                os._exit(137)
+
+
+    original_fit = keras.Model.fit
+    keras.Model.fit = lambda self, *args, callbacks=None, **kwargs: original_fit(
+        self, *args, callbacks=[*(callbacks or []), DieAfterSteps()], **kwargs)
+    sys.exit(fit.main(sys.argv[2:]))
+""")
+
+
+def killed_fit_command(steps, *args):
+    """``fit_command(*args)`` that dies after ``steps`` training steps (``KILLED_FIT``)."""
+    return [sys.executable, "-c", KILLED_FIT, str(steps), *map(str, args)]
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +113,11 @@ def test_command_runs_from_a_clean_folder_and_writes_every_output(sample_records
     assert json.loads((run / "state.json").read_text())["status"] == "complete"
     assert not (run / "backup").exists()
 
-    # model.keras reloads and predicts what fit measured; the SavedModel export agrees.
+    # model.keras reloads with Keras' defaults, inference-ready (no compiled loss or optimizer:
+    # the losses are registered in this process, so a compile_config would compile it), and
+    # predicts what fit measured; the SavedModel export agrees.
     model = keras.models.load_model(run / "model.keras")
+    assert not model.compiled and model.optimizer is None
     test = fit.eval_dataset(Sources(sample_records), "test", config, multimodal=False)
     y_true, y_prob = fit._arrays(model, test)
     assert auc_summary(y_true, y_prob)["macro_auc"] == pytest.approx(metrics["test"]["macro_auc"], abs=1e-6)
@@ -94,17 +131,19 @@ def _epoch_lines(text):
 
 
 def test_killed_run_resumes_where_it_stopped(synthetic_records, tmp_path):
-    command = fit_command("--arch", "simple_cnn", "--records", synthetic_records, "--out", tmp_path / "runs",
-                          "--image-size", 32, "--batch-size", 8, "--epochs", 3, "--set", "verbose=2")
-    # The fault-injection point dies like kill -9 after 2 epochs (48 steps each) and 5 steps of
-    # the third: epoch 1 is backed up, epoch 2 is under way.
-    env = {**fit_env(), STOP_AFTER_STEPS: str(2 * 384 // 8 + 5)}
-    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    args = ("--arch", "simple_cnn", "--records", synthetic_records, "--out", tmp_path / "runs",
+            "--image-size", 32, "--batch-size", 8, "--epochs", 3, "--set", "verbose=2")
+    # Dies like kill -9 after 2 epochs (48 steps each) and 5 steps of the third: epochs 1 and 2
+    # are backed up, epoch 3 is under way.
+    first = subprocess.run(killed_fit_command(2 * 384 // 8 + 5, *args), cwd=tmp_path, env=fit_env(),
+                           capture_output=True, text=True, timeout=300)
     assert first.returncode == 137, first.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())
     assert json.loads((run / "state.json").read_text())["status"] == "running"
+    assert [int(r["epoch"]) for r in read_history(run / "history.csv")] == [0, 1]
 
-    second = subprocess.run(command, cwd=tmp_path, env=fit_env(), capture_output=True, text=True, timeout=300)
+    second = subprocess.run(fit_command(*args), cwd=tmp_path, env=fit_env(), capture_output=True, text=True,
+                            timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming {run}" in second.stdout
     assert _epoch_lines(second.stdout)[0] >= 2, second.stdout  # did not start again from epoch 1

@@ -11,11 +11,19 @@ An adapter is one module of ``cxr_tf.data.datasets`` with:
                     the builder uses it to name the dataset of a folder given the wrong
                     ``--dataset``
 ``read(data_dir, labels=None, uncertain="ignore", laterals=False, **options) -> Release``
-                    the release matched against the films on disk; ``labels``: the main
-                    label table when it is not where the release puts it; ``uncertain``:
-                    what an uncertain label becomes (``UNCERTAIN_POLICIES``; datasets without
-                    uncertain labels ignore it); ``laterals``: keep lateral views (default:
-                    frontal films only, the laterals counted and listed as excluded)
+                    the release matched against the films on disk (the adapter finds its
+                    films itself: by relative path, ``match_paths``, or by file name,
+                    ``files_by_name``); ``labels``: the main label table when it is not where
+                    the release puts it; ``uncertain``: what an uncertain label becomes
+                    (``UNCERTAIN_POLICIES``; datasets without uncertain labels ignore it);
+                    ``laterals``: keep lateral views (default: frontal films only, the laterals
+                    counted and listed as excluded); ``options``: those of ``OPTIONS``
+``OPTIONS``         {name: ``Option``}: the release's own build options (``--NAME`` of
+                    ``python -m cxr_tf.build``, passed to ``read``); ``{}`` for most
+``OFFICIAL_LISTS``  True when the release's official split is not in its tables but in the
+                    list files ``cxr_tf.data.splits.OFFICIAL_LISTS`` (``--official-lists``)
+``SAMPLE``          (folder, label table) of a copy of the release shipped inside cxr_tf, built
+                    when no ``--data-dir`` is given; None when there is none
 
 Labels in a ``Release`` table are floats: 1.0 positive, 0.0 negative, NaN missing (not
 mentioned, not labelled, or uncertain under the ``ignore`` policy). The records store them
@@ -55,6 +63,15 @@ follow_up    int, the film's order among the patient's visits where the release 
 
 SEXES = ("M", "F", "")
 FRONTAL = ("PA", "AP")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A build option of one release: its allowed values (the first is the default) and what it
+    does (the help of its command-line flag)."""
+
+    values: tuple
+    help: str
 
 
 class TableError(ValueError):
@@ -178,6 +195,23 @@ def find_files(data_dir, suffixes):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, n) for n in names if n.lower().endswith(tuple(suffixes))]
     return sorted(found)
+
+
+def files_by_name(data_dir, suffixes):
+    """Films under ``data_dir`` found by their file name, searched recursively (for releases
+    whose table names a film by its file name, wherever it lies).
+
+    Returns (files, duplicates): ``files`` maps file name -> Path (the first in sorted path
+    order); ``duplicates`` lists (ignored_path, used_path) for names found more than once.
+    """
+    files, duplicates = {}, []
+    for path in find_files(data_dir, suffixes):
+        name = os.path.basename(path)
+        if name in files:
+            duplicates.append((Path(path), files[name]))
+        else:
+            files[name] = Path(path)
+    return files, duplicates
 
 
 def match_paths(table, data_dir, relative, suffixes):

@@ -46,6 +46,9 @@ from cxr_tf.data.datasets.base import (
 
 NAME = "chexpert"
 TITLE = "CheXpert"
+OPTIONS = {}
+OFFICIAL_LISTS = False
+SAMPLE = None
 TABLES = {"train.csv": "train", "valid.csv": "val"}
 """The release's label tables and the official split of their films."""
 COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")

@@ -39,6 +39,9 @@ from cxr_tf.data.datasets.chexpert import parse_labels
 
 NAME = "mimic-cxr"
 TITLE = "MIMIC-CXR-JPG"
+OPTIONS = {}
+OFFICIAL_LISTS = False
+SAMPLE = None
 LABELS = "mimic-cxr-2.0.0-chexpert.csv.gz"
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT = "mimic-cxr-2.0.0-split.csv.gz"

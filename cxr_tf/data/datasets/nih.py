@@ -13,7 +13,6 @@ naive split. Rows are numbered as lines of the file (the header is line 1) in
 every error message.
 """
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data.datasets.base import Release, TableError, find_files, open_text
+from cxr_tf.data.datasets.base import Release, TableError, files_by_name, open_text
 from cxr_tf.data.labels import LABELS, NO_FINDING
 
 # raw column name -> our name; all seven are required
@@ -198,25 +197,6 @@ def find_label_table(data_dir):
         f"download it from the NIH release or pass --labels")
 
 
-def find_images(data_dir, suffixes=(".png",)):
-    """Image files under ``data_dir``, searched recursively (Kaggle layout
-    ``images_001/images/…``, NIH box layout ``images/…``, or flat).
-
-    Returns (files, duplicates): ``files`` maps file name -> Path (the first in
-    sorted path order); ``duplicates`` lists (ignored_path, used_path) for names
-    found more than once.
-    """
-    found = find_files(data_dir, suffixes)
-    files, duplicates = {}, []
-    for path in sorted(found):
-        name = os.path.basename(path)
-        if name in files:
-            duplicates.append((Path(path), files[name]))
-        else:
-            files[name] = Path(path)
-    return files, duplicates
-
-
 @dataclass
 class Inventory:
     """A label table matched against the image files found on disk.
@@ -234,7 +214,7 @@ class Inventory:
 
 def match_files(table, data_dir):
     """Inventory of ``table`` (from ``read_label_table``) against the images under ``data_dir``."""
-    files, duplicates = find_images(data_dir)
+    files, duplicates = files_by_name(data_dir, (".png",))
     present = table["image_index"].isin(files.keys()).to_numpy()
     matched = table[present].copy()
     matched["path"] = matched["image_index"].map(files)
@@ -272,6 +252,12 @@ def read_bbox_table(path):
 # --------------------------------------------------------------------------- the adapter
 NAME = "nih"
 TITLE = "NIH ChestX-ray14"
+OPTIONS = {}
+OFFICIAL_LISTS = True  # train_val_list.txt and test_list.txt (cxr_tf.data.splits.official_split)
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample"
+SAMPLE_LABELS = SAMPLE_DIR / "Data_Entry_sample.csv"
+SAMPLE = (SAMPLE_DIR, SAMPLE_LABELS)
+"""150 real films of the release at 128 px, shipped in ``cxr_tf/sample`` (the default build)."""
 
 
 def looks_like(data_dir):

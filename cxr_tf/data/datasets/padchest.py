@@ -50,14 +50,17 @@ from cxr_tf.data.datasets.base import (
     Release,
     TableError,
     fail_at,
+    files_by_name,
     first_bad,
     keep_views,
     read_csv,
 )
-from cxr_tf.data.datasets.nih import find_images
 
 NAME = "padchest"
 TITLE = "PadChest"
+OPTIONS = {}
+OFFICIAL_LISTS = False
+SAMPLE = None
 LABEL_TABLE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 _TABLE_GLOB = "PADCHEST_chest_x_ray_images_labels_160K*.csv*"
 REQUIRED = ("ImageID", "ImageDir", "StudyDate_DICOM", "PatientID", "PatientBirth", "PatientSex_DICOM",
@@ -187,7 +190,7 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
     if drop.any():
         excluded[NO_LABELS] = release["image_index"][drop].tolist()
     release = release[has_labels & ~table["Projection"].isin(list(NOT_CHEST)).to_numpy()]
-    files, duplicates = find_images(data_dir, (".png",))
+    files, duplicates = files_by_name(data_dir, (".png",))
     present = release["image_index"].isin(files.keys()).to_numpy()
     rows_without_files = release["image_index"][~present].tolist()
     release = release[present].copy()

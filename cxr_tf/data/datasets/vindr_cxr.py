@@ -42,6 +42,7 @@ import pandas as pd
 
 from cxr_tf.data import harmonise
 from cxr_tf.data.datasets.base import (
+    Option,
     Release,
     TableError,
     first_bad,
@@ -53,6 +54,10 @@ NAME = "vindr-cxr"
 TITLE = "VinDr-CXR"
 TABLES = {"train": "annotations/image_labels_train.csv", "test": "annotations/image_labels_test.csv"}
 AGGREGATES = ("majority", "any")
+OPTIONS = {"aggregate": Option(AGGREGATES, "how the radiologists' labels of one training film combine: "
+                                           "majority (the default: 2 of 3) or any (one is enough)")}
+OFFICIAL_LISTS = False
+SAMPLE = None
 SUFFIX = ".dicom"
 
 
