@@ -1,5 +1,5 @@
 """``python -m cxr_tf.build`` (or ``python tools/build_tfrecords.py`` in a checkout): build
-TFRecord shards + manifest.json from a chest X-ray release: NIH ChestX-ray14 (the default),
+TFRecord shards + their manifest from a chest X-ray release: NIH ChestX-ray14 (the default),
 CheXpert, MIMIC-CXR-JPG, PadChest or VinDr-CXR (library: ``cxr_tf.data.builder.build_records``;
 docs/datasets.md). With no flags it builds the embedded sample (150 real NIH films, 128 px)
 into ``records/``. Re-running after an interrupted build resumes it.
@@ -18,15 +18,26 @@ from pathlib import Path
 # re-import the main module, stay free of TensorFlow.
 
 
+def _release_options():
+    """{option: (Option, [datasets declaring it])} over every adapter's ``OPTIONS``."""
+    from cxr_tf.data import datasets
+
+    found = {}
+    for name in datasets.DATASETS:
+        for option, spec in datasets.get(name).OPTIONS.items():
+            found.setdefault(option, (spec, []))[1].append(name)
+    return found
+
+
 def parse_args(argv=None):
-    from cxr_tf.data.datasets import DATASETS
+    from cxr_tf.data.datasets import DATASETS, DEFAULT
     from cxr_tf.data.datasets.base import UNCERTAIN_POLICIES
 
     parser = argparse.ArgumentParser(
-        description="Build sharded TFRecords and manifest.json from a chest X-ray release "
+        description="Build sharded TFRecords and their manifest from a chest X-ray release "
                     "(no flags: the embedded 150-film NIH sample into records/).")
-    parser.add_argument("--dataset", choices=tuple(DATASETS), default="nih",
-                        help="the release in --data-dir (default nih; docs/datasets.md)")
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default=DEFAULT,
+                        help=f"the release in --data-dir (default {DEFAULT}; docs/datasets.md)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="the release's folder, searched recursively for its films (default: the embedded "
                              "NIH sample)")
@@ -36,9 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="ignore",
                         help="what an uncertain label (CheXpert, MIMIC-CXR: -1.0) becomes: ignore = missing "
                              "(default), ones = positive, zeros = negative")
-    parser.add_argument("--aggregate", choices=("majority", "any"), default=None,
-                        help="vindr-cxr: a finding is positive when most of a film's radiologists mark it "
-                             "(majority, the default) or when any does")
+    for option, (spec, owners) in _release_options().items():  # each release's own options
+        parser.add_argument(f"--{option}", choices=spec.values, default=None,
+                            help=f"{', '.join(owners)}: {spec.help}")
     parser.add_argument("--laterals", action="store_true",
                         help="keep lateral views (default: frontal PA/AP films only; laterals are listed)")
     parser.add_argument("--official-lists", type=Path, default=None,
@@ -65,18 +76,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from cxr_tf.data.builder import build_records
+    from cxr_tf.data.builder import BuildSettings, build_records
     from cxr_tf.data.splits import SplitWarning
 
+    options = {name: getattr(args, name) for name in _release_options() if getattr(args, name) is not None}
+    settings = BuildSettings(dataset=args.dataset, data_dir=args.data_dir, labels=args.labels,
+                             official_lists=args.official_lists, uncertain=args.uncertain, laterals=args.laterals,
+                             options=options, findings=args.findings, image_size=args.image_size, split=args.split,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                             shard_size_mb=args.shard_size_mb)
     try:
         with warnings.catch_warnings():  # the closing summary prints them as "warning: ..." lines
             warnings.simplefilter("ignore", SplitWarning)
-            build_records(data_dir=args.data_dir, labels=args.labels, out=args.out, image_size=args.image_size,
-                          split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                          seed=args.seed, workers=args.workers, shard_size_mb=args.shard_size_mb,
-                          official_lists=args.official_lists, findings=args.findings,
-                          progress=not args.no_progress, dataset=args.dataset, uncertain=args.uncertain,
-                          laterals=args.laterals, aggregate=args.aggregate)
+            build_records(settings, out=args.out, workers=args.workers, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

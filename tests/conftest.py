@@ -201,6 +201,37 @@ def learned_run(tmp_path_factory):
     return train(config)
 
 
+def gradient_dicom(rows=96, cols=128, photometric="MONOCHROME2", text=None, **tags):
+    """Part 10 bytes of a 12-bit film (a gradient), written by pydicom; ``text``:
+    {keyword: value} written with VR LO (text), as some modalities do."""
+    import io
+
+    import pydicom
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientSex, ds.PatientAge, ds.ViewPosition = "DX", "F", "058Y", "PA"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    for key, value in (text or {}).items():
+        tag = pydicom.datadict.tag_for_keyword(key)
+        ds[tag] = DataElement(tag, "LO", value)
+    ds.PixelData = (np.arange(rows * cols, dtype=np.uint32) % 4096).astype("<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def pytest_collection_modifyitems(session, config, items):
     """The learning tests (``tests/learning/``, the longest file) first, the rest in folder order:
     pytest-xdist hands files out in collection order (``--no-loadscope-reorder``, setup.cfg), so

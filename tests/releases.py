@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from cxr_tf.data import harmonise
-from cxr_tf.data.builder import SAMPLE_DIR, SAMPLE_LABELS
+from cxr_tf.data.datasets.nih import SAMPLE_DIR, SAMPLE_LABELS
 from cxr_tf.data.datasets import nih
 from cxr_tf.data.labels import LABELS as NIH_LABELS, NUM_LABELS
 

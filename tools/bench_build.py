@@ -140,14 +140,14 @@ def main(argv=None):
         repeated = repeated_data_dir(matched, args.repeat, data_dir)
         before = _cpu_seconds()
         start = time.perf_counter()
-        manifest = build_records(data_dir=data_dir, labels=repeated, out=Path(tmp) / "records",
-                                 image_size=args.image_size, workers=cores, progress=False, log=lambda *_: None)
+        records = build_records(data_dir=data_dir, labels=repeated, out=Path(tmp) / "records",
+                                image_size=args.image_size, workers=cores, progress=False, log=lambda *_: None)
         seconds = time.perf_counter() - start
         cpu = _cpu_seconds() - before
-    built = sum(s["num_examples"] for s in manifest["splits"].values())
+    built = sum(split.count for split in records.splits.values())
     builder = built / seconds
     print(f"builder      : {builder:8.1f} images/s end to end ({built} films in {seconds:.2f} s, "
-          f"encoding phase alone {manifest['build']['images_per_s']} images/s)")
+          f"encoding phase alone {records.build['images_per_s']} images/s)")
     print(f"builder CPU  : {cpu:.1f} s over {seconds:.1f} s wall = {cpu / seconds:.2f} of {cores} cores busy "
           f"(below {cores}: the processes waited for cores other programs held)")
     print(f"builder_vs_limit={builder / limit:.2f} builder_vs_naive={builder / naive:.2f}")

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.data import pipeline as data
+from cxr_tf.data import manifest, pipeline as data
 from cxr_tf.data.builder import build_records
 
 
@@ -71,24 +71,24 @@ def tile_train_split(records, out, epoch_films):
     """``out``: a records folder whose train split links the shards of ``records`` as
     many times as needed for an epoch of at least ``epoch_films`` films (val/test
     linked once). Returns (out, times tiled)."""
-    import json
+    import dataclasses
     import math
 
     from cxr_tf.data.records import shard_name
 
-    manifest = data.read_manifest(records)
-    train = manifest["splits"]["train"]
-    times = max(1, math.ceil(epoch_films / max(1, int(train["num_examples"]))))
+    source = manifest.read(records)
+    times = max(1, math.ceil(epoch_films / max(1, source.splits["train"].count)))
     out.mkdir(parents=True)
-    for split, info in manifest["splits"].items():
-        count = len(info["shards"]) * (times if split == "train" else 1)
+    splits = {}
+    for split, info in source.splits.items():
+        repeat = times if split == "train" else 1
+        count = len(info.shards) * repeat
         names = [shard_name(split, i, count) for i in range(count)]
         for i, name in enumerate(names):
-            (out / name).symlink_to(Path(records, info["shards"][i % len(info["shards"])]).resolve())
-        info["shards"] = names
-    train["num_examples"] = int(train["num_examples"]) * times
-    train["label_counts"] = {k: int(v) * times for k, v in train["label_counts"].items()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            (out / name).symlink_to(Path(records, info.shards[i % len(info.shards)]).resolve())
+        splits[split] = dataclasses.replace(info, count=info.count * repeat, shards=tuple(names),
+                                            label_counts={k: v * repeat for k, v in info.label_counts.items()})
+    manifest.write(out, dataclasses.replace(source, splits=splits))
     return out, times
 
 
@@ -198,10 +198,10 @@ def main(argv=None):
                           log=lambda *a, **k: None)
             print(f"built records in {time.perf_counter() - start:.1f} s -> {records}")
         records, times = tile_train_split(records, Path(tmp) / "tiled", args.epoch_films)
-        manifest = data.read_manifest(records)
-        films = manifest["splits"]["train"]["num_examples"]
+        tiled = manifest.read(records)
+        films = tiled.splits["train"].count
         print(f"training split: {films // times} films, tiled x{times} -> {films} films per epoch")
-        stored = manifest["image_size"]
+        stored = tiled.image_size
         bs, size = args.batch_size, args.image_size
         print(f"stored {stored} px, training size {size} px, batch {bs}, "
               f"{tf.config.list_logical_devices()[-1].device_type}, "

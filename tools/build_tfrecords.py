@@ -1,4 +1,4 @@
-"""Build TFRecord shards + manifest.json: ``python -m cxr_tf.build`` for a checkout that is not
+"""Build TFRecord shards and their manifest: ``python -m cxr_tf.build`` for a checkout that is not
 installed (same flags; ``--help`` lists them).
 
     python tools/build_tfrecords.py --data-dir /data/nih --out records --image-size 256

@@ -1,7 +1,8 @@
 """The tf.data input pipeline: TFRecord shards -> batches of films and labels.
 
-``make_dataset(records_dir, split, batch_size, image_size)`` reads the shards that
-``tools/build_tfrecords.py`` wrote (schema: ``cxr_tf.data.records``) and yields
+``make_dataset(records, split, batch_size, image_size)`` reads the shards that
+``python -m cxr_tf.build`` wrote (schema: ``cxr_tf.data.records``) from one records folder,
+several, or a ``cxr_tf.data.sources.Sources``, and yields
 
     images  float32 (B, S, S, 1), raw 0–255        labels  float32 (B, K), the manifest's label order
 

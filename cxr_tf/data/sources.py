@@ -76,8 +76,8 @@ class Sources:
             self.labels = merged_labels(self.manifests, findings)
         self.image_size = manifest.common_image_size(self.folders, self.manifests)
         self.weights = None if weights is None else check_ratio(weights, len(self.folders))
-        # the fast path: one folder whose labels are already the label set
-        self.mapped = len(self.folders) > 1 or self.manifests[0].labels != tuple(self.labels)
+        # False (the fast path): one folder whose labels, in its own order, are the label set
+        self.mapped = len(self.folders) > 1 or common_labels(self.manifests[0]) != tuple(self.labels)
 
     def __str__(self):
         return ",".join(str(f) for f in self.folders)

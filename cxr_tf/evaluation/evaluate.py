@@ -125,10 +125,10 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     """Predict every film of one split (in order, no augmentation, nothing dropped).
 
     records: a records folder or a list of them (read one after the other); labels: the
-    label set of ``y_true`` (common names: the model's outputs; findings the records do
-    not label are -1), default the records' own; age_stats: (mean, std) standardising the
-    metadata input's age (``make_dataset``; a run's: ``runs.trained_age_stats``). Returns (image_index list[str], patient_id
-    int64 (N,), y_true int (N, K), 1 / 0 / -1 missing, y_prob float64 (N, K))."""
+    label set of ``y_true`` (common names, each labelled by the records), default the
+    records' own; age_stats: (mean, std) standardising the metadata input's age
+    (``make_dataset``; a run's: ``runs.trained_age_stats``). Returns (image_index list[str],
+    patient_id int64 (N,), y_true int (N, K), 1 / 0 / -1 missing, y_prob float64 (N, K))."""
     from cxr_tf.data.pipeline import make_dataset
     from cxr_tf.data.verify import locate_damage
     from cxr_tf.models import model_input_spec
@@ -136,8 +136,9 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
     size, is_multimodal = model_input_spec(model)
     image_size = image_size or size
     multimodal = is_multimodal if multimodal is None else multimodal
-    dataset = make_dataset(records, split, batch_size, image_size=image_size, training=False,
-                           multimodal=multimodal, with_ids=True, labels=labels, age_stats=age_stats)
+    sources = Sources(records, findings=labels)
+    dataset = make_dataset(sources, split, batch_size, image_size=image_size, training=False,
+                           multimodal=multimodal, with_ids=True, age_stats=age_stats)
     names, pids, ys, ps = [], [], [], []
     try:
         for x, y, ids in dataset:
@@ -146,12 +147,12 @@ def predict_split(model, records, split, batch_size=32, image_size=None, multimo
             names += [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(ids["image_index"])]
             pids.append(np.asarray(ids["patient_id"]).reshape(-1))
     except tf.errors.OpError as err:  # damaged records: name the shard and record (TF names a byte offset)
-        found = locate_damage(records, err, [split])
+        found = locate_damage(sources.folders, err, [split])
         if found is None:
             raise
         raise found from None
     if not ps:
-        raise ValueError(f"{records}: split {split!r} has no films")
+        raise ValueError(f"{sources}: split {split!r} has no films")
     y_true = np.rint(np.concatenate(ys)).astype(np.int64)
     return names, np.concatenate(pids).astype(np.int64), y_true, np.clip(np.concatenate(ps), 0.0, 1.0)
 
@@ -160,7 +161,7 @@ def compare_findings(run, sources):
     """(shared, left_out) between a run and the records it is evaluated on: the run's findings
     that the records label (common names, run order), and {finding: why it is left out} for
     the others of either side."""
-    datasets = ", ".join(sorted({m.get("dataset", "nih") for m in sources.manifests}))
+    datasets = ", ".join(sorted(set(sources.datasets)))
     labelled = set(sources.labels)
     shared = [f for f in run.labels if f in labelled]
     left_out = {f: f"not labelled in these records ({datasets})" for f in run.labels if f not in labelled}
@@ -191,24 +192,23 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
     if not records:
         raise ValueError("no records folder: pass --records (the run's config.json names none)")
     sources = Sources(records)  # FileNotFoundError naming a folder without records
-    for folder, manifest in zip(sources.folders, sources.manifests):
-        if split not in manifest["splits"]:
-            raise ValueError(f"--split {split!r}: {folder} has the splits {', '.join(sorted(manifest['splits']))}")
+    for folder, records_manifest in zip(sources.folders, sources.manifests):
+        if split not in records_manifest.splits:
+            raise ValueError(f"--split {split!r}: {folder} has the splits {', '.join(sorted(records_manifest.splits))}")
     shared, left_out = compare_findings(run, sources)
     if not shared:
         raise ValueError(f"{sources}: none of its findings ({', '.join(sources.labels)}) is one the run was trained "
                          f"on ({', '.join(run.labels)}; {run.path / runs.LABELS_FILE}): nothing to evaluate")
     internal = bool(own) and records_list(records) == records_list(own)
-    dataset = "+".join(m.get("dataset", "nih") for m in sources.manifests)
+    dataset = "+".join(sources.datasets)
     out = Path(out) if out else run.path / (f"eval-{split}" if internal else f"eval-{dataset}-{split}")
     columns = [run.labels.index(f) for f in shared]
 
     def predicted(which):
         # the age standardisation the run was trained with, not that of the records it is evaluated on
-        names, pids, y_true, y_prob = predict_split(run.model, sources.folders, which, batch_size,
-                                                    labels=list(run.labels),
+        names, pids, y_true, y_prob = predict_split(run.model, sources.folders, which, batch_size, labels=shared,
                                                     age_stats=runs.trained_age_stats(run.config))
-        return names, pids, y_true[:, columns], y_prob[:, columns]
+        return names, pids, y_true, y_prob[:, columns]
 
     saved = run.path / runs.THRESHOLDS
     if saved.is_file() and not rechoose_thresholds:

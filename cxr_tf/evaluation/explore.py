@@ -40,14 +40,14 @@ def table_from_records(records_dir):
     (``table.attrs["labels"]``); only the metadata features are parsed."""
     import tensorflow as tf
 
-    from cxr_tf.data.manifest import manifest_labels, read_manifest
+    from cxr_tf.data import manifest
     from cxr_tf.data.records import features, parse_shard_name
 
     records_dir = Path(records_dir)
     shards = sorted(records_dir.glob("*.tfrecord"))
     if not shards:
         raise FileNotFoundError(f"no *.tfrecord shards in {records_dir}; build them with tools/build_tfrecords.py")
-    labels = list(manifest_labels(read_manifest(records_dir)))
+    labels = list(manifest.read(records_dir).labels)
     spec = {k: v for k, v in features(len(labels)).items() if k != "image"}
     frames = []
     for shard in shards:

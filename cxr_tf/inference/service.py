@@ -315,11 +315,9 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
                          **_errors(503)},
               openapi_extra=_request_body(max_files, max_upload_mb))
     async def predict(request: Request, images: bool = Query(False, description="add film and Grad-CAM images"),
-                      format: str = Query("json", description="answer format per film: " + "; ".join(
+                      format: Literal[ANSWERS] = Query("json", description="answer format per film: " + "; ".join(
                           f"{name}: {FORMATS[name].summary}" for name in ANSWERS))):
         nonlocal admitted
-        if format not in ANSWERS:
-            raise RequestRefused(400, f"format={format!r}: choose from {', '.join(ANSWERS)}")
         try:
             FORMATS[format].check()
         except MissingExtra as err:

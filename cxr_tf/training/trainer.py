@@ -35,7 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import runs
-from cxr_tf.data.sources import Sources
+from cxr_tf.data import manifest
+from cxr_tf.data.pipeline import make_dataset
+from cxr_tf.data.sources import Sources, check_image_size
 from cxr_tf.training.callbacks import MONITORS, AtomicModelCheckpoint, EpochLog, best_epoch, read_history
 from cxr_tf.training.optimizers import make_optimizer
 from cxr_tf.training.resume import agree_on_run_dir, is_chief
@@ -135,8 +137,8 @@ def eval_dataset(sources, split, config, multimodal, cache=None, num_workers=1):
     ``cxr_tf.data.sources.Sources``), with its batch count known to Keras (progress bars; no
     "ran out of data" warnings). num_workers: the training processes that read it
     (``distribute.num_workers()``; it sets the auto-shard policy under multi-worker)."""
-    ds = sources.dataset(split, config["batch_size"], image_size=config["image_size"], training=False,
-                         multimodal=multimodal, cache=cache, num_workers=num_workers)
+    ds = make_dataset(sources, split, config["batch_size"], image_size=config["image_size"], training=False,
+                      multimodal=multimodal, cache=cache, num_workers=num_workers)
     steps = _num_batches(sources, split, config["batch_size"], training=False)
     return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
@@ -160,11 +162,11 @@ def _datasets(config, sources, multimodal, strategy, in_model):
     sampled from them in the configured proportions."""
     cache = config["cache"] or None
     workers = distribute.num_workers()  # TF_CONFIG's, read by distribute alone
-    train_ds = sources.dataset("train", config["batch_size"],
-                               image_size=sources.image_size if in_model else config["image_size"],
-                               training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
-                               seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache,
-                               num_workers=workers)
+    train_ds = make_dataset(sources, "train", config["batch_size"],
+                            image_size=sources.image_size if in_model else config["image_size"],
+                            training=True, multimodal=multimodal, augment=False if in_model else config["augment"],
+                            seed=config["seed"], shuffle_buffer=config["shuffle_buffer"], cache=cache,
+                            num_workers=workers)
     steps = _num_batches(sources, "train", config["batch_size"], training=True)
     if len(sources.folders) > 1:
         train_ds = train_ds.take(steps)  # sampled from repeated folders: endless until cut to an epoch
@@ -181,13 +183,12 @@ def _check_records(config, sources):
     for split in ("train", "val"):
         folder = sources.missing_split(split)
         if folder is not None:
-            raise config_lib.ConfigError(f"{folder / 'manifest.json'}: split {split!r} is missing or empty; fit needs "
+            raise config_lib.ConfigError(f"{manifest.path(folder)}: split {split!r} is missing or empty; fit needs "
                                          "train and val (and test for metrics.json); rebuild the records")
-    stored = sources.image_size
-    if config["image_size"] > stored:
-        raise config_lib.ConfigError(f"image_size={config['image_size']} is larger than the {stored} px stored in "
-                                     f"{sources}; pass --image-size {stored} or less, or rebuild the records "
-                                     f"with tools/build_tfrecords.py --image-size {config['image_size']}")
+    try:
+        check_image_size(config["image_size"], sources.image_size, sources)
+    except ValueError as err:
+        raise config_lib.ConfigError(str(err)) from None
     if config["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise config_lib.ConfigError("tensorboard: true needs the tensorboard package (pip install tensorboard), "
                                      "which tensorflow-cpu does not bring")

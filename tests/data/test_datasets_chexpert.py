@@ -14,7 +14,7 @@ import pytest
 from releases import read_records, write_chexpert_release, write_mimic_release
 
 from cxr_tf.data import builder, harmonise
-from cxr_tf.data.datasets import chexpert, mimic_cxr
+from cxr_tf.data.datasets import chexpert, mimic_cxr, nih
 from cxr_tf.data.datasets.base import MISSING, TableError, patient_number
 
 # The builder warns about val/test splits without positives for some finding (their AUC cannot be
@@ -63,9 +63,9 @@ def mimic_release(tmp_path_factory):
 # --------------------------------------------------------------------------- CheXpert
 def test_chexpert_records_hold_what_its_tables_say(chexpert_release, tmp_path):
     # built from the folder above the release folder, as the tables' Path column is written
-    manifest = build(chexpert_release.parent, tmp_path, dataset="chexpert", split="official")
+    records = build(chexpert_release.parent, tmp_path, dataset="chexpert", split="official")
     labels = list(harmonise.release_labels("chexpert"))
-    assert manifest["labels"] == labels and manifest["harmonised"]["Pleural Effusion"] == "Effusion"
+    assert list(records.labels) == labels and records.harmonised["Pleural Effusion"] == "Effusion"
     examples = read_records(tmp_path, len(labels))
     listed = {row["Path"]: (split, row) for name, split in (("train.csv", "train"), ("valid.csv", "val"))
               for row in table_rows(chexpert_release / name)}
@@ -86,15 +86,15 @@ def test_chexpert_records_hold_what_its_tables_say(chexpert_release, tmp_path):
     for example in examples.values():
         patients.setdefault(example["patient_id"], set()).add(example["split"])
     assert all(len(splits) == 1 for splits in patients.values()) and len(patients) < len(examples)
-    excluded = manifest["excluded"]["lateral view (pass --laterals to keep)"]
-    assert list(manifest["excluded"]) == ["lateral view (pass --laterals to keep)"]
+    excluded = records.excluded["lateral view (pass --laterals to keep)"]
+    assert list(records.excluded) == ["lateral view (pass --laterals to keep)"]
     assert excluded["count"] == 3 and sorted(excluded["first"]) == laterals
     assert sorted(line.split("\t")[0] for line in (tmp_path / "excluded.txt").read_text().splitlines()) == laterals
-    assert manifest["rows_without_files"]["count"] == len(listed) - len(on_disk) == 2
-    assert manifest["skipped"] == [{"file": str(chexpert_release / "train/patient09999/study1/view1_frontal.jpg"),
+    assert records.rows_without_files["count"] == len(listed) - len(on_disk) == 2
+    assert records.skipped == [{"file": str(chexpert_release / "train/patient09999/study1/view1_frontal.jpg"),
                                     "reason": "no row in the label table"}]
-    assert manifest["splits"]["test"]["num_examples"] == 0 and "split 'test' is empty" in manifest["warnings"]
-    assert manifest["options"] == {"uncertain": "ignore", "laterals": False}
+    assert records.splits["test"].count == 0 and "split 'test' is empty" in records.warnings
+    assert records.options == {"uncertain": "ignore", "laterals": False}
 
 
 def test_chexpert_uncertain_policies_laterals_and_release_folder(chexpert_release):
@@ -119,14 +119,14 @@ def test_chexpert_uncertain_policies_laterals_and_release_folder(chexpert_releas
 
 
 def test_each_folder_is_recognised_and_a_wrong_dataset_named(chexpert_release, mimic_release, tmp_path):
-    cases = [("chexpert", builder.SAMPLE_DIR, "nih"), ("nih", chexpert_release, "chexpert"),
+    cases = [("chexpert", nih.SAMPLE_DIR, "nih"), ("nih", chexpert_release, "chexpert"),
              ("mimic-cxr", chexpert_release.parent, "chexpert"), ("chexpert", mimic_release, "mimic-cxr"),
              ("nih", mimic_release, "mimic-cxr")]
     for dataset, folder, right in cases:
         with pytest.raises(ValueError, match=f"pass --dataset {right}") as error:
             build(folder, tmp_path, dataset=dataset)
         assert str(folder) in str(error.value)
-    assert chexpert.looks_like(builder.SAMPLE_DIR) is None and mimic_cxr.looks_like(chexpert_release) is None
+    assert chexpert.looks_like(nih.SAMPLE_DIR) is None and mimic_cxr.looks_like(chexpert_release) is None
 
 
 @pytest.mark.parametrize("line, column, value, what", [
@@ -159,7 +159,7 @@ def _follow_ups(metadata):
 
 
 def test_mimic_records_hold_what_its_tables_say(mimic_release, tmp_path):
-    manifest = build(mimic_release, tmp_path, dataset="mimic-cxr", split="official")
+    records = build(mimic_release, tmp_path, dataset="mimic-cxr", split="official")
     labels = list(harmonise.release_labels("mimic-cxr"))
     examples = read_records(tmp_path, len(labels))
     metadata = table_rows(mimic_release / "mimic-cxr-2.0.0-metadata.csv.gz")
@@ -180,12 +180,12 @@ def test_mimic_records_hold_what_its_tables_say(mimic_release, tmp_path):
         e["split"] for e in examples.values()}
     unlabelled = [d for d, r in on_disk.items() if r["study_id"] not in study_labels]
     by_view = lambda *views: sorted(d for d, r in on_disk.items() if r["ViewPosition"] in views)
-    assert {reason: sorted(info["first"]) for reason, info in manifest["excluded"].items()} == {
+    assert {reason: sorted(info["first"]) for reason, info in records.excluded.items()} == {
         "its study has no row in mimic-cxr-2.0.0-chexpert.csv.gz": unlabelled,
         "view position 'AP AXIAL' is neither frontal (PA, AP) nor lateral": by_view("AP AXIAL"),
         "lateral view (pass --laterals to keep)": by_view("LATERAL", "LL")}
-    assert manifest["rows_without_files"]["count"] == len(metadata) - len(on_disk) == 2
-    assert [item["reason"] for item in manifest["skipped"]] == ["no row in the label table"]
+    assert records.rows_without_files["count"] == len(metadata) - len(on_disk) == 2
+    assert [item["reason"] for item in records.skipped] == ["no row in the label table"]
 
 
 def test_mimic_negbio_labels_uncertain_and_laterals(mimic_release):

@@ -13,9 +13,10 @@ import pytest
 import releases
 import tensorflow as tf
 
-from cxr_tf.data import builder, harmonise
-from cxr_tf.data.builder import SAMPLE_DIR, build_records
+from cxr_tf.data import harmonise
+from cxr_tf.data.builder import build_records
 from cxr_tf.data.datasets import padchest, vindr_cxr
+from cxr_tf.data.datasets.nih import SAMPLE_DIR
 from cxr_tf.data.datasets.base import TableError
 from cxr_tf.data.images import film_to_png
 
@@ -48,8 +49,8 @@ def vindr_release(tmp_path_factory):
 
 
 def test_padchest_records_hold_what_the_table_says(padchest_release, tmp_path):
-    manifest = build(padchest_release, tmp_path / "records", "padchest")
-    labels = manifest["labels"]
+    records = build(padchest_release, tmp_path / "records", "padchest")
+    labels = records.labels
     assert tuple(labels) == harmonise.release_labels("padchest")
     films = releases.nih_films(48)
     left_out = {*releases.PADCHEST_MISSING, *releases.PADCHEST_NO_LABELS, 7, 8, 9, 10}
@@ -72,12 +73,12 @@ def test_padchest_records_hold_what_the_table_says(padchest_release, tmp_path):
         first, second = examples[releases.padchest_image_id(a)], examples[releases.padchest_image_id(b)]
         assert first["patient_id"] == second["patient_id"] and first["split"] == second["split"]
     assert examples[releases.padchest_image_id(1)]["follow_up"] == 1  # the patient's second study date
-    excluded = manifest["excluded"]
+    excluded = records.excluded
     assert excluded["lateral view (pass --laterals to keep)"]["count"] == 3
     assert excluded[padchest.NOT_CHEST["COSTAL"]]["count"] == 1
     assert excluded[padchest.NO_LABELS]["count"] == 2
-    assert manifest["rows_without_files"]["count"] == 3
-    assert [s["reason"] for s in manifest["skipped"]] == ["no row in the label table"]
+    assert records.rows_without_files["count"] == 3
+    assert [s["reason"] for s in records.skipped] == ["no row in the label table"]
 
 
 def test_padchest_laterals_and_no_official_split(padchest_release, tmp_path):
@@ -117,18 +118,18 @@ def test_padchest_bad_tables_name_file_line_and_column(padchest_release, tmp_pat
 
 
 def test_vindr_records_official_split_majority_and_dicom(vindr_release, tmp_path):
-    manifest = build(vindr_release, tmp_path / "records", "vindr-cxr", split="official")
-    labels = manifest["labels"]
-    assert manifest["options"] == {"aggregate": "majority"}
+    records = build(vindr_release, tmp_path / "records", "vindr-cxr", split="official")
+    labels = records.labels
+    assert records.options == {"aggregate": "majority"}
     films = releases.nih_films(48)
     examples = releases.read_records(tmp_path / "records", len(labels))
     undecodable = releases.vindr_image_id(3)
     expected = {releases.vindr_image_id(k): k for k in range(48) if k not in (*releases.VINDR_MISSING, 3)}
     assert set(examples) == set(expected)
-    skipped = {Path(s["file"]).stem: s["reason"] for s in manifest["skipped"]}
+    skipped = {Path(s["file"]).stem: s["reason"] for s in records.skipped}
     assert "transfer syntax JPEG Lossless" in skipped[undecodable]
     assert skipped[releases.vindr_image_id(9999)] == "no row in the label table"
-    assert manifest["rows_without_files"]["count"] == 2
+    assert records.rows_without_files["count"] == 2
     for name, example in examples.items():
         k = expected[name]
         # the majority of three readers is the truth whatever the one disagreeing reader marks
@@ -144,7 +145,7 @@ def test_vindr_records_official_split_majority_and_dicom(vindr_release, tmp_path
         assert np.corrcoef(source.ravel(), decoded.ravel())[0, 1] > 0.98, name
     patients = {e["patient_id"] for e in examples.values()}
     assert len(patients) == len(examples)  # one patient per film: the release does not say more
-    assert {s: manifest["splits"][s]["num_examples"] > 0 for s in ("train", "val", "test")} == dict.fromkeys(
+    assert {s: records.splits[s].count > 0 for s in ("train", "val", "test")} == dict.fromkeys(
         ("train", "val", "test"), True)
 
 
@@ -190,7 +191,7 @@ def test_vindr_bad_tables_name_file_line_and_column(vindr_release, tmp_path):
 
 def test_wrong_dataset_names_the_right_one(padchest_release, vindr_release, tmp_path):
     with pytest.raises(ValueError, match="not the PadChest release.*NIH label table.*--dataset nih"):
-        build(builder.SAMPLE_DIR, tmp_path / "a", "padchest")
+        build(SAMPLE_DIR, tmp_path / "a", "padchest")
     with pytest.raises(ValueError, match="not the NIH ChestX-ray14 release.*--dataset padchest"):
         build(padchest_release, tmp_path / "b", "nih")
     with pytest.raises(ValueError, match="not the PadChest release.*--dataset vindr-cxr"):

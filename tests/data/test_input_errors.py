@@ -139,17 +139,17 @@ def test_shards_whose_films_are_all_unreadable_are_not_written(tmp_path):
             target.write_bytes((SAMPLE / "images" / name).read_bytes())
     (data / "Data_Entry_2017.csv").write_text("\n".join([lines[0], *rows]) + "\n")
     with pytest.warns(UserWarning, match="its AUC cannot be measured there"):  # 8 films: splits lack positives
-        manifest = build_records(data_dir=data, out=tmp_path / "records", image_size=64, workers=0,
-                                 shard_size_mb=0.001, progress=False, log=lambda *_: None)
-    assert manifest["warnings"]  # and the manifest says so
+        records = build_records(data_dir=data, out=tmp_path / "records", image_size=64, workers=0,
+                                shard_size_mb=0.001, progress=False, log=lambda *_: None)
+    assert records.warnings  # and the manifest says so
     shards = sorted((tmp_path / "records").glob("*.tfrecord"))
     assert shards and all(p.stat().st_size > 0 for p in shards)
-    listed = [name for split in manifest["splits"].values() for name in split["shards"]]
+    listed = [name for split in records.splits.values() for name in split.shards]
     assert sorted(listed) == [p.name for p in shards]
-    assert sum(s["num_examples"] for s in manifest["splits"].values()) == 8
-    assert len([s for s in manifest["skipped"] if "not a" in s["reason"] or "decod" in s["reason"]]) == 4
+    assert sum(s.count for s in records.splits.values()) == 8
+    assert len([s for s in records.skipped if "not a" in s["reason"] or "decod" in s["reason"]]) == 4
     # A resumed build keeps the empty shards' records and writes nothing new.
     with pytest.warns(UserWarning, match="its AUC cannot be measured there"):
         again = build_records(data_dir=data, out=tmp_path / "records", image_size=64, workers=0,
                               shard_size_mb=0.001, progress=False, log=lambda *_: None)
-    assert again["build"]["encoded"] == 0 and again["splits"] == manifest["splits"]
+    assert again.build["encoded"] == 0 and again.splits == records.splits

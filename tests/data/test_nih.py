@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TEST_DATA
 from cxr_tf.data.datasets import nih
-from cxr_tf.data.builder import SAMPLE_DIR
+from cxr_tf.data.datasets.nih import SAMPLE_DIR
 from cxr_tf.data.labels import LABELS
 
 SAMPLE = TEST_DATA / "nih-sample"

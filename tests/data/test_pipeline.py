@@ -1,5 +1,6 @@
 """cxr_tf.data.pipeline / cxr_tf.data.augment on real shards built from the 150 real NIH films (64 px)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TEST_DATA
-from cxr_tf.data import pipeline as data
+from cxr_tf.data import manifest, pipeline as data
 from cxr_tf.data.augment import DEFAULT_AUGMENT, AugmentedModel, RandomGeometry, build_augmenter, warp_bilinear
 from cxr_tf.data.labels import LABELS, META_DIM, NUM_LABELS
 from cxr_tf.data.records import parse_example, serialize_example, shard_name
@@ -37,9 +38,8 @@ def table():
 
 def _stored(records_dir, split):
     """image_index -> decoded uint8 (N, N, 1), read straight from the shards."""
-    manifest = data.read_manifest(records_dir)
     out = {}
-    for name in manifest["splits"][split]["shards"]:
+    for name in manifest.read(records_dir).splits[split].shards:
         for record in tf.data.TFRecordDataset(str(Path(records_dir) / name)):
             ex = parse_example(record)
             out[ex["image_index"].numpy().decode()] = tf.io.decode_png(ex["image"], channels=1).numpy()
@@ -61,8 +61,8 @@ def _collect(ds):
 def two_shards(sample_records, tmp_path_factory):
     """A copy of the sample records whose train split is written as two shards."""
     out = tmp_path_factory.mktemp("two_shards")
-    manifest = data.read_manifest(sample_records)
-    records = [r.numpy() for name in manifest["splits"]["train"]["shards"]
+    source = manifest.read(sample_records)
+    records = [r.numpy() for name in source.splits["train"].shards
                for r in tf.data.TFRecordDataset(str(sample_records / name))]
     names = [shard_name("train", i, 2) for i in range(2)]
     for i, name in enumerate(names):
@@ -70,15 +70,15 @@ def two_shards(sample_records, tmp_path_factory):
             for record in records[i::2]:
                 writer.write(record)
     for split in ("val", "test"):
-        for name in manifest["splits"][split]["shards"]:
+        for name in source.splits[split].shards:
             shutil.copy(sample_records / name, out / name)
-    manifest["splits"]["train"]["shards"] = names
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    train = dataclasses.replace(source.splits["train"], shards=tuple(names))
+    manifest.write(out, dataclasses.replace(source, splits={**source.splits, "train": train}))
     return out
 
 
 def test_training_batches_shapes_dtypes_ranges(sample_records):
-    n = data.read_manifest(sample_records)["splits"]["train"]["num_examples"]
+    n = manifest.read(sample_records).splits["train"].count
     ds = data.make_dataset(sample_records, "train", batch_size=16, image_size=48, seed=0)
     batches = list(ds)
     assert len(batches) == n // 16  # drop_remainder: every step is a full batch
@@ -92,10 +92,10 @@ def test_training_batches_shapes_dtypes_ranges(sample_records):
 
 
 def test_evaluation_complete_deterministic_untouched_and_labels_match_table(sample_records, table):
-    manifest = data.read_manifest(sample_records)
+    records = manifest.read(sample_records)
     seen = []
     for split in ("train", "val", "test"):
-        n = manifest["splits"][split]["num_examples"]
+        n = records.splits[split].count
         ds = data.make_dataset(sample_records, split, batch_size=16, image_size=64, training=False,
                                with_ids=True, augment={"rotation_degrees": 30})  # ignored at evaluation
         images, labels, ids, pids = _collect(ds)
@@ -157,19 +157,20 @@ def test_cache_gives_the_same_data(sample_records, tmp_path):
 
 
 def test_multimodal_meta_and_prevalence(sample_records, table):
-    manifest = data.read_manifest(sample_records)
+    records = manifest.read(sample_records)
     ds = data.make_dataset(sample_records, "val", 8, 64, multimodal=True, with_ids=True)
     for x, labels, extra in ds:
         assert set(x) == {"image", "meta"} and x["meta"].shape[1:] == (META_DIM,)
         for meta, name in zip(x["meta"].numpy(), extra["image_index"].numpy()):
             row = table.loc[name.decode()]
-            expected = data.meta_vector(row["Patient Age"], row["Patient Gender"], row["View Position"], manifest)
+            expected = data.meta_vector(row["Patient Age"], row["Patient Gender"], row["View Position"],
+                                        records.age_stats())
             np.testing.assert_allclose(meta, expected, rtol=1e-6)
-    mean, std = manifest["metadata"]["age_mean"], manifest["metadata"]["age_std"]
-    v = data.meta_vector(60, "F", b"AP", manifest)
+    mean, std = records.age_mean, records.age_std
+    v = data.meta_vector(60, "F", b"AP", records.age_stats())
     assert v.dtype == np.float32 and v.shape == (META_DIM,)
     np.testing.assert_allclose(v, [(60 - mean) / std, 0, 1, 0, 1], rtol=1e-6)
-    np.testing.assert_allclose(data.meta_vector(None, "?", "LL", manifest), [0, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(data.meta_vector(None, "?", "LL", (mean, std)), [0, 0, 0, 0, 0], atol=1e-6)
     train = table.loc[[i for i in _stored(sample_records, "train")]]
     np.testing.assert_allclose(Sources(sample_records).prevalence(), np.stack(train["multi_hot"]).mean(0), rtol=1e-6)
     np.testing.assert_allclose(Sources(sample_records).prevalence("test").shape, (NUM_LABELS,))
@@ -259,20 +260,22 @@ def test_clear_errors(sample_records, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(sample_records, bad)
-    manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["labels"] = list(LABELS[:5])  # a label set that does not fit the stored label vectors
-    (bad / "manifest.json").write_text(json.dumps(manifest))
+    records = manifest.read(bad)
+    # a label set that does not fit the stored label vectors
+    manifest.write(bad, dataclasses.replace(records, labels=LABELS[:5]))
     with pytest.raises(ValueError, match=r"train-00000-of-00001\.tfrecord.* 14 labels.* names 5"):
         data.make_dataset(bad, "train", 8, 64)
     with pytest.raises(ValueError, match="metadata.age_mean"):
-        data.meta_vector(50, "M", "PA", {"labels": list(LABELS), "image_size": 64, "splits": {}})
+        manifest.Manifest(labels=LABELS, image_size=64, splits={}).age_stats()
+    with pytest.raises(ValueError, match=r"manifest.json: a value does not have the expected type"):
+        (bad / "manifest.json").write_text('{"labels": [], "image_size": "big", "splits": {}}')
+        manifest.read(bad)
 
     # a record whose image is not a 64 px PNG: the pipeline error names the shard and the film
-    manifest["labels"] = list(LABELS)
-    good = (bad / manifest["splits"]["val"]["shards"][0]).read_bytes()
+    good = (bad / records.splits["val"].shards[0]).read_bytes()
     with tf.io.TFRecordWriter(str(bad / "val-00000-of-00001.tfrecord")) as writer:
         writer.write(serialize_example(b"not a png at all", [0] * 14, "00099999_000.png", 1, 50, "M", "PA", 0))
-    (bad / "manifest.json").write_text(json.dumps(manifest))
+    manifest.write(bad, records)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"val-00000-of-00001\.tfrecord(.|\n)*00099999_000"):
         list(data.make_dataset(bad, "val", 8, 64))
     with pytest.raises(ValueError, match=r"val-00000-of-00001\.tfrecord: record 0 \(image 00099999_000.png\)"):
@@ -284,7 +287,7 @@ def test_clear_errors(sample_records, tmp_path):
     (bad / "val-00000-of-00001.tfrecord").unlink()
     with pytest.raises(FileNotFoundError, match="val-00000-of-00001.tfrecord listed in the manifest is missing"):
         data.make_dataset(bad, "val", 8, 64)
-    assert verify_records(sample_records) == {s: v["num_examples"] for s, v in manifest["splits"].items()}
+    assert verify_records(sample_records) == {s: v.count for s, v in records.splits.items()}
 
 
 def test_auto_shard_policy(monkeypatch):
@@ -305,7 +308,7 @@ _DISTRIBUTED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from cxr_tf.data import pipeline as data
+    from cxr_tf.data import manifest, pipeline as data
     records = sys.argv[1]
     policy = tf.data.experimental.AutoShardPolicy
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -320,7 +323,7 @@ _DISTRIBUTED = textwrap.dedent("""
             seen += [s.decode() for s in part.numpy()]
         per_replica |= {int(p.shape[0]) for p in strategy.experimental_local_results(x)}
     assert max(per_replica) == 4, per_replica  # global batch 8 split over 2 replicas
-    n = json.load(open(records + "/manifest.json"))["splits"]["val"]["num_examples"]
+    n = manifest.read(records).splits["val"].count
     assert sorted(seen) == sorted(set(seen)) and len(seen) == n, (len(seen), n)
     with strategy.scope():
         model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Rescaling(1 / 255),

@@ -53,12 +53,12 @@ def test_records_folder_per_split(tmp_path):
     from cxr_tf.data.synthetic import write_synthetic_records
 
     records = tmp_path / "records"
-    manifest = write_synthetic_records(records, n_train=20, n_val=8, n_test=10, image_size=16, seed=1)
+    written = write_synthetic_records(records, n_train=20, n_val=8, n_test=10, image_size=16, seed=1)
     summary = explore.explore(tmp_path / "out", records=records)
     assert summary["films"] == 38
     for split in ("train", "val", "test"):
-        assert summary["splits"][split]["films"] == manifest["splits"][split]["num_examples"]
-        assert summary["splits"][split]["label_counts"] == manifest["splits"][split]["label_counts"]
+        assert summary["splits"][split]["films"] == written.splits[split].count
+        assert summary["splits"][split]["label_counts"] == written.splits[split].label_counts
     _check_outputs(tmp_path / "out", summary)
 
 

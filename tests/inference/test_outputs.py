@@ -81,6 +81,6 @@ def test_missing_extra_is_one_line_in_the_command_and_501_in_the_service(tiny_ru
         resp = httpx.post(f"{live.url}/api/predict?format=fhir", files=files, timeout=60)
         assert resp.status_code == 501 and "pip install 'cxr_tf[dicom]'" in resp.json()["detail"]
         resp = httpx.post(f"{live.url}/api/predict?format=dicom-sr", files=files, timeout=60)
-        assert resp.status_code == 400 and "choose from json, fhir" in resp.json()["detail"]
+        assert resp.status_code == 400 and "'json' or 'fhir'" in resp.json()["detail"]
     finally:
         live.stop()

@@ -2,45 +2,18 @@
 Film or a FilmError naming the file, never any other exception; and DICOM numeric
 elements written as text are read when they are numbers, refused clearly otherwise."""
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataelem import DataElement
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from conftest import gradient_dicom as dicom_bytes
 from cxr_tf.inference.readers import Film, FilmError, read_film
 
 SAMPLE_FILMS = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))
 FUZZ_DICOM = 2500
 FUZZ_PNG = 1500
-
-
-def dicom_bytes(rows=96, cols=128, photometric="MONOCHROME2", text=None, **tags):
-    """Part 10 bytes of a 12-bit film (a gradient), written by pydicom; ``text``:
-    {keyword: value} written with VR LO (text), as some modalities do."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientSex, ds.PatientAge, ds.ViewPosition = "DX", "F", "058Y", "PA"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    for key, value in (text or {}).items():
-        tag = pydicom.datadict.tag_for_keyword(key)
-        ds[tag] = DataElement(tag, "LO", value)
-    ds.PixelData = (np.arange(rows * cols, dtype=np.uint32) % 4096).astype("<u2").tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def mutate(data, rng, start, stop):

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_fuzz import dicom_bytes
+
+from conftest import gradient_dicom as dicom_bytes
 
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
