@@ -55,7 +55,8 @@ def add_predictor_options(parser):
     group.add_argument("--uncertainty-threshold", type=float, default=DEFAULT_UNCERTAINTY_THRESHOLD,
                        help="MC standard deviation marking a finding uncertain")
     group.add_argument("--critical", nargs="+", default=list(DEFAULT_CRITICAL), metavar="FINDING",
-                       help="findings that may make a film urgent (give it after the films)")
+                       help="findings that may make a film urgent; after the films when a command takes films "
+                            f"(default: {' '.join(DEFAULT_CRITICAL)})")
     group.add_argument("--borderline-k", type=float, default=DEFAULT_BORDERLINE_K,
                        help="a finding with |p - threshold| < k x MC std is borderline: review, never urgent")
     group.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,

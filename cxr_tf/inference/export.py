@@ -300,9 +300,13 @@ def _staged(out):
     completes (replacing an export there only then), removed when it raises."""
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    yield out
-    return
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
     if out.exists():
         os.rename(out, old)

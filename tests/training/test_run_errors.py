@@ -14,6 +14,7 @@ import pytest
 
 from cxr_tf import evaluate as evaluate_cli
 from cxr_tf import fit as fit_cli
+from cxr_tf.data import manifest
 from cxr_tf.data.verify import RecordsError, verify_records
 from cxr_tf.evaluation.evaluate import evaluate_run
 from cxr_tf.training import config as config_lib
@@ -60,7 +61,7 @@ def resumed_run(small_records, tmp_path_factory):
 
 
 def shard(records, split):
-    return records / json.loads((records / "manifest.json").read_text())["splits"][split]["shards"][0]
+    return records / manifest.read(records).splits[split].shards[0]
 
 
 def damage(path, record):
