@@ -2,7 +2,7 @@
 TensorFlow graph ops, for a SavedModel that takes encoded films (``serve_bytes``).
 
 Same pixels as the OpenCV path, bit for bit, in every case measured on the NIH films
-(tests/test_portable.py checks the predictions):
+(tests/inference/test_export.py checks the predictions):
 
 - decode: PNG (8 and 16 bit) and JPEG (``INTEGER_ACCURATE`` DCT, libjpeg's ISLOW,
   which OpenCV uses);
