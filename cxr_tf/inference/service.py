@@ -46,7 +46,7 @@ from python_multipart.multipart import (
 )
 
 from cxr_tf.inference.extras import MissingExtra
-from cxr_tf.inference.outputs import ANSWERS, FORMATS
+from cxr_tf.inference.outputs import FORMATS, answer_formats
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 32
@@ -279,6 +279,7 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
     executor = ThreadPoolExecutor(1, thread_name_prefix="cxr-predict")
     limit_bytes = int(max_upload_mb * (1 << 20))
     admitted = 0  # changed only on the event loop thread, so no lock
+    answers = answer_formats()  # the ?format= values: the registry's formats that answer JSON
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -315,8 +316,8 @@ def create_app(predictor, max_upload_mb=DEFAULT_MAX_UPLOAD_MB, max_files=DEFAULT
                          **_errors(503)},
               openapi_extra=_request_body(max_files, max_upload_mb))
     async def predict(request: Request, images: bool = Query(False, description="add film and Grad-CAM images"),
-                      format: Literal[ANSWERS] = Query("json", description="answer format per film: " + "; ".join(
-                          f"{name}: {FORMATS[name].summary}" for name in ANSWERS))):
+                      format: Literal[answers] = Query("json", description="answer format per film: " + "; ".join(
+                          f"{name}: {FORMATS[name].summary}" for name in answers))):
         nonlocal admitted
         try:
             FORMATS[format].check()

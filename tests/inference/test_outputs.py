@@ -13,7 +13,7 @@ import pytest
 
 from cxr_tf import predict as predict_cli
 from cxr_tf.inference.extras import MissingExtra
-from cxr_tf.inference.outputs import ANSWERS, FORMATS, get
+from cxr_tf.inference.outputs import FORMATS, OutputFormat, answer_formats, get
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer, dicom_bytes, dx_dataset
@@ -51,7 +51,7 @@ def test_every_format_writes_a_dicom_film_and_names_what_it_refuses(name, two_po
         assert code == 0 and png["outputs"]
 
 
-@pytest.mark.parametrize("name", sorted(ANSWERS))
+@pytest.mark.parametrize("name", answer_formats())
 def test_answer_formats_answer_every_film(name, tiny_run, dicom_film):
     predictor = Predictor(tiny_run, samples=2)
     good, bad = predictor.predict([dicom_film, ("junk.png", b"not a film")])
@@ -82,5 +82,43 @@ def test_missing_extra_is_one_line_in_the_command_and_501_in_the_service(tiny_ru
         assert resp.status_code == 501 and "pip install 'cxr_tf[dicom]'" in resp.json()["detail"]
         resp = httpx.post(f"{live.url}/api/predict?format=dicom-sr", files=files, timeout=60)
         assert resp.status_code == 400 and "'json' or 'fhir'" in resp.json()["detail"]
+    finally:
+        live.stop()
+
+
+NEW_FORMAT = '''"""``csv``: one line per finding, finding,probability,uncertainty."""
+
+from cxr_tf.inference.outputs import Output
+
+
+def write(result, predictor):
+    rows = [f"{f},{p},{result.verdict['uncertainty'][f]}" for f, p in result.probabilities.items()]
+    return [Output(".csv", "\\n".join(["finding,probability,uncertainty", *rows]) + "\\n")]
+
+
+def answer(result, predictor):
+    return {"file": result.file, "csv": write(result, predictor)[0].value if result.ok else result.error}
+'''
+
+
+def test_a_new_format_is_one_module_and_one_row(tiny_run, dicom_film, tmp_path, monkeypatch, capsys):
+    """The recipe of docs/architecture.md ("Adding an output format"), done: a module in
+    cxr_tf/inference/outputs/ and a row of FORMATS; predict and the service offer it unchanged."""
+    import cxr_tf.inference.outputs as outputs
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "csv_lines.py").write_text(NEW_FORMAT)
+    monkeypatch.setattr(outputs, "__path__", [*outputs.__path__, str(package)])  # the module "in" the package
+    monkeypatch.setitem(FORMATS, "csv", OutputFormat("csv", "csv_lines", "one line per finding", answers=True))
+    assert predict_cli.main(["--model", str(tiny_run), *MC, "--format", "csv", "--out", str(tmp_path / "out"),
+                             str(dicom_film)]) == 0
+    lines = (tmp_path / "out" / "chest.csv").read_text().splitlines()
+    assert lines[0] == "finding,probability,uncertainty" and len(lines) == 15
+    live = LiveServer(create_app(Predictor(tiny_run, samples=2))).start()
+    try:
+        resp = httpx.post(f"{live.url}/api/predict?format=csv", files={"files": ("chest.dcm", dicom_film.read_bytes())},
+                          timeout=60)
+        assert resp.status_code == 200 and resp.json()[0]["csv"].startswith("finding,")
     finally:
         live.stop()

@@ -104,8 +104,11 @@ FORMATS = {f.name: f for f in (
 )}
 """Every output format, by name."""
 
-ANSWERS = tuple(name for name, f in FORMATS.items() if f.answers)
-"""Formats the web service can answer with (``?format=``)."""
+
+
+def answer_formats():
+    """The names of the formats the web service can answer with (``?format=``)."""
+    return tuple(name for name, f in FORMATS.items() if f.answers)
 
 
 def get(name):
