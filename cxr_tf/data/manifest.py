@@ -188,12 +188,3 @@ def common_image_size(folders, manifests):
                          f"{sorted(sizes)} px; build them with the same --image-size")
     return sizes.pop()
 
-
-# Transitional (issue 23): cxr_tf.inference.predictor and tests/integration still use these two
-# names; remove them once they call read() / exists() and the fields.
-MANIFEST = _FILE
-
-
-def read_manifest(folder):
-    """The manifest of ``folder`` as its JSON object (transitional: use ``read``)."""
-    return read(folder).to_json()

@@ -134,9 +134,6 @@ def meta_vector(age, sex, view, age_stats):
     run's ``runs.trained_age_stats(config)``). ``age`` in years (clipped to AGE_RANGE;
     None -> the mean); ``sex`` "M"/"F", ``view`` "PA"/"AP" (str or bytes; anything else,
     or None -> zeros)."""
-    if isinstance(age_stats, dict):  # transitional (issue 23): cxr_tf.inference.predictor still passes
-        meta = age_stats["metadata"]  # {"metadata": {...}}; remove once it passes (mean, std)
-        age_stats = float(meta["age_mean"]), (float(meta["age_std"]) if meta["age_std"] > 0 else 1.0)
     mean, std = age_stats
     age = mean if age is None else age
     sex = sex.decode() if isinstance(sex, bytes) else (sex or "")
@@ -228,7 +225,6 @@ def input_threads():
     from cxr_tf.data.builder import default_workers
 
     return max(4, 2 * default_workers())
-
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ class Sources:
     """One or several records folders as one training source (module docstring).
 
     records: see ``records_list``; findings: the label set (common names) or None for the
-    union; weights: sampling proportions of the folders in training (None: their sizes)."""
+    union; weights: sampling proportions of the folders in training (None: their sizes).
+    Attributes: folders, manifests (each folder's ``cxr_tf.data.manifest.Manifest``), labels,
+    image_size, weights, and mapped: False when one folder's own labels, in its order, are the
+    label set (read as stored), True when each folder's labels are mapped to it."""
 
     def __init__(self, records, findings=None, weights=None):
         self.folders = records_list(records)

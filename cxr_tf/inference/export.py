@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf import runs
+from cxr_tf.data import manifest
 from cxr_tf.data.jsonfile import write_json
 from cxr_tf.inference.converters import to_litert, to_onnx
 from cxr_tf.inference.extras import require
@@ -65,9 +66,9 @@ def find_records(run_dir, config, records=None):
     if not candidates:
         raise ExportError(f"{run_dir}/config.json names no records folder: pass --records DIR")
     for candidate in candidates:
-        if (candidate / "manifest.json").is_file():
+        if manifest.exists(candidate):
             return candidate
-    raise ExportError(f"no records manifest.json in {', '.join(map(str, candidates))}: pass --records DIR "
+    raise ExportError(f"no records in {', '.join(map(str, candidates))}: pass --records DIR "
                       "(the folder the run was trained on; its val split measures parity)")
 
 

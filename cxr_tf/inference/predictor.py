@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf import runs
-from cxr_tf.data.manifest import MANIFEST, read_manifest
+from cxr_tf.data import manifest
 from cxr_tf.inference.readers import Film, Limits, read_film
 from cxr_tf.inference.results import FilmResult, error_text, unique_stems
 from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR, run_evidence
@@ -115,7 +115,7 @@ class Predictor:
                                  "the export is of another run; export this run again")
             self.image_size = self.sampler.image_size
             self.multimodal = self.sampler.multimodal
-        self._manifest = self._find_manifest() if self.multimodal else None
+        self._age_stats = self._find_age_stats() if self.multimodal else None
         if seed is not None:  # part of every film's seed (predict reseeds per film)
             self.run_key += int(seed).to_bytes(16, "little", signed=True)
         self.evidence = run_evidence(self.run.metrics or None, self.critical, auc_floor,
@@ -142,16 +142,16 @@ class Predictor:
             return kept
         return validate_critical(critical, self.labels)
 
-    def _find_manifest(self):
-        """The records manifest (training age statistics for the meta input), or a note and None.
-        A run that records them in its config.json (``metadata``; fit writes it) needs no records."""
+    def _find_age_stats(self):
+        """The training films' age (mean, std) for the meta input, or a note and None. A run that
+        records them in its config.json (``metadata``; fit writes it) needs no records."""
         trained = runs.trained_age_stats(self.config)
         if trained is not None:
-            return {"metadata": {"age_mean": trained[0], "age_std": trained[1]}}
+            return trained
         for place in [self.run_dir, *runs.records_candidates(self.run_dir, self.config)]:
-            if (place / MANIFEST).is_file():
-                return read_manifest(place)
-        self.notes.append("no records manifest.json found for this multimodal run: the age input is set to the "
+            if manifest.exists(place) and manifest.read(place).age_mean is not None:
+                return manifest.read(place).age_stats()
+        self.notes.append("no records found for this multimodal run: the age input is set to the "
                           "training mean (0 after standardisation) for every film")
         return None
 
@@ -190,9 +190,9 @@ class Predictor:
             return None
         from cxr_tf.data.pipeline import meta_vector
 
-        if self._manifest is None:
-            return meta_vector(None, film.sex, film.view, {"metadata": {"age_mean": 0.0, "age_std": 1.0}})
-        return meta_vector(film.age, film.sex, film.view, self._manifest)
+        if self._age_stats is None:
+            return meta_vector(None, film.sex, film.view, (0.0, 1.0))
+        return meta_vector(film.age, film.sex, film.view, self._age_stats)
 
     def _prepare(self, item):
         """A FilmResult holding the film and the model's input for it, or the error."""

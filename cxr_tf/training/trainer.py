@@ -157,9 +157,9 @@ def _datasets(config, sources, multimodal, strategy, in_model):
     """The run's ``Datasets``. Multi-worker: repeated datasets with fixed step counts, so
     every worker runs the same number of steps. With the augmentation in the model, the
     training films come un-augmented at the stored size (``in_model``: the model's random
-    resized crop takes them to ``image_size``). Several
-    records folders: an epoch is as many films as their training splits hold together,
-    sampled from them in the configured proportions."""
+    resized crop takes them to ``image_size``). Several records folders: an epoch is as many
+    films as their training splits hold together, sampled from them in the configured
+    proportions."""
     cache = config["cache"] or None
     workers = distribute.num_workers()  # TF_CONFIG's, read by distribute alone
     train_ds = make_dataset(sources, "train", config["batch_size"],

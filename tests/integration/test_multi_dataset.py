@@ -17,7 +17,8 @@ from cxr_tf import fit as fit_cli
 from cxr_tf.data import harmonise
 from cxr_tf.data.builder import build_records
 from cxr_tf.data.labels import LABELS
-from cxr_tf.data.manifest import read_manifest
+from cxr_tf.data import manifest
+from cxr_tf.data.pipeline import make_dataset
 from cxr_tf.data.sources import Sources
 from cxr_tf.evaluation.evaluate import read_predictions
 
@@ -58,19 +59,19 @@ def merged_run(tmp_path_factory, sample_records, chexpert_records):
 def test_sources_map_each_folder_to_the_union_with_missing(sample_records, chexpert_records):
     sources = Sources(f"{sample_records},{chexpert_records}")
     assert sources.labels == (*LABELS, *CHEXPERT_ONLY)  # NIH's 14, then CheXpert's own, vocabulary order
-    chexpert_own = read_manifest(chexpert_records)["labels"]
+    chexpert_own = manifest.read(chexpert_records).labels
     assert "Pleural Effusion" in chexpert_own and "Effusion" in sources.labels  # records keep their names
     nih_only = [sources.labels.index(f) for f in LABELS if f not in SHARED_WITH_CHEXPERT]
     chexpert_columns = [sources.labels.index(f) for f in CHEXPERT_ONLY]
     # all films from one folder at a time (proportions 1:0 and 0:1): a finding it does not label is -1
     for weights, missing, known in (([1, 0], chexpert_columns, nih_only), ([0, 1], nih_only, [])):
-        ds = Sources(f"{sample_records},{chexpert_records}", weights=weights).dataset(
-            "train", 16, image_size=32, training=True, augment=False, seed=0)
+        ds = make_dataset(Sources(f"{sample_records},{chexpert_records}", weights=weights),
+                          "train", 16, image_size=32, training=True, augment=False, seed=0)
         y = np.concatenate([labels.numpy() for _, labels in ds.take(6)])
         assert (y[:, missing] == -1).all()
         assert (y[:, known] >= 0).all()
     # evaluation reads the folders one after the other, every film once
-    y = np.concatenate([labels.numpy() for _, labels in sources.dataset("val", 8, image_size=32, training=False)])
+    y = np.concatenate([labels.numpy() for _, labels in make_dataset(sources, "val", 8, image_size=32, training=False)])
     assert len(y) == sources.num_examples("val")
     with pytest.raises(ValueError, match="none labels Hernia2"):
         Sources(f"{sample_records},{chexpert_records}", findings=["Effusion", "Hernia2"])
@@ -87,14 +88,14 @@ def test_one_age_standardisation_for_several_folders_and_for_evaluation(sample_r
 
     folders = [sample_records, chexpert_records]
     sources = Sources(",".join(map(str, folders)))
-    manifests = [read_manifest(f)["metadata"] for f in folders]
+    manifests = [manifest.read(f) for f in folders]
     ages = np.concatenate([table_from_records(f).query("split == 'train'")["age"].to_numpy(np.float64)
                            for f in folders])
     ages = ages[ages >= 0]  # -1: unknown, left out of the statistics
     mean, std = sources.age_stats()
     assert (mean, std) == pytest.approx((ages.mean(), ages.std()), rel=1e-6)
     assert sources.describe()["metadata"] == {"age_mean": mean, "age_std": std}
-    x, _ = next(iter(sources.dataset("val", 64, image_size=32, training=False, multimodal=True)))
+    x, _ = next(iter(make_dataset(sources, "val", 64, image_size=32, training=False, multimodal=True)))
     # the age column under the pooled statistics, for the films of both folders
     films = pd.concat([table_from_records(f).query("split == 'val'") for f in folders], ignore_index=True)
     known = films["age"].to_numpy(np.float64)[:len(x["meta"])]
@@ -106,8 +107,7 @@ def test_one_age_standardisation_for_several_folders_and_for_evaluation(sample_r
     assert runs.trained_age_stats({}) is None
     model = build_model("multimodal", image_size=32, weights=None)
     own = predict_split(model, chexpert_records, "val", 16)[3]
-    same = predict_split(model, chexpert_records, "val", 16, age_stats=(manifests[1]["age_mean"],
-                                                                         manifests[1]["age_std"]))[3]
+    same = predict_split(model, chexpert_records, "val", 16, age_stats=manifests[1].age_stats())[3]
     other = predict_split(model, chexpert_records, "val", 16, age_stats=(mean + 30, std / 2))[3]
     np.testing.assert_allclose(same, own, atol=1e-6)
     assert np.abs(other - own).max() > 1e-4
@@ -121,16 +121,15 @@ def test_a_run_on_nih_and_chexpert_learns_the_union_with_masked_missing_labels(m
     assert config["records_datasets"] == ["nih", "chexpert"] and config["labels"] == labels
     assert config["records_ratio"] == [2.0, 1.0]
     # one age standardisation for the metadata input over both folders (predict reads it back)
-    manifests = [read_manifest(sample_records), read_manifest(chexpert_records)]
-    n = np.array([m["splits"]["train"]["num_examples"] for m in manifests], float)
-    means = np.array([m["metadata"]["age_mean"] for m in manifests])
-    stds = np.array([m["metadata"]["age_std"] for m in manifests])
+    manifests = [manifest.read(sample_records), manifest.read(chexpert_records)]
+    n = np.array([m.splits["train"].count for m in manifests], float)
+    means = np.array([m.age_mean for m in manifests])
+    stds = np.array([m.age_std for m in manifests])
     pooled = (n * means).sum() / n.sum()
     assert config["metadata"]["age_mean"] == pytest.approx(pooled)
     spread = np.sqrt((n * (stds ** 2 + (means - pooled) ** 2)).sum() / n.sum())
     assert config["metadata"]["age_std"] == pytest.approx(spread)
-    assert config["num_examples"]["train"] == (read_manifest(sample_records)["splits"]["train"]["num_examples"]
-                                               + read_manifest(chexpert_records)["splits"]["train"]["num_examples"])
+    assert config["num_examples"]["train"] == n.sum()
     history = (merged_run / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1].lower()  # a finite loss with 6 + 7 findings missing
     metrics = json.loads((merged_run / "metrics.json").read_text())
@@ -153,7 +152,7 @@ def test_external_validation_on_other_datasets(merged_run, tmp_path, dataset):
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
     external = result["external"]
     run_labels = json.loads((merged_run / "labels.json").read_text())
-    theirs = harmonise.common_labels(read_manifest(records))
+    theirs = harmonise.common_labels(manifest.read(records))
     assert external["shared"] == [f for f in run_labels if f in theirs]
     for finding in run_labels:
         if finding not in theirs:
@@ -178,9 +177,9 @@ def test_explore_reads_another_datasets_records(chexpert_records, tmp_path):
     from cxr_tf.evaluation.explore import explore
 
     summary = explore(tmp_path / "explore", records=chexpert_records)
-    own = read_manifest(chexpert_records)["labels"]
-    assert summary["labels"] == own and summary["films"] == sum(
-        s["num_examples"] for s in read_manifest(chexpert_records)["splits"].values())
+    records = manifest.read(chexpert_records)
+    own = list(records.labels)
+    assert summary["labels"] == own and summary["films"] == sum(s.count for s in records.splits.values())
     for name in own:  # prevalence among the films where the finding is labelled (blank cells are missing)
-        known = sum(s["label_known"][name] for s in read_manifest(chexpert_records)["splits"].values())
+        known = sum(s.known(name) for s in records.splits.values())
         assert summary["prevalence"][name] == (summary["label_counts"][name] / known if known else None)
