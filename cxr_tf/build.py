@@ -9,10 +9,11 @@ into ``records/``. Re-running after an interrupted build resumes it.
 """
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
-import argparse
 import sys
 import warnings
 from pathlib import Path
+
+from cxr_tf import cli
 
 # cxr_tf.data.builder is imported inside main(), so that the spawned decoding workers, which
 # re-import the main module, stay free of TensorFlow.
@@ -33,8 +34,8 @@ def parse_args(argv=None):
     from cxr_tf.data.datasets import DATASETS, DEFAULT
     from cxr_tf.data.datasets.base import UNCERTAIN_POLICIES
 
-    parser = argparse.ArgumentParser(
-        description="Build sharded TFRecords and their manifest from a chest X-ray release "
+    parser = cli.parser(
+        "build", "Build sharded TFRecords and their manifest from a chest X-ray release "
                     "(no flags: the embedded 150-film NIH sample into records/).")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default=DEFAULT,
                         help=f"the release in --data-dir (default {DEFAULT}; docs/datasets.md)")

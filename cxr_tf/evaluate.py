@@ -1,24 +1,24 @@
-"""``python -m cxr_tf.evaluate --model RUN --split test``: the evaluation report of a run
+"""``python -m cxr_tf.evaluate [--model RUN] [--split test]``: the evaluation report of a run
 (library: ``cxr_tf.evaluation.evaluate_run``). See ``docs/evaluation.md``."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
-import argparse
 import sys
+
+from cxr_tf import cli
 
 from cxr_tf.evaluation.evaluate import evaluate_run
 from cxr_tf.evaluation.thresholds import DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m cxr_tf.evaluate",
-        description="Evaluate a trained run: per-finding AUC with patient-bootstrap CI, AP, operating "
-                    "points, calibration, plots, report.md/html and published results side by side.")
-    parser.add_argument("--model", required=True, help="run folder with model.keras (saved_models/<run>)")
+    parser = cli.parser("evaluate", "Evaluate a trained run: per-finding AUC with patient-bootstrap CI, AP, "
+                                    "operating points, calibration, plots, report.md/html and published results "
+                                    "side by side.")
+    cli.add_run_option(parser)
     parser.add_argument("--records", default=None, help="records folder (default: the run config's)")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/eval-SPLIT)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="films per forward pass")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (0: no CI)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default=DEFAULT_THRESHOLD_METHOD,
@@ -37,8 +37,8 @@ def main(argv=None):
     try:
         result = evaluate_run(args.model, args.records, args.split, args.out, args.batch_size, args.bootstrap,
                               args.seed, args.threshold_method, args.rechoose_thresholds, args.bins)
-    except (ValueError, FileNotFoundError) as err:  # bad arguments, missing paths, damaged records
-        parser.exit(2, f"error: {err}\n")
+    except cli.USAGE_ERRORS as err:  # bad arguments, missing paths, damaged records
+        cli.fail(parser, err)
     macro = result["macro"]
     ci = macro.get("auc_ci") or [None, None]
     print(f"{result['num_examples']} films, {result['num_patients']} patients, split {result['split']} "

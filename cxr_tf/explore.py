@@ -2,16 +2,16 @@
 age, sex and view distributions (library: ``cxr_tf.evaluation.explore.explore``)."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
-import argparse
 import sys
+
+from cxr_tf import cli
 
 from cxr_tf.evaluation.explore import explore
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cxr_tf.explore",
-                                     description="Label, co-occurrence, age, sex and view distributions "
-                                                 "of an NIH label table or a records folder.")
+    parser = cli.parser("explore", "Label, co-occurrence, age, sex and view distributions of an NIH label "
+                                   "table or a records folder.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--labels", help="NIH label table (Data_Entry_2017*.csv[.gz], either layout)")
     source.add_argument("--records", help="records folder written by tools/build_tfrecords.py")
@@ -19,8 +19,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         summary = explore(args.out, labels=args.labels, records=args.records)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except cli.USAGE_ERRORS as err:
+        cli.fail(parser, err)
     print(f"{summary['films']:,} films, {summary['patients']:,} patients; "
           f"wrote {', '.join(summary['figures'].values())}, summary.json, explore.md to {args.out}")
     return 0
