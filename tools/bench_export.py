@@ -59,8 +59,10 @@ def bench(run_dir, formats, repeats, reuse=False):
     from cxr_tf.inference.export import PortableModel, export_dir, export_run, folder_bytes
 
     run_dir = Path(run_dir)
+    from cxr_tf.models import model_input_spec
+
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    size = int(model.inputs[0].shape[1])
+    size, _ = model_input_spec(model)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (32, size, size, 1)).astype(np.float32)
     keras_fn = tf.function(lambda v: model(v, training=False))

@@ -35,13 +35,13 @@ def median_seconds(fn, repeats):
 def bench(arch="fusion", image_size=224, batch_size=8, samples=25, repeats=5, seed=0):
     """Seconds per batch {"single", "mc", "naive"} for ``arch`` at ``image_size``."""
     from cxr_tf.models import ARCHITECTURES, build_model
-    from cxr_tf.inference.uncertainty import MCSampler, model_inputs
+    from cxr_tf.inference.uncertainty import MCSampler, batch_inputs
 
     model = build_model(arch, image_size=image_size, weights=None, dropout=0.5, mc_dropout=False)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch_size, image_size, image_size, 1)).astype(np.float32)
     meta = rng.normal(size=(batch_size, 5)).astype(np.float32) if ARCHITECTURES[arch].multimodal else None
-    x = model_inputs(model, images, meta)
+    x = batch_inputs(model, images, meta)
     sampler = MCSampler(model, batch_size=batch_size, seed=seed)
 
     single_fn = tf.function(lambda v: model(v, training=False))

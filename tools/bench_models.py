@@ -22,8 +22,10 @@ def forward_flops(model, image_size):
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+        from cxr_tf.models import model_input_spec
+
         specs = [tf.TensorSpec((1, image_size, image_size, 1), tf.float32, name="image")]
-        if len(model.inputs) > 1:
+        if model_input_spec(model)[1]:
             specs = [{"image": specs[0], "meta": tf.TensorSpec((1, META_DIM), tf.float32, name="meta")}]
         concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(*specs)
         graph = convert_variables_to_constants_v2(concrete).graph

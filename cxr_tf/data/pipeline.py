@@ -42,7 +42,8 @@ Distribution: ``batch_size`` is the GLOBAL batch size. ``model.fit`` under a
 ``tf.distribute`` strategy, or ``strategy.experimental_distribute_dataset``, splits
 each batch across replicas (``batch_size / num_replicas`` each). Across workers
 tf.data auto-shards by FILE when there are at least as many shards as workers, else by
-DATA (``auto_shard_policy``); the worker count comes from ``TF_CONFIG`` unless given.
+DATA (``auto_shard_policy``); the caller passes the worker count (the trainer reads it from
+``TF_CONFIG`` with ``cxr_tf.training.distribute.num_workers``).
 With FILE sharding and uneven shards, workers can run different numbers of steps:
 repeat the dataset and pass ``steps_per_epoch`` in multi-worker training.
 
@@ -54,7 +55,6 @@ there turns such an error into a ``RecordsError`` naming the shard and the first
 record (fit and evaluate do this for you).
 """
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,15 +150,6 @@ def auto_shard_policy(num_shards, num_workers):
     return policy.FILE if num_shards >= max(1, num_workers) else policy.DATA
 
 
-def num_workers_from_tf_config():
-    """Worker processes in the ``TF_CONFIG`` cluster (chief + workers); 1 without one."""
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from err
-    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
-
-
 # ---------------------------------------------------------------- records
 
 
@@ -246,7 +237,7 @@ class _Request:
 
 
 def make_dataset(records, split, batch_size, image_size=224, *, training=None, multimodal=False, with_ids=False,
-                 augment=None, cache=None, shuffle_buffer=4096, seed=None, deterministic=None, num_workers=None,
+                 augment=None, cache=None, shuffle_buffer=4096, seed=None, deterministic=None, num_workers=1,
                  age_stats=None):
     """The ``tf.data.Dataset`` of one split (see the module docstring for the chain).
 
@@ -271,7 +262,7 @@ def make_dataset(records, split, batch_size, image_size=224, *, training=None, m
     shuffling (memory: N² bytes each, 64 KiB at 256 px). seed: shard order, shuffle
     and augmentation draws. deterministic: element order; default: not training (a seed
     alone does not make a parallel training pipeline's order repeatable; pass True for
-    that). num_workers: for the auto-shard policy; default from TF_CONFIG. age_stats:
+    that). num_workers: worker processes, for the auto-shard policy (default 1). age_stats:
     (mean, std) standardising the metadata input's age (default: the folder's training
     films; several folders: pooled, ``Sources.age_stats``).
     """
@@ -301,7 +292,7 @@ def make_dataset(records, split, batch_size, image_size=224, *, training=None, m
     options = tf.data.Options()
     options.deterministic = request.deterministic
     options.threading.private_threadpool_size = input_threads()
-    workers = num_workers_from_tf_config() if num_workers is None else int(num_workers)
+    workers = int(num_workers)
     # several folders are sampled or chained, not read file by file: shard them by element
     options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.DATA if several
                                                          else auto_shard_policy(len(read[0][1]), workers))

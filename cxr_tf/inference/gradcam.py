@@ -123,11 +123,11 @@ class GradCAM:
         return cams, tf.cast(probs, tf.float32)
 
     def cams(self, images, findings=None, meta=None, batch_size=16):
-        from cxr_tf.inference.uncertainty import model_inputs
+        from cxr_tf.inference.uncertainty import batch_inputs
 
         findings = self.labels if findings is None else findings
         indices = tf.constant([label_index(f, self.labels) for f in findings], tf.int32)
-        x = model_inputs(self.model, images, meta)
+        x = batch_inputs(self.model, images, meta)
         n = len(x["image"]) if isinstance(x, dict) else len(x)
         maps, probs = [], []
         for start in range(0, n, batch_size):

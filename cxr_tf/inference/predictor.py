@@ -36,6 +36,7 @@ import numpy as np
 
 from cxr_tf import runs
 from cxr_tf.data import manifest
+from cxr_tf.models import model_input_spec
 from cxr_tf.inference.readers import Film, Limits, read_film
 from cxr_tf.inference.results import FilmResult, error_text, unique_stems
 from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR, run_evidence
@@ -99,8 +100,8 @@ class Predictor:
             from cxr_tf.inference.uncertainty import MCSampler
 
             self.export_dir = None
-            self.image_size = int(self.config.get("image_size") or self.model.inputs[0].shape[1])
-            self.multimodal = len(self.model.inputs) > 1
+            size, self.multimodal = model_input_spec(self.model)
+            self.image_size = int(self.config.get("image_size") or size)
             self.sampler = MCSampler(self.model, batch_size=batch_size, seed=seed)
         else:
             from cxr_tf.inference.export import PortableModel, find_export

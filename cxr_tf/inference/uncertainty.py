@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf.models import model_input_spec
 from cxr_tf.models.layers import MCDropout
 from cxr_tf.inference.triage import DEFAULT_UNCERTAINTY_THRESHOLD
 
@@ -36,7 +37,7 @@ DEFAULT_SAMPLES = 25
 FEATURES_LAYER = "features"
 
 
-def model_inputs(model, images, meta=None):
+def batch_inputs(model, images, meta=None):
     """The model's input for a batch: float32 (N, H, W, 1) pixels 0..255, plus
     ``{"image", "meta"}`` for a model with a ``meta`` input.
 
@@ -48,17 +49,17 @@ def model_inputs(model, images, meta=None):
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] != 1:
         raise ValueError(f"images must be (N, H, W) or (N, H, W, 1) greyscale, got shape {images.shape}")
-    names = [t.name.split(":")[0] for t in model.inputs]
-    expected = tuple(model.inputs[names.index("image") if "image" in names else 0].shape[1:3])
-    if None not in expected and images.shape[1:3] != expected:
+    size, multimodal = model_input_spec(model)
+    if images.shape[1:3] != (size, size):
         raise ValueError(f"images are {images.shape[1]}x{images.shape[2]} px, the model expects "
-                         f"{expected[0]}x{expected[1]}: resize with cxr_tf.data.images.to_square")
-    if len(model.inputs) == 1:
+                         f"{size}x{size}: resize with cxr_tf.data.images.to_square")
+    if not multimodal:
         if meta is not None:
             raise ValueError("meta given, but the model has only an image input")
         return images
     if meta is None:
-        raise ValueError(f"the model has inputs {names}: pass meta (N, 5), e.g. from cxr_tf.data.pipeline.meta_vector")
+        raise ValueError("the model has an image and a meta input: pass meta (N, 5), e.g. from "
+                         "cxr_tf.data.pipeline.meta_vector")
     meta = np.asarray(meta, dtype=np.float32).reshape(len(images), -1)
     return {"image": images, "meta": meta}
 
@@ -146,7 +147,7 @@ class MCSampler:
 
     def features(self, images, meta=None):
         """The ``features`` vectors (N, D) of a batch, float32: one backbone pass."""
-        x = model_inputs(self.backbone, images, meta)
+        x = batch_inputs(self.backbone, images, meta)
         out = [self._features(chunk).numpy() for chunk in _chunks(x, self.batch_size)]
         self.backbone_calls += _length(x)
         return np.concatenate(out) if out else np.zeros((0, self.backbone.outputs[0].shape[-1]), np.float32)
@@ -154,7 +155,7 @@ class MCSampler:
     def __call__(self, images, samples=DEFAULT_SAMPLES, meta=None, seeds=None):
         if samples < 1:
             raise ValueError(f"samples={samples}: need at least 1 Monte-Carlo pass")
-        x = model_inputs(self.backbone, images, meta)
+        x = batch_inputs(self.backbone, images, meta)
         if seeds is not None and len(seeds) != _length(x):
             raise ValueError(f"{len(seeds)} seeds for {_length(x)} films: give one seed per film")
         means, stds = [], []
@@ -185,7 +186,7 @@ class MCSampler:
 
     def deterministic(self, images, meta=None):
         """Ordinary inference (dropout off unless the model's own layers are MCDropout): (N, 14)."""
-        x = model_inputs(self.backbone, images, meta)
+        x = batch_inputs(self.backbone, images, meta)
         out = [self._single(chunk).numpy() for chunk in _chunks(x, self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.num_labels), np.float32)
 

@@ -290,16 +290,11 @@ def test_clear_errors(sample_records, tmp_path):
     assert verify_records(sample_records) == {s: v.count for s, v in records.splits.items()}
 
 
-def test_auto_shard_policy(monkeypatch):
+def test_auto_shard_policy():
     policy = tf.data.experimental.AutoShardPolicy
     assert data.auto_shard_policy(16, 4) == policy.FILE
     assert data.auto_shard_policy(2, 2) == policy.FILE
     assert data.auto_shard_policy(1, 2) == policy.DATA
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert data.num_workers_from_tf_config() == 1
-    cluster = {"chief": ["h:1"], "worker": ["h:2", "h:3"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
-    assert data.num_workers_from_tf_config() == 3
 
 
 _DISTRIBUTED = textwrap.dedent("""

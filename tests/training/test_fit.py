@@ -1,5 +1,6 @@
 """Training end to end: `python -m cxr_tf.fit` on real and synthetic records, resume
-after a kill, a learning check on synthetic films, losses, and config errors.
+after a kill, a learning check on synthetic films, weights none in a frozen phase, losses
+and config errors.
 
 Small on purpose (2 shared CPU cores): the simple CNN at 32 px, a few epochs."""
 
@@ -9,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -200,6 +202,34 @@ def test_a_resumed_run_keeps_where_its_augmentation_ran(sample_records, tmp_path
     assert f"resuming {run}" in out and "fit: augmentation in the train step" in out
     assert keras.models.load_model(run / "model.keras").input_shape == (None, 48, 48, 1)
     assert json.loads((run / "state.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("weights", ["none", "file"])
+def test_weights_none_trains_the_backbone_in_the_frozen_phase(sample_records, tmp_path, capsys, weights):
+    from cxr_tf.models import build_model
+    from cxr_tf.training import distribute
+
+    start = build_model("simple_cnn", image_size=32, weights=None)
+    path = tmp_path / "start.weights.h5"
+    start.save_weights(path)
+    config = config_lib.validate(config_lib.load_config("simple_cnn", overrides={
+        "records": str(sample_records), "out": str(tmp_path), "image_size": 32, "batch_size": 16, "verbose": 0,
+        "augment": False, "weights": "none" if weights == "none" else str(path),
+        "phases": [{"name": "head", "epochs": 1, "learning_rate": 1e-2, "train_backbone": False}]}))
+    model = build_model("simple_cnn", image_size=32, weights=None)
+    model.set_weights(start.get_weights())
+    before = model.get_layer("conv1").get_weights()[0].copy()
+    strategy = distribute.get_strategy("default")
+    data = fit._datasets(config, Sources(sample_records), False, strategy, False)
+    fit._run_phases(model, config, trainer=model, loss=make_loss(config["loss"]), strategy=strategy, data=data,
+                    progress=fit.Progress(tmp_path, {"phases_done": []}, time.time()))
+    out = capsys.readouterr().out
+    moved = np.abs(model.get_layer("conv1").get_weights()[0] - before).max()
+    if weights == "none":
+        assert "weights none: phase head trains the backbone too" in out and "backbone trainable" in out
+        assert moved > 1e-4
+    else:  # a weights file may be a pretrained backbone: its frozen phase stays frozen
+        assert "backbone frozen" in out and moved == 0
 
 
 # --------------------------------------------------------------------------- losses
