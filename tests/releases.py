@@ -5,7 +5,8 @@ sample films (``cxr_tf/sample``). Each film's labels come from its NIH labels th
 trained on NIH records can be validated on these releases meaningfully; a release label with no
 NIH counterpart is "not mentioned".
 
-Each ``write_<dataset>_release(root, ...)`` writes under ``root`` and returns the release folder.
+Each ``write_<dataset>_release(root, ...)`` writes under ``root`` and returns the release folder;
+``RELEASES`` names the writer of every dataset of the registry (``cxr_tf.data.datasets.DATASETS``).
 """
 
 import csv
@@ -58,6 +59,28 @@ def _patients(count, sizes=(1, 2, 1, 3)):
         if not group:
             return groups
         groups.append(group)
+
+
+# --------------------------------------------------------------------------- NIH ChestX-ray14
+def write_nih_release(root, count=48):
+    """NIH ChestX-ray14 as published (Kaggle layout): ``<root>/nih/Data_Entry_2017_v2020.csv``
+    (the sample table's first ``count`` rows, its real lines unchanged), the films
+    ``images_001/images/<Image Index>`` (the sample's 128 px copies) and the official lists
+    ``train_val_list.txt`` / ``test_list.txt`` cut to those films."""
+    release = Path(root) / "nih"
+    (release / "images_001" / "images").mkdir(parents=True, exist_ok=True)
+    lines = SAMPLE_LABELS.read_text(encoding="utf-8").splitlines()
+    if len(lines) - 1 < count:
+        raise ValueError(f"the NIH sample has {len(lines) - 1} films; asked for {count}")
+    kept = lines[1:count + 1]
+    (release / "Data_Entry_2017_v2020.csv").write_text("\n".join([lines[0], *kept]) + "\n", encoding="utf-8")
+    names = [line.split(",", 1)[0] for line in kept]
+    for name in names:
+        (release / "images_001" / "images" / name).write_bytes((SAMPLE_DIR / "images" / name).read_bytes())
+    for listed in ("train_val_list.txt", "test_list.txt"):
+        wanted = [name for name in (SAMPLE_DIR / listed).read_text().split() if name in names]
+        (release / listed).write_text("\n".join(wanted) + "\n")
+    return release
 
 
 # --------------------------------------------------------------------------- CheXpert
@@ -375,6 +398,19 @@ def write_vindr_release(root, count=48):
             writer.writerow(header)
             writer.writerows(rows)
     return release
+
+
+# --------------------------------------------------------------------------- one per adapter
+RELEASES = {
+    "nih": write_nih_release,
+    "chexpert": write_chexpert_release,
+    "mimic-cxr": write_mimic_release,
+    "padchest": write_padchest_release,
+    "vindr-cxr": write_vindr_release,
+}
+"""{dataset name of ``cxr_tf.data.datasets.DATASETS``: writer(root) -> the folder of a small release
+in its published format, written under ``root``}. ``tests/data/test_adapters.py`` reads each with
+its adapter; a new adapter adds its writer here."""
 
 
 def read_records(folder, num_labels=NUM_LABELS):

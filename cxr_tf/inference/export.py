@@ -35,7 +35,6 @@ import numpy as np
 
 from cxr_tf import runs
 from cxr_tf.data import manifest
-from cxr_tf.models import model_input_spec
 from cxr_tf.data.jsonfile import write_json
 from cxr_tf.inference.converters import to_litert, to_onnx
 from cxr_tf.inference.extras import require
@@ -335,6 +334,8 @@ def export_run(run_dir, fmt, out=None, records=None):
     _check_replaceable(out)
     run = runs.Run(run_dir)
     model, config, labels = run.model, run.config, list(run.labels)
+    from cxr_tf.models import model_input_spec  # Keras: not on a clinic PC that only runs exports
+
     image_size, multimodal = model_input_spec(model)
     x, y_true = validation_arrays(find_records(run_dir, config, records), image_size, multimodal)
     images, meta = (x["image"], x["meta"]) if multimodal else (x, None)

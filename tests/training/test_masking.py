@@ -2,6 +2,7 @@
 the training AUC, not in any evaluation metric; with no -1 every value is the unmasked one."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,12 +12,17 @@ from sklearn.metrics import average_precision_score, brier_score_loss, confusion
 
 from cxr_tf.data.labels import LABELS, NUM_LABELS
 from cxr_tf.evaluation import evaluate, metrics, thresholds
+from cxr_tf.training import config as config_lib
 from cxr_tf.training.auc import MacroAUC
-from cxr_tf.training.losses import MaskedLoss, WeightedBinaryCrossentropy, make_loss, prevalence_weights
+from cxr_tf.training.losses import LOSSES, MaskedLoss, WeightedBinaryCrossentropy, make_loss, prevalence_weights
 
 MISSING = metrics.MISSING
 PREVALENCE = np.linspace(0.05, 0.5, NUM_LABELS)
-LOSS_CONFIGS = [{"name": "focal", "alpha": 0.25, "gamma": 2.0}, {"name": "bce"}, {"name": "weighted_bce"}]
+BASE_LOSS = config_lib.read_yaml(Path(config_lib.PIPELINES_DIR) / f"{config_lib.BASE}.yaml")["loss"]
+"""pipelines/base.yaml's loss block: every loss parameter the config allows, at its default."""
+LOSS_CONFIGS = [{**BASE_LOSS, "name": name} for name in LOSSES]
+"""One loss block per registered loss (``losses.LOSSES``), its parameters from base.yaml: a new
+loss is tested by every masked-loss test below without editing them."""
 
 
 def _batch(missing_fraction, seed=0, n=32):
@@ -27,26 +33,37 @@ def _batch(missing_fraction, seed=0, n=32):
     return y, p
 
 
-def _keras_loss(config, smoothing, pos=None, neg=None):
-    """Today's unmasked loss, built directly from Keras (or our weighted BCE)."""
+def _unmasked_loss(config, smoothing, prevalence):
+    """The unmasked loss of ``config`` for findings of ``prevalence``. The losses of the table in
+    losses.py's docstring are built here from Keras (or our weighted BCE), independently of
+    ``make_loss``; any other registered loss is the inner loss ``make_loss`` wraps, so for it the
+    tests check the masking (``MaskedLoss``) alone."""
     if config["name"] == "focal":
-        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.25, gamma=2.0,
-                                                    label_smoothing=smoothing)
+        return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=config["alpha"],
+                                                    gamma=config["gamma"], label_smoothing=smoothing)
     if config["name"] == "bce":
         return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
-    if pos is None:
-        pos, neg = prevalence_weights(PREVALENCE)
-    return WeightedBinaryCrossentropy(pos, neg, label_smoothing=smoothing)
+    if config["name"] == "weighted_bce":
+        pos, neg = prevalence_weights(prevalence, config["min_prevalence"])
+        return WeightedBinaryCrossentropy(pos, neg, label_smoothing=smoothing)
+    return make_loss({**config, "label_smoothing": smoothing}, prevalence).loss
 
 
 # --------------------------------------------------------------------------- losses
+def test_every_registered_loss_is_a_valid_config_and_builds():
+    for config in LOSS_CONFIGS:
+        checked = config_lib.load_config("simple_cnn", overrides={"loss.name": config["name"]})["loss"]
+        assert checked == config, f"loss {config['name']!r}: the validated block {checked} is not base.yaml's {config}"
+        assert isinstance(make_loss(checked, PREVALENCE), MaskedLoss), config["name"]
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("config", LOSS_CONFIGS, ids=lambda c: c["name"])
 def test_masked_loss_is_the_unmasked_loss_without_missing_labels(config, smoothing):
     y, p = _batch(0.0)
     masked = make_loss({**config, "label_smoothing": smoothing}, PREVALENCE)
     assert isinstance(masked, MaskedLoss)
-    assert float(masked(y, p)) == pytest.approx(float(_keras_loss(config, smoothing)(y, p)), rel=1e-6)
+    assert float(masked(y, p)) == pytest.approx(float(_unmasked_loss(config, smoothing, PREVALENCE)(y, p)), rel=1e-6)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -55,9 +72,8 @@ def test_masked_loss_is_the_loss_over_known_labels_only(config, smoothing):
     y, p = _batch(0.3, seed=1)
     rows, cols = np.nonzero(y != MISSING)
     # The known elements as one film of len(rows) "findings": Keras' mean over the last axis is then the
-    # mean over the known elements; the weighted loss gets each element's finding weights.
-    pos, neg = prevalence_weights(PREVALENCE)
-    reference = _keras_loss(config, smoothing, pos[cols], neg[cols])
+    # mean over the known elements; a loss with per-finding parameters gets each element's finding's.
+    reference = _unmasked_loss(config, smoothing, PREVALENCE[cols])
     expected = float(reference(y[rows, cols][None], p[rows, cols][None]))
     masked = make_loss({**config, "label_smoothing": smoothing}, PREVALENCE)
     assert float(masked(y, p)) == pytest.approx(expected, rel=1e-5)
