@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cxr_tf import cli
 from cxr_tf.training import config as config_lib
 from cxr_tf.training.trainer import train
 
@@ -24,9 +25,8 @@ def _epochs_arg(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m cxr_tf.fit",
-        description="Train a chest X-ray model from pipelines/<arch>.yaml; any field can be overridden.")
+    parser = cli.parser("fit", "Train a chest X-ray model from pipelines/<arch>.yaml; any field can be overridden "
+                               "(a flag left out takes the pipeline's value).")
     parser.add_argument("--arch", help=f"architecture: pipelines/<arch>.yaml ({', '.join(config_lib.available_archs())})")
     parser.add_argument("--config", type=Path, help="a YAML config (any subset of keys; its arch picks the base)")
     parser.add_argument("--epochs", type=_epochs_arg, help="epochs of every phase, or N1,N2 per phase")
