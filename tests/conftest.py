@@ -36,6 +36,16 @@ def sample_records(tmp_path_factory):
     return out
 
 
+def synthetic_records_folder(tmp_path_factory, name, n_train, n_val, n_test, seed):
+    """A records folder of synthetic planted-finding films at 32 px (``cxr_tf.data.synthetic``),
+    made under pytest's temporary root: what the training tests' fixtures share."""
+    from cxr_tf.data.synthetic import write_synthetic_records
+
+    out = tmp_path_factory.mktemp(name)
+    write_synthetic_records(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=32, seed=seed)
+    return out
+
+
 def write_run_dir(run_dir, model, arch, image_size, thresholds=None, **config):
     """Write a run folder in the layout of ``cxr_tf.runs`` that ``Predictor`` reads: model.keras,
     config.json ({"arch", "image_size", ...config}), labels.json (NIH's 14) and, unless

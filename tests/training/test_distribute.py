@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import synthetic_records_folder
+
 from cxr_tf.training import distribute
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,11 +33,7 @@ def _env(**extra):
 
 @pytest.fixture(scope="module")
 def tiny_records(tmp_path_factory):
-    from cxr_tf.data.synthetic import write_synthetic_records
-
-    out = tmp_path_factory.mktemp("distribute_records")
-    write_synthetic_records(out, n_train=64, n_val=32, n_test=32, image_size=32, seed=1)
-    return out
+    return synthetic_records_folder(tmp_path_factory, "distribute_records", 64, 32, 32, seed=1)
 
 
 def upstream_source(module, qualname):

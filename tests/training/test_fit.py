@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import synthetic_records_folder
+
 from cxr_tf.training import config as config_lib
 from cxr_tf import fit as fit_cli
 from cxr_tf.training import trainer as fit
@@ -83,11 +85,7 @@ def killed_fit_command(steps, *args):
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory):
     """Synthetic films (cxr_tf.data.synthetic) at 32 px: 384 train, 96 val, 96 test."""
-    from cxr_tf.data.synthetic import write_synthetic_records
-
-    out = tmp_path_factory.mktemp("synthetic_records")
-    write_synthetic_records(out, n_train=384, n_val=96, n_test=96, image_size=32, seed=0)
-    return out
+    return synthetic_records_folder(tmp_path_factory, "synthetic_records", 384, 96, 96, seed=0)
 
 
 # --------------------------------------------------------------------------- the command
