@@ -3,8 +3,7 @@ the library behind ``python -m cxr_tf.explain``."""
 
 from pathlib import Path
 
-from cxr_tf.inference.gradcam import (IOU_THRESHOLD, cam_to_film, describe_map, label_index, localisation_summary, localise,
-                                      overlay_png, read_boxes, scale_box)
+from cxr_tf.inference.gradcam import IOU_THRESHOLD, label_index, localisation_summary, localise, read_boxes, scale_box
 
 
 def explain_films(predictor, films, out, findings=None, boxes_path=None, threshold=IOU_THRESHOLD):
@@ -35,21 +34,17 @@ def explain_films(predictor, films, out, findings=None, boxes_path=None, thresho
                 film_boxes.setdefault(r.label, []).append(scale_box((r.x, r.y, r.w, r.h), shape))
         chosen, why = _choose_findings(findings, result, predictor.labels)
         chosen += [f for f in film_boxes if f not in chosen]
-        maps, _ = predictor.gradcam.cams(result.x, chosen, result.meta)
-        cams = {f: cam_to_film(grid_map, shape) for f, grid_map in zip(chosen, maps[0])}
+        maps = predictor.maps(result, chosen)
         entry = {"file": result.file, "chosen": why, "probabilities": result.probabilities,
                  "uncertainty": result.verdict["uncertainty"], "triage": result.verdict["triage"],
                  "caveats": result.verdict["caveats"], "overlays": {}, "maps": {}, "localisation": []}
-        for finding, grid_map in zip(chosen, maps[0]):
-            described = describe_map(grid_map, predictor.gradcam.layer_name)
-            text = f"{finding} p={result.probabilities[finding]:.2f}" + (
-                f"\n{described['note']}" if described["note"] else "")
+        for finding, (film_map, described) in maps.items():
             target = out / f"{path.stem}_{finding}.png"
-            target.write_bytes(overlay_png(result.film.pixels, cams[finding], text=text,
-                                           boxes=film_boxes.get(finding, ())))
+            target.write_bytes(predictor.overlay(result, finding, film_map, described,
+                                                 boxes=film_boxes.get(finding, ())))
             entry["overlays"][finding] = str(target)
             entry["maps"][finding] = described
-        for row in localise([[cams[f] for f in chosen]], [film_boxes], chosen, threshold):
+        for row in localise([[maps[f][0] for f in chosen]], [film_boxes], chosen, threshold):
             row["film"] = result.file
             rows.append(row)
             entry["localisation"].append(row)

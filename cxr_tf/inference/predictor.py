@@ -150,8 +150,9 @@ class Predictor:
         if trained is not None:
             return trained
         for place in [self.run_dir, *runs.records_candidates(self.run_dir, self.config)]:
-            if manifest.exists(place) and manifest.read(place).age_mean is not None:
-                return manifest.read(place).age_stats()
+            records = manifest.read(place) if manifest.exists(place) else None
+            if records is not None and records.age_mean is not None:
+                return records.age_stats()
         self.notes.append("no records found for this multimodal run: the age input is set to the "
                           "training mean (0 after standardisation) for every film")
         return None
@@ -256,35 +257,39 @@ class Predictor:
             self._gradcam = GradCAM(self.model, arch=self.arch, labels=self.labels)
         return self._gradcam
 
+    def maps(self, result, findings=None):
+        """{finding: (map on the film's own grid float32 (H, W) 0..1, ``describe_map`` dict of the
+        map on the model's grid)} of a triaged ``result``'s positive findings (or ``findings``):
+        one Grad-CAM pass, what ``cams``, ``overlays`` and ``explain`` read."""
+        from cxr_tf.inference.gradcam import cam_to_film, describe_map
+
+        findings = result.findings if findings is None else list(findings)
+        if not findings:
+            return {}
+        grid_maps, _ = self.gradcam.cams(result.x, findings, result.meta)
+        return {f: (cam_to_film(cam, result.film.pixels.shape), describe_map(cam, self.gradcam.layer_name))
+                for f, cam in zip(findings, grid_maps[0])}
+
     def cams(self, result, findings=None):
         """{finding: Grad-CAM map float32 (H, W) 0..1 on the film's own grid} of a triaged
         ``result`` (default: its positive findings)."""
-        from cxr_tf.inference.gradcam import cam_to_film
+        return {f: film_map for f, (film_map, _) in self.maps(result, findings).items()}
 
-        findings = result.findings if findings is None else list(findings)
-        if not findings:
-            return {}
-        maps, _ = self.gradcam.cams(result.x, findings, result.meta)
-        return {f: cam_to_film(cam, result.film.pixels.shape) for f, cam in zip(findings, maps[0])}
+    @staticmethod
+    def overlay(result, finding, film_map, described, max_side=None, boxes=()):
+        """PNG of one finding's map over the original film, captioned with the film's probability
+        and, for an empty, flat or too coarse map, the note saying so; ``boxes`` outlined."""
+        from cxr_tf.inference.gradcam import overlay_png
+
+        text = f"{finding} p={result.probabilities[finding]:.2f}" + (
+            f"\n{described['note']}" if described["note"] else "")
+        return overlay_png(result.film.pixels, film_map, text, max_side, boxes=boxes)
 
     def overlays(self, result, findings=None, max_side=None):
-        """{finding: (overlay PNG bytes, ``describe_map`` dict)}: Grad-CAM maps of ``result``'s
-        positive findings (or ``findings``) on the original film, captioned with the film's
-        probability and, for an empty, flat or too coarse map, the note saying so."""
-        from cxr_tf.inference.gradcam import cam_to_film, describe_map, overlay_png
-
-        findings = result.findings if findings is None else list(findings)
-        if not findings:
-            return {}
-        maps, _ = self.gradcam.cams(result.x, findings, result.meta)
-        out = {}
-        for finding, cam in zip(findings, maps[0]):
-            described = describe_map(cam, self.gradcam.layer_name)
-            text = f"{finding} p={result.probabilities[finding]:.2f}" + (
-                f"\n{described['note']}" if described["note"] else "")
-            out[finding] = (overlay_png(result.film.pixels, cam_to_film(cam, result.film.pixels.shape), text,
-                                        max_side), described)
-        return out
+        """{finding: (overlay PNG bytes, ``describe_map`` dict)} of ``result``'s positive findings
+        (or ``findings``): ``overlay`` of each of ``maps``."""
+        return {f: (self.overlay(result, f, film_map, described, max_side), described)
+                for f, (film_map, described) in self.maps(result, findings).items()}
 
     def add_overlays(self, results, folder):
         """Write ``<stem>_<finding>.png`` Grad-CAM overlays of each triaged result's positive

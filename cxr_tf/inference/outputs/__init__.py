@@ -105,7 +105,6 @@ FORMATS = {f.name: f for f in (
 """Every output format, by name."""
 
 
-
 def answer_formats():
     """The names of the formats the web service can answer with (``?format=``)."""
     return tuple(name for name, f in FORMATS.items() if f.answers)
