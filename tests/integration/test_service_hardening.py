@@ -145,10 +145,14 @@ def test_health_answers_while_predictions_run(server):
     health_ms = []
     try:
         running.wait(30)
-        time.sleep(0.2)
+        # steady state: the first predictions trace the model (~0.75 s, GIL-bound), and health
+        # answers measured during that trace made the ratio below fail 1 run in 4-5 (2026-12-02)
+        deadline = time.monotonic() + 120
+        while len(predict_ms) < 2 and time.monotonic() < deadline and all(w.is_alive() for w in workers):
+            time.sleep(0.05)
         with httpx.Client(timeout=30) as client:
             # the load runs on until both are measured (a client whose prediction failed has stopped)
-            while (len(predict_ms) < 6 or len(health_ms) < 10) and all(w.is_alive() for w in workers):
+            while (len(predict_ms) < 8 or len(health_ms) < 10) and all(w.is_alive() for w in workers):
                 start = time.perf_counter()
                 assert client.get(f"{server.url}/api/health").status_code == 200
                 health_ms.append((time.perf_counter() - start) * 1000)
@@ -157,7 +161,7 @@ def test_health_answers_while_predictions_run(server):
         stop.set()
         for worker in workers:
             worker.join(120)
-    assert len(predict_ms) >= 6 and len(health_ms) >= 10, (predict_ms, health_ms)
+    assert len(predict_ms) >= 8 and len(health_ms) >= 10, (predict_ms, health_ms)
     # Relative, not a timed threshold: health's p95 is a small fraction of one prediction.
     assert np.percentile(health_ms, 95) < 0.25 * np.median(predict_ms), (health_ms, predict_ms)
 
