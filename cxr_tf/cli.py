@@ -62,6 +62,8 @@ def add_predictor_options(parser):
     group.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,
                        help="validation AUC the run (macro) and a critical finding (its own) must reach to call a "
                             "film urgent (docs/triage.md)")
+    group.add_argument("--no-gate", dest="gate", action="store_false",
+                       help="do not screen films with the input gate (docs/gate.md); every result then says so")
 
 
 def predictor_from_args(parser, args, caveats=False):
@@ -74,7 +76,7 @@ def predictor_from_args(parser, args, caveats=False):
         predictor = Predictor(args.model, samples=args.samples, uncertainty_threshold=args.uncertainty_threshold,
                               critical=args.critical, batch_size=args.batch_size, seed=args.seed,
                               borderline_k=args.borderline_k, auc_floor=args.auc_floor, backend=args.backend,
-                              export=args.export)
+                              export=args.export, gate=args.gate)
     except USAGE_ERRORS as err:
         fail(parser, err)
     for note in predictor.notes:

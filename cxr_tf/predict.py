@@ -23,7 +23,8 @@ def format_table(results):
     for r in results:
         name = Path(r["file"]).name
         if "error" in r:
-            lines.append(f"{'ERROR':<8} {name:<32} {r['error']}")
+            label = "UNREAD" if r["reason"] == "unreadable" else "REFUSED"
+            lines.append(f"{label:<8} {name:<32} {r['error']}")
             continue
         findings = ", ".join([f"{f} {r['probabilities'][f]:.2f}" for f in r["findings"]]
                              + [f"{f} {r['probabilities'][f]:.2f}?" for f in r.get("borderline", [])]) or "-"
@@ -78,7 +79,8 @@ def main(argv=None):
                       + (f"  WARNING: {cam['note']}" if cam["note"] else ""))
     failed = sum("error" in r for r in results)
     if failed:
-        print(f"{failed} of {len(results)} film(s) could not be read", file=sys.stderr)
+        print(f"{failed} of {len(results)} film(s) not processed (unreadable, or refused by the input gate: "
+              "see each one's reason)", file=sys.stderr)
     return 1 if failed else 0
 
 

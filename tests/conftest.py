@@ -211,9 +211,20 @@ def learned_run(tmp_path_factory):
     return train(config)
 
 
-def gradient_dicom(rows=96, cols=128, photometric="MONOCHROME2", text=None, **tags):
-    """Part 10 bytes of a 12-bit film (a gradient), written by pydicom; ``text``:
-    {keyword: value} written with VR LO (text), as some modalities do."""
+def twelve_bit_film(rows, cols, inverted=False, index=0):
+    """A real sample film as uint16 (rows, cols) 12-bit values (bone bright; ``inverted``: stored
+    the MONOCHROME1 way, bone dark)."""
+    import cv2
+
+    film = cv2.imread(str(FULL_SIZE_FILMS[index]), cv2.IMREAD_GRAYSCALE)
+    film = cv2.resize(film, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.uint16) * 16
+    return 4095 - film if inverted else film
+
+
+def twelve_bit_dicom(rows=96, cols=128, photometric="MONOCHROME2", text=None, **tags):
+    """Part 10 bytes of a 12-bit film (a real sample film resized to rows x cols, so the input gate
+    passes it; stored inverted for MONOCHROME1), written by pydicom; ``text``: {keyword: value}
+    written with VR LO (text), as some modalities do."""
     import io
 
     import pydicom
@@ -236,7 +247,7 @@ def gradient_dicom(rows=96, cols=128, photometric="MONOCHROME2", text=None, **ta
     for key, value in (text or {}).items():
         tag = pydicom.datadict.tag_for_keyword(key)
         ds[tag] = DataElement(tag, "LO", value)
-    ds.PixelData = (np.arange(rows * cols, dtype=np.uint32) % 4096).astype("<u2").tobytes()
+    ds.PixelData = twelve_bit_film(rows, cols, inverted=photometric == "MONOCHROME1").astype("<u2").tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

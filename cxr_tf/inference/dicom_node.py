@@ -8,9 +8,10 @@ Flow (``docs/integration.md``)::
 
 - The SCP (pynetdicom) accepts every storage SOP class so that it can *answer* what
   it will not triage: a film that is not a chest radiograph (see ``chest_problem``)
-  or that cannot be read (``cxr_tf.inference.readers`` raises ``FilmError``) gets a
-  failure status (0xC000 family) with an Error Comment, and a log line naming its
-  SOP Instance UID and the reason. Everything else gets 0x0000 once it is read and
+  or that cannot be read (``cxr_tf.inference.readers`` raises ``FilmError``) or that the
+  input gate refuses (``cxr_tf.inference.gate``: not a frontal chest film; after the header
+  checks) gets a failure status (0xC000 family) with an Error Comment, and a log line naming
+  its SOP Instance UID and the reason. Everything else gets 0x0000 once it is read and
   queued: the film is then the node's responsibility.
 - One worker thread runs the model (loaded once) on whatever has queued up (one MC
   run per batch of up to ``max_batch`` films), builds the SR (+ heatmaps) and sends
@@ -48,6 +49,7 @@ SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 # C-STORE failure statuses (PS3.4 B.2.3; C000-CFFF "cannot understand").
 STATUS_NOT_CHEST = 0xC001
 STATUS_UNREADABLE = 0xC002
+STATUS_NOT_FRONTAL = 0xC003  # the input gate refused it
 STATUS_SHUTTING_DOWN = 0xA700  # "out of resources": the sender retries later
 
 
@@ -250,6 +252,9 @@ class DicomNode:
             if problem:
                 return self._refuse(sop_uid, STATUS_NOT_CHEST, problem)
             film = self.predictor.read(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
+            [screening] = self.predictor.screen([film])
+            if screening is not None and not screening.passed:
+                return self._refuse(sop_uid, STATUS_NOT_FRONTAL, screening.message())
         except FilmError as err:
             return self._refuse(sop_uid, STATUS_UNREADABLE, str(err))
         except Exception as err:  # noqa: BLE001 - pydicom raises many types while decoding a damaged data set

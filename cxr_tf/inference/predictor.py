@@ -3,7 +3,8 @@
 (``predict``, ``explain``, the web service, the DICOM node).
 
 For each film (PNG, JPEG or DICOM, recognised by content; ``cxr_tf.inference.readers``,
-read once into a ``Film``): the probabilities (Monte-Carlo dropout mean,
+read once into a ``Film``), the input gate first (``cxr_tf.inference.gate``: a film that is not
+a frontal chest film is "not processed", with the reason), then: the probabilities (Monte-Carlo dropout mean,
 ``cxr_tf.inference.uncertainty``), their uncertainty (MC standard deviation), the findings
 at or above the run's validation-chosen thresholds, and a triage level with a recommended
 action (``cxr_tf.inference.triage``); ``cxr_tf.inference.results.FilmResult`` holds them,
@@ -38,7 +39,7 @@ from cxr_tf import runs
 from cxr_tf.data import manifest
 from cxr_tf.models import model_input_spec
 from cxr_tf.inference.readers import Film, Limits, read_film
-from cxr_tf.inference.results import FilmResult, error_text, unique_stems
+from cxr_tf.inference.results import FilmResult, NotProcessed, error_text, unique_stems, unreadable
 from cxr_tf.inference.evidence import DEFAULT_AUC_FLOOR, run_evidence
 from cxr_tf.inference.triage import (DEFAULT_BORDERLINE_K, DEFAULT_CRITICAL, DEFAULT_UNCERTAINTY_THRESHOLD, triage,
                                      urgency_key, validate_critical)
@@ -68,11 +69,14 @@ class Predictor:
     ``cxr_tf.inference.export``: ``export`` names its folder, default
     ``RUN/export/litert-int8`` or ``litert``, ``RUN/export/onnx``); MC dropout samples the
     head on every backend, with the same per-film seeds. Grad-CAM always uses model.keras.
+    gate: screen every film with the input gate (``cxr_tf.inference.gate``) before the model;
+    False turns it off, and every result then records that it was off.
     """
 
     def __init__(self, run_dir, samples=DEFAULT_SAMPLES, uncertainty_threshold=DEFAULT_UNCERTAINTY_THRESHOLD,
                  critical=DEFAULT_CRITICAL, limits=None, batch_size=16, seed=None,
-                 borderline_k=DEFAULT_BORDERLINE_K, auc_floor=DEFAULT_AUC_FLOOR, backend="keras", export=None):
+                 borderline_k=DEFAULT_BORDERLINE_K, auc_floor=DEFAULT_AUC_FLOOR, backend="keras", export=None,
+                 gate=True):
         from cxr_tf.inference.export import BACKENDS
 
         if backend not in BACKENDS:
@@ -122,6 +126,12 @@ class Predictor:
         self.evidence = run_evidence(self.run.metrics or None, self.critical, auc_floor,
                                      self.config.get("split_method"))
         self._gradcam = None
+        if gate:
+            from cxr_tf.inference.gate import Gate
+
+            self.gate = Gate()
+        else:
+            self.gate = None
 
     @property
     def model(self):
@@ -178,6 +188,7 @@ class Predictor:
             "evidence": self.evidence,
             "caveats": list(self.evidence["caveats"]),
             "notes": list(self.notes),
+            "gate": None if self.gate is None else self.gate.describe(),
         }
 
     # ------------------------------------------------------------------ reading
@@ -209,8 +220,44 @@ class Predictor:
             x = to_square(film.pixels, self.image_size).astype(np.float32)[None, :, :, None]
             meta = self._meta(film)
         except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
-            return FilmResult(name, error=error_text(name, err))
+            return unreadable(name, err)
         return FilmResult(name, film=film, x=x, meta=None if meta is None else meta[None, :])
+
+    def screen(self, films):
+        """Screen ``films`` (``readers.Film``) with the input gate, once each: [Screening, or None
+        with the gate off]; each film keeps its screening (``Film.screening``), so ``predict`` does
+        not screen it again. Raises when the gate cannot score them (``predict`` makes that each
+        film's error)."""
+        if self.gate is None:
+            return [None] * len(films)
+        todo = [f for f in films if f.screening is None]
+        for film, screening in zip(todo, self.gate.screen([f.pixels for f in todo])):
+            film.screening = screening
+        return [f.screening for f in films]
+
+    def _screen(self, results):
+        """Screen prepared ``results``: a refused film becomes "not processed" with the gate's
+        reason; every result records the gate (or that it was off). Returns those that passed."""
+        from cxr_tf.inference.gate import OFF
+
+        if self.gate is None:
+            for result in results:
+                result.gate = OFF
+            return results
+        try:
+            screenings = self.screen([r.film for r in results])
+        except Exception as err:  # noqa: BLE001 - the gate's own failure is each film's error, never a pass
+            for result in results:
+                result.not_processed = NotProcessed("gate_failed", error_text(result.file, err))
+            return []
+        passed = []
+        for result, screening in zip(results, screenings):
+            result.gate = screening.as_dict()
+            if screening.passed:
+                passed.append(result)
+            else:
+                result.not_processed = NotProcessed(screening.reason, f"{result.file}: {screening.message()}")
+        return passed
 
     def seeds(self, x):
         """One MC seed per prepared film in ``x`` (N, S, S, 1): its pixels and the run."""
@@ -222,11 +269,12 @@ class Predictor:
         """Triage ``films``: [FilmResult], one per film, in the order given.
 
         Each film is a path, a ``(name, path or bytes)`` pair, or a ``readers.Film`` already
-        read (``read``). All readable films go through one MC run (the one code path from
-        films to numbers: module docstring); a film that cannot be read or prepared gets a
-        result with ``error`` naming it, and costs no other film its result."""
+        read (``read``). Every readable film is screened by the input gate, and those it passes
+        go through one MC run (the one code path from films to numbers: module docstring); a
+        film that cannot be read or is refused gets a "not processed" result naming it and why,
+        and costs no other film its result."""
         results = [self._prepare(item) for item in films]
-        ready = [r for r in results if r.error is None]
+        ready = self._screen([r for r in results if r.not_processed is None])
         if not ready:
             return results
         x = np.concatenate([r.x for r in ready])

@@ -74,6 +74,8 @@ class Film:
     sex: str | None = None
     view: str | None = None
     header: object = dataclasses.field(default=None, repr=False)
+    screening: object = None
+    """The input gate's ``Screening`` of the film once screened (``Predictor.screen``), else None."""
 
 
 @dataclasses.dataclass(frozen=True)

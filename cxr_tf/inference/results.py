@@ -3,16 +3,22 @@ it is given, in the order given, whether the film could be read or not.
 
 A result carries the film as read (``readers.Film``: pixels and, for DICOM, its header), the
 model's input for it (for Grad-CAM), and either the verdict (probabilities, uncertainty,
-findings, borderline, triage, message, caveats; ``cxr_tf.inference.triage``) or the error
-that kept the film from one. ``as_dict()`` is the JSON object of ``predict --json`` and the
-service::
+findings, borderline, triage, message, caveats; ``cxr_tf.inference.triage``) or
+:class:`NotProcessed`: why the film got no verdict. "Not processed" is the one answer every front
+end gives a film it received and did not analyse, whoever refused it: a reader (unreadable), the
+DICOM node's header checks (not a chest radiograph), or the input gate (``cxr_tf.inference.gate``:
+inverted, rotated, not a radiograph, ...). ``as_dict()`` is the JSON object of ``predict --json``
+and the service::
 
-    {"file", "probabilities": {finding: p}, "uncertainty": {finding: std}, "findings": [...],
-     "borderline": [...], "triage": {"level", "action"}, "message", "caveats": [...]}
-    {"file", "error"}
+    {"file", "status": "processed", "probabilities": {finding: p}, "uncertainty": {finding: std},
+     "findings": [...], "borderline": [...], "triage": {"level", "action"}, "message",
+     "caveats": [...], "gate": {"version", "passed", "score", "scores"}}
+    {"file", "status": "not processed", "reason": REASONS key, "error": "<file>: why",
+     "gate": {...} (when the gate decided)}
 
 Front ends add their own keys (``extras``: ``"gradcam"``, ``"images"``, ``"outputs"``) after
-these. Output formats (``cxr_tf.inference.outputs``) read results, never tuples.
+these. Output formats (``cxr_tf.inference.outputs``) read results, never tuples; each renders a
+"not processed" result its own way (JSON above; FHIR a cancelled DiagnosticReport).
 """
 
 import dataclasses
@@ -26,6 +32,34 @@ from cxr_tf.inference.readers import Film, FilmError
 log = logging.getLogger(__name__)
 
 
+REASONS = {
+    "unreadable": "the file could not be read as a film",
+    "not_chest_radiograph": "its header says it is not a chest radiograph",
+    "output_failed": "its result could not be written",
+    "gate_failed": "the input gate could not score it",
+    # the input gate's refusals (cxr_tf.inference.gate.REASONS says each in full)
+    "inverted": "its grey scale is inverted",
+    "rotated": "it is rotated",
+    "lungs_not_in_view": "the lungs are not in view",
+    "blank": "it is blank",
+    "not_radiograph": "it is not a radiograph",
+    "blurred": "it is too blurred to read",
+}
+"""Why a film was not processed: code -> short phrase. Codes are stable (JSON, FHIR, DICOM)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NotProcessed:
+    """Why a film received got no verdict: a ``REASONS`` code and a message naming the film."""
+
+    reason: str
+    message: str
+
+    def __post_init__(self):
+        if self.reason not in REASONS:
+            raise ValueError(f"not-processed reason {self.reason!r}: expected one of {', '.join(REASONS)}")
+
+
 @dataclasses.dataclass
 class FilmResult:
     """The answer for one film: a verdict, or an error naming the film and why."""
@@ -37,13 +71,20 @@ class FilmResult:
     meta: np.ndarray | None = dataclasses.field(default=None, repr=False)
     """The model's metadata input (1, 5), multimodal runs only."""
     verdict: dict | None = None
-    error: str | None = None
+    not_processed: NotProcessed | None = None
+    gate: dict | None = None
+    """The input gate's record of the film (``Screening.as_dict``, or ``gate.OFF``), once screened."""
     extras: dict = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self):
         """True when the film was read and triaged."""
-        return self.error is None and self.verdict is not None
+        return self.not_processed is None and self.verdict is not None
+
+    @property
+    def error(self):
+        """The message of a film not processed (naming the film and why), else None."""
+        return None if self.not_processed is None else self.not_processed.message
 
     @property
     def probabilities(self):
@@ -59,14 +100,22 @@ class FilmResult:
         return None if self.film is None else self.film.header
 
     def failed(self, error):
-        """This result turned into an error result (a later step, e.g. an output, failed)."""
-        return FilmResult(self.file, film=self.film, error=error)
+        """This result turned into a "not processed" one (a later step, e.g. an output, failed)."""
+        return FilmResult(self.file, film=self.film, not_processed=NotProcessed("output_failed", error),
+                          gate=self.gate)
 
     def as_dict(self):
         """The JSON object of the film (module docstring)."""
-        if self.error is not None:
-            return {"file": self.file, "error": self.error, **self.extras}
-        return {"file": self.file, **self.verdict, **self.extras}
+        gate = {} if self.gate is None else {"gate": self.gate}
+        if self.not_processed is not None:
+            return {"file": self.file, "status": "not processed", "reason": self.not_processed.reason,
+                    "error": self.not_processed.message, **gate, **self.extras}
+        return {"file": self.file, "status": "processed", **self.verdict, **gate, **self.extras}
+
+
+def unreadable(name, err):
+    """The "not processed" result of a film that could not be read or prepared."""
+    return FilmResult(name, not_processed=NotProcessed("unreadable", error_text(name, err)))
 
 
 def error_text(name, err):

@@ -7,8 +7,8 @@ A FastAPI app over `cxr_tf.inference.predictor.Predictor`, loaded once at start:
   urgency; ``?images=1`` adds ``"images": {"film": data-URI, "gradcam": {finding: data-URI}}``
   to each result (what the page shows). ``?format=NAME`` answers instead, in the same
   order, one object per film in a format of ``cxr_tf.inference.outputs`` that answers JSON
-  (``fhir``: a FHIR R4 ``Bundle`` per film, an ``OperationOutcome`` for each film that could
-  not be read); a format whose extra is not installed answers 501 naming what to install.
+  (``fhir``: a FHIR R4 ``Bundle`` per film, with a "cancelled" DiagnosticReport for a film not
+  processed); a format whose extra is not installed answers 501 naming what to install.
 - ``GET /api/health``, ``GET /api/model`` (architecture, labels, thresholds, split, test AUCs).
 - ``GET /`` the single page (``cxr_tf/static/index.html``; no CDN assets).
 
@@ -16,9 +16,10 @@ Contract (``/openapi.json`` describes all of it; ``docs/service.md`` is the refe
 bad input is a 4xx, never a 5xx: no films or a malformed body or query (400), a file
 over the size cap, too many files or a body over the request cap (413, sent as soon as
 the cap is passed, before the rest of the body is read), a body that is not
-multipart/form-data (415), every film unreadable (422, the per-file errors in the
-body); a full prediction queue answers 503 with ``Retry-After``. When some films are
-readable the answer is 200 and the unreadable ones carry ``"error"``.
+multipart/form-data (415), no film processed (422: each unreadable or refused by the input
+gate, the "not processed" results in the body); a full prediction queue answers 503 with
+``Retry-After``. When some films are processed the answer is 200 and the others are "not
+processed" results carrying ``"reason"`` and ``"error"``.
 
 Hardening: the multipart body is parsed from the request stream by python-multipart's
 streaming parser into memory (Starlette's form parser spools parts over 1 MB to a
@@ -78,10 +79,22 @@ class FilmImages(BaseModel):
     gradcam_maps: dict[str, dict[str, Any]] = Field(description="per overlay: map status, grid, layer, note")
 
 
+class GateRecord(BaseModel, extra="allow"):
+    """The input gate's record of a film (docs/gate.md): its version, whether the film passed,
+    its frontal score and class scores, the reason when refused; or that it was off."""
+
+    version: str | None = None
+    passed: bool | None = None
+    score: float | None = None
+    reason: str | None = None
+    off: bool | None = None
+
+
 class FilmPrediction(BaseModel):
-    """The triage of one readable film."""
+    """The triage of one processed film."""
 
     file: str = Field(description="the upload's file name")
+    status: Literal["processed"]
     probabilities: dict[str, float] = Field(description="MC-dropout mean probability per finding, 0..1")
     uncertainty: dict[str, float] = Field(description="MC-dropout standard deviation per finding")
     findings: list[str] = Field(description="findings at or above the run's thresholds")
@@ -89,21 +102,25 @@ class FilmPrediction(BaseModel):
     triage: Triage
     message: str
     caveats: list[str] = Field(description="what the run has not shown (docs/triage.md)")
+    gate: GateRecord
     images: FilmImages | None = Field(None, description="only with ?images=1")
 
 
 class FilmFailure(BaseModel):
-    """A film that could not be read: the file and why (nothing else is lost)."""
+    """A film received and not processed: the file, the reason code and why (nothing else is lost)."""
 
     file: str
+    status: Literal["not processed"]
+    reason: str = Field(description="unreadable, or the input gate's reason: inverted, rotated, lungs_not_in_view, "
+                                    "blank, not_radiograph, blurred (docs/gate.md)")
     error: str
+    gate: GateRecord | None = None
 
 
 class FhirResource(BaseModel, extra="allow"):
-    """With ``?format=fhir``: a FHIR R4 Bundle per film, or an OperationOutcome for a film
-    that could not be read (see cxr_tf.inference.fhir)."""
+    """With ``?format=fhir``: a FHIR R4 Bundle per film (see cxr_tf.inference.outputs.fhir)."""
 
-    resourceType: Literal["Bundle", "OperationOutcome"]
+    resourceType: Literal["Bundle"]
 
 
 class ModelInfo(BaseModel):
@@ -120,6 +137,8 @@ class ModelInfo(BaseModel):
     split_method: str | None = None
     test_metrics: dict[str, Any] | None = None
     notes: list[str]
+    gate: dict[str, Any] | None = Field(None, description="the input gate (version, threshold, classes), "
+                                                           "or null when it is off")
 
 
 class Health(BaseModel):

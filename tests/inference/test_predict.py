@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import FULL_SIZE_FILMS, write_run_dir
+from conftest import FULL_SIZE_FILMS, twelve_bit_film, write_run_dir
 from cxr_tf import predict as predict_cli
 from cxr_tf.data.labels import LABELS
 from cxr_tf.inference.predictor import Predictor
@@ -20,7 +20,9 @@ from cxr_tf.inference.readers import FilmError, Limits, read_film, sniff_format
 from cxr_tf.inference.triage import NO_FINDING_MESSAGE, UNSURE_MESSAGE, triage, worklist
 
 FILMS = FULL_SIZE_FILMS
-RESULT_KEYS = {"file", "probabilities", "uncertainty", "findings", "borderline", "triage", "message", "caveats"}
+RESULT_KEYS = {"file", "status", "probabilities", "uncertainty", "findings", "borderline", "triage", "message",
+               "caveats", "gate"}
+UNREAD_KEYS = {"file", "status", "reason", "error"}
 
 
 # ------------------------------------------------------------------ test files
@@ -183,7 +185,8 @@ def films(tmp_path_factory):
     files = {
         "nih.png": FILMS[0].read_bytes(),
         "film.jpg": cv2.imencode(".jpg", cv2.imread(str(FILMS[1]), cv2.IMREAD_GRAYSCALE))[1].tobytes(),
-        "m1.dcm": make_dicom(bars(), "MONOCHROME1", PatientSex="M", ViewPosition="PA"),
+        "m1.dcm": make_dicom(twelve_bit_film(192, 160, inverted=True, index=3), "MONOCHROME1", PatientSex="M",
+                             ViewPosition="PA"),
         "truncated.png": FILMS[2].read_bytes()[:3000],
         "notes.txt": b"not a film\n",
         "empty.png": b"",
@@ -213,14 +216,14 @@ def test_predict_schema_and_per_file_errors(tiny_run, films):
             assert result["triage"]["level"] in ("urgent", "review", "routine")
             assert set(result["findings"]) <= set(LABELS) and result["message"] and result["triage"]["action"]
         else:
-            assert set(result) == {"file", "error"} and name in result["error"]
+            assert set(result) == UNREAD_KEYS and name in result["error"] and result["reason"] == "unreadable"
     json.dumps(results)  # JSON-serialisable as is
     # bytes in (name, data), a Film already read: same answer, to the last bit (seeded per film)
     one, read = predictor.predict([("nih.png", films["nih.png"].read_bytes()), predictor.read(films["nih.png"])])
     assert set(one.as_dict()) == RESULT_KEYS and one.file == "nih.png"
     assert one.probabilities == results[0]["probabilities"] == read.probabilities
     [bad] = predictor.predict([("x.png", b"garbage")])
-    assert set(bad.as_dict()) == {"file", "error"} and bad.file == "x.png" and not bad.ok
+    assert set(bad.as_dict()) == UNREAD_KEYS and bad.file == "x.png" and not bad.ok
 
 
 def test_images_and_describe(tiny_run):
@@ -276,8 +279,9 @@ def test_multimodal_meta_from_dicom_tags(tmp_path):
     model = build_model("multimodal", image_size=64, weights=None, dropout=0.5)
     run = write_run_dir(tmp_path / "run", model, "multimodal", 64, records=str(records))
     predictor = Predictor(run, samples=3)
-    male, female, png = predictor.predict([make_dicom(bars(), PatientAge="070Y", PatientSex="M", ViewPosition="PA"),
-                                           make_dicom(bars(), PatientSex="F", ViewPosition="AP"), FILMS[0]])
+    film = twelve_bit_film(96, 128)
+    male, female, png = predictor.predict([make_dicom(film, PatientAge="070Y", PatientSex="M", ViewPosition="PA"),
+                                           make_dicom(film, PatientSex="F", ViewPosition="AP"), FILMS[0]])
     assert male.meta.shape == (1, 5) and male.meta[0, 1:].tolist() == [1, 0, 1, 0]
     assert female.meta[0, 1:].tolist() == [0, 1, 0, 1] and female.meta[0, 0] == pytest.approx(0.0)  # age -> mean
     assert set(png.as_dict()) == RESULT_KEYS

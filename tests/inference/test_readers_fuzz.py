@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import gradient_dicom as dicom_bytes
+from conftest import twelve_bit_dicom as dicom_bytes
 from cxr_tf.inference.readers import Film, FilmError, read_film
 
 SAMPLE_FILMS = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))

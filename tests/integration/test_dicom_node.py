@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from orthanc_server import AET, ORTHANC, Orthanc
@@ -77,11 +78,14 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, two_positive_ru
         assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{ds.StudyInstanceUID}"
         assert report["conclusion"].startswith(expected["triage"]["action"])  # then the caveats (issue 18)
 
-        # refused: a hand film, and a film whose pixel data is cut short; Orthanc reports the failure
+        # refused: a hand film, a film whose pixel data is cut short, and a chest film with its grey
+        # scale inverted (the input gate); Orthanc reports each failure
         hand = dx_dataset(SAMPLES[4], body_part="HAND", study_uid=ds.StudyInstanceUID)
         broken = dx_dataset(SAMPLES[5], study_uid=ds.StudyInstanceUID)
         broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
-        for bad, reason in ((hand, "not the chest"), (broken, "pixel data")):
+        inverted = dx_dataset(SAMPLES[7], study_uid=ds.StudyInstanceUID)
+        inverted.PixelData = (255 - np.frombuffer(inverted.PixelData, np.uint8)).tobytes()
+        for bad, reason in ((hand, "not the chest"), (broken, "pixel data"), (inverted, "inverted")):
             bad_id = orthanc.upload(dicom_bytes(bad))["ID"]
             status, body = orthanc.request("POST", "/modalities/cxrtf/store", bad_id.encode())
             assert status != 200, (body, node.refusals, (orthanc.log.read_text()[-3000:]))
@@ -95,7 +99,7 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, two_positive_ru
         orthanc.wait_for(ds.StudyInstanceUID, lambda inst: [m for m, _, _ in inst].count("SR") == 2)
         report = node.stop()
         node = None
-        assert report["unsent"] == [] and report["triaged"] == 2 and report["refused"] == 2
+        assert report["unsent"] == [] and report["triaged"] == 2 and report["refused"] == 3
     finally:
         if node is not None:
             node.stop(drain_timeout=0)

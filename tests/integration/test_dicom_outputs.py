@@ -121,13 +121,17 @@ def test_service_answers_fhir(tiny_run, films):
         files = [("files", ("chest.dcm", dx.read_bytes())), ("files", ("notes.png", b"not a film at all" * 10))]
         resp = httpx.post(f"{live.url}/api/predict?format=fhir", files=files, timeout=60)
         assert resp.status_code == 200
-        kinds = [r["resourceType"] for r in resp.json()]
-        assert sorted(kinds) == ["Bundle", "OperationOutcome"]
-        bundle = Bundle.model_validate(next(r for r in resp.json() if r["resourceType"] == "Bundle"))
-        [report] = [e.resource for e in bundle.entry if e.resource.get_resource_type() == "DiagnosticReport"]
-        assert report.imagingStudy[0].identifier.value == f"urn:oid:{ds.StudyInstanceUID}"
-        outcome = next(r for r in resp.json() if r["resourceType"] == "OperationOutcome")
-        assert "notes.png" in outcome["issue"][0]["diagnostics"]
+        assert [r["resourceType"] for r in resp.json()] == ["Bundle", "Bundle"]
+        reports = {}
+        for answer in resp.json():
+            bundle = Bundle.model_validate(answer)
+            [report] = [e.resource for e in bundle.entry if e.resource.get_resource_type() == "DiagnosticReport"]
+            reports[report.status] = report
+        assert reports["preliminary"].imagingStudy[0].identifier.value == f"urn:oid:{ds.StudyInstanceUID}"
+        # the unreadable film: a cancelled report saying why, with no results
+        unread = reports["cancelled"]
+        assert "notes.png" in unread.conclusion and not unread.result
+        assert unread.conclusionCode[0].coding[0].code == "NOT_PROCESSED_UNREADABLE"
         bad = httpx.post(f"{live.url}/api/predict?format=xml", files=files[:1], timeout=60)
         assert bad.status_code == 400 and "format" in bad.json()["detail"]  # 422 means: no film readable
     finally:

@@ -4,6 +4,7 @@ import io
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +16,8 @@ from cxr_tf.data.labels import LABELS
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
 from cxr_tf.testing import LiveServer
+
+SAMPLES = Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images"
 
 FILMS = FULL_SIZE_FILMS
 
@@ -52,8 +55,8 @@ def test_predict_real_films_matches_predict_json(server, tiny_run):
     body = resp.json()
     assert sorted(r["file"] for r in body) == sorted(f.name for f in films)
     for result in body:
-        assert set(result) == {"file", "probabilities", "uncertainty", "findings", "borderline", "triage", "message",
-                               "caveats"}
+        assert set(result) == {"file", "status", "probabilities", "uncertainty", "findings", "borderline", "triage",
+                               "message", "caveats", "gate"}
         assert list(result["probabilities"]) == list(LABELS)
         assert all(0.0 <= p <= 1.0 for p in result["probabilities"].values())
         assert result["triage"]["level"] in {"urgent", "review", "routine"}
@@ -142,3 +145,25 @@ def test_page_renders_result_in_headless_chromium(server, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_a_film_the_gate_refuses_is_not_processed_like_in_predict(server):
+    from cxr_tf.inference.gate import Gate
+
+    film = np.array(Image.open(SAMPLES / "00000075_000.png").convert("L"))
+    inverted, good = io.BytesIO(), io.BytesIO()
+    Image.fromarray(255 - film).save(inverted, format="PNG")
+    Image.fromarray(film).save(good, format="PNG")
+    files = [("inverted.png", inverted.getvalue()), ("good.png", good.getvalue())]
+    resp = post(server, *files)
+    assert resp.status_code == 200
+    by_name = {r["file"]: r for r in resp.json()}
+    refused = by_name["inverted.png"]
+    assert refused["status"] == "not processed" and refused["reason"] == "inverted" and not refused["gate"]["passed"]
+    assert by_name["good.png"]["status"] == "processed" and by_name["good.png"]["gate"]["passed"]
+    alone = post(server, files[0])
+    assert alone.status_code == 422 and alone.json()[0]["reason"] == "inverted"
+    [bundle] = post(server, files[0], query="?format=fhir").json()
+    [report] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+    assert report["status"] == "cancelled" and report["conclusionCode"][0]["coding"][0]["code"] == "NOT_PROCESSED_INVERTED"
+    assert httpx.get(f"{server.url}/api/model").json()["gate"]["version"] == Gate().version

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import gradient_dicom as dicom_bytes
+from conftest import twelve_bit_dicom as dicom_bytes
 
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app

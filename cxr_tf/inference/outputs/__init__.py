@@ -70,6 +70,7 @@ class OutputFormat:
     requires: tuple = ()
     dicom: bool = False
     answers: bool = False
+    not_processed: bool = False
 
     def check(self):
         """Raise ``MissingExtra`` (one line: what to install) when this format cannot run here."""
@@ -82,7 +83,8 @@ class OutputFormat:
         return importlib.import_module(f"{__name__}.{self.module}")
 
     def write(self, result, predictor):
-        """[Output] of a triaged ``result``; ValueError naming the film when it cannot be made."""
+        """[Output] of a ``result`` (triaged, or not processed for a format that renders those);
+        ValueError naming the film when it cannot be made."""
         if self.dicom and result.header is None:
             raise ValueError(f"{result.file}: --format {self.name} needs a DICOM film (it joins the film's study "
                              "and references it); use --format fhir or json for PNG/JPEG films")
@@ -94,9 +96,9 @@ class OutputFormat:
 
 
 FORMATS = {f.name: f for f in (
-    OutputFormat("json", "json_result", "the predict --json object of the film", answers=True),
+    OutputFormat("json", "json_result", "the predict --json object of the film", answers=True, not_processed=True),
     OutputFormat("fhir", "fhir", "a FHIR R4 Bundle (DiagnosticReport, Observations, Device)", extra="dicom",
-                 requires=("fhir.resources",), answers=True),
+                 requires=("fhir.resources",), answers=True, not_processed=True),
     OutputFormat("dicom-sr", "dicom_sr", "a DICOM Comprehensive SR in the film's study (DICOM films only)",
                  extra="dicom", requires=("highdicom",), dicom=True),
     OutputFormat("heatmap-sc", "heatmap_sc", "a Grad-CAM DICOM Secondary Capture per positive finding "
@@ -118,22 +120,21 @@ def get(name):
 
 
 def write_files(predictor, results, formats, out_dir):
-    """Write each triaged result's outputs in ``formats`` (names) under ``out_dir``.
+    """Write each result's outputs in ``formats`` (names) under ``out_dir``: every format for a
+    triaged film, those that render it (``not_processed``) for a film not processed.
 
-    Returns the results in the same order: a triaged film with ``extras["outputs"]`` (the
-    paths written), a film whose outputs could not be made turned into an error result
+    Returns the results in the same order, each with ``extras["outputs"]`` (the paths written);
+    a triaged film whose outputs could not be made is turned into a "not processed" result
     naming it (nothing written for it). Stems that repeat get a "_" appended."""
     chosen = [get(name).check() for name in formats]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems([r for r in results if r.ok])
+    stems = unique_stems(results)
     written = []
     for result in results:
-        if not result.ok:
-            written.append(result)
-            continue
         try:
-            outputs = [output for fmt in chosen for output in fmt.write(result, predictor)]
+            outputs = [output for fmt in chosen if result.ok or fmt.not_processed
+                       for output in fmt.write(result, predictor)]
         except ValueError as err:  # e.g. a PNG film for a DICOM format, a film without the UIDs an SR needs
             text = str(err)
             written.append(result.failed(text if text.startswith(f"{result.file}: ") else f"{result.file}: {text}"))

@@ -17,6 +17,11 @@ Bundle (type "collection", entries linked by ``urn:uuid`` full URLs):
   to the study by its Study Instance UID (identifier system ``urn:dicom:uid``), subject
   = a logical reference to the patient by the DICOM PatientID when known.
 
+A film received and not analysed (``results.NotProcessed``: unreadable, not a chest radiograph,
+refused by the input gate) gets a Bundle of the Device and a DiagnosticReport with status
+"cancelled", no results, ``conclusion`` = why, and ``conclusionCode`` = the coded reason
+(``NOT_PROCESSED_<REASON>``), joined to its study and patient like any other report.
+
 See ``docs/integration.md``. ``make_bundle`` builds it, ``bundle_json`` serialises it; ``write`` and ``answer`` are the
 registry's entry points (``cxr_tf.inference.outputs``).
 """
@@ -36,6 +41,7 @@ from cxr_tf.inference.outputs.structured import (
     TRIAGE_LEVELS,
     finding_rows,
     model_identity,
+    not_processed_code,
 )
 
 UCUM = "http://unitsofmeasure.org"
@@ -65,24 +71,19 @@ def _finding_code(row):
 def make_bundle(result, description, study_uid=None, patient_id=None, issued=None):
     """A validated ``fhir.resources.R4B.bundle.Bundle`` of one film's ``result``.
 
-    result: a successful ``Predictor`` result dict; description: ``Predictor.describe()``;
+    result: a ``FilmResult.as_dict()`` (processed, or "not processed"); description: ``Predictor.describe()``;
     study_uid / patient_id: the DICOM StudyInstanceUID / PatientID when the film was
     DICOM (None for PNG/JPEG: then the report has no study or subject reference).
     issued: a timezone-aware datetime (default now, UTC).
     """
-    from fhir.resources.R4B.bundle import Bundle
-
-    rows = finding_rows(result, description["thresholds"])
-    identity = model_identity(description)
     issued = (issued or datetime.datetime.now(datetime.UTC)).isoformat()
     subject = ({"identifier": {"type": {"text": "DICOM PatientID"}, "value": patient_id}}
                if patient_id else None)
-    device_url = _urn()
-    device = {"resourceType": "Device", "manufacturer": MANUFACTURER,
-              "deviceName": [{"name": identity.name, "type": "model-name"}],
-              "version": [{"value": identity.version}],
-              "note": [{"text": "; ".join(identity.parameters())}, {"text": DISCLAIMER}]}
+    device_url, device = _urn(), _device(description)
     entries = [(device_url, device)]
+    if result.get("status") == "not processed":
+        return _bundle(entries, _report(result, None, issued, study_uid, subject), issued)
+    rows = finding_rows(result, description["thresholds"])
     observation_urls = []
     for row in rows:
         observation = {
@@ -99,24 +100,56 @@ def make_bundle(result, description, study_uid=None, patient_id=None, issued=Non
         url = _urn()
         observation_urls.append(url)
         entries.append((url, observation))
-    level = result["triage"]["level"]
+    return _bundle(entries, _report(result, observation_urls, issued, study_uid, subject), issued)
+
+
+def _device(description):
+    identity = model_identity(description)
+    gate = description.get("gate")
+    notes = [{"text": "; ".join(identity.parameters())}, {"text": DISCLAIMER}]
+    notes.append({"text": f"input gate {gate['version']}" if gate else "input gate off (--no-gate)"})
+    return {"resourceType": "Device", "manufacturer": MANUFACTURER,
+            "deviceName": [{"name": identity.name, "type": "model-name"}],
+            "version": [{"value": identity.version}], "note": notes}
+
+
+def _report(result, observation_urls, issued, study_uid, subject):
+    """The DiagnosticReport: the triage of a processed film (``observation_urls`` its findings),
+    or, for a film not processed (``observation_urls`` None), status "cancelled" and the reason."""
     report = {
         "resourceType": "DiagnosticReport", "status": "preliminary",
         "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
         "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4",
                              "display": "Diagnostic imaging study"}], "text": "Chest X-ray triage (cxr_tf)"},
-        "issued": issued, "result": [{"reference": u} for u in observation_urls],
-        # the run's caveats (an unvalidated model) travel with the conclusion
-        "conclusion": " ".join([result["triage"]["action"]] + [f"Caveat: {c}." for c in result.get("caveats", [])]),
-        "conclusionCode": [{"coding": [{"system": PRIVATE_SYSTEM, "code": TRIAGE_LEVELS[level][0],
-                                        "display": TRIAGE_LEVELS[level][1]}],
-                            "text": f"{TRIAGE_LEVEL[1]}: {level}; {result['message']}"}]}
+        "issued": issued}
+    if observation_urls is None:
+        from cxr_tf.inference.results import NotProcessed
+
+        code, meaning = not_processed_code(NotProcessed(result["reason"], result["error"]))
+        report.update(status="cancelled", conclusion=f"Not analysed by the AI: {result['error']}",
+                      conclusionCode=[{"coding": [{"system": PRIVATE_SYSTEM, "code": code, "display": meaning}],
+                                       "text": meaning}])
+    else:
+        level = result["triage"]["level"]
+        report.update(
+            result=[{"reference": u} for u in observation_urls],
+            # the run's caveats (an unvalidated model) travel with the conclusion
+            conclusion=" ".join([result["triage"]["action"]] + [f"Caveat: {c}." for c in result.get("caveats", [])]),
+            conclusionCode=[{"coding": [{"system": PRIVATE_SYSTEM, "code": TRIAGE_LEVELS[level][0],
+                                         "display": TRIAGE_LEVELS[level][1]}],
+                             "text": f"{TRIAGE_LEVEL[1]}: {level}; {result['message']}"}])
     if study_uid:
         report["imagingStudy"] = [{"identifier": {"system": DICOM_UID, "value": f"urn:oid:{study_uid}"},
                                    "display": f"Study Instance UID {study_uid}"}]
     if subject:
         report["subject"] = subject
-    entries.append((_urn(), report))
+    return report
+
+
+def _bundle(entries, report, issued):
+    from fhir.resources.R4B.bundle import Bundle
+
+    entries = [*entries, (_urn(), report)]
     return Bundle.model_validate({"resourceType": "Bundle", "type": "collection", "timestamp": issued,
                                   "entry": [{"fullUrl": url, "resource": res} for url, res in entries]})
 
@@ -126,16 +159,8 @@ def bundle_json(bundle):
     return bundle.model_dump_json(indent=2, exclude_none=True)
 
 
-def operation_outcome(message):
-    """A validated FHIR OperationOutcome (error) for a film that could not be triaged."""
-    from fhir.resources.R4B.operationoutcome import OperationOutcome
-
-    return OperationOutcome.model_validate({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "invalid", "diagnostics": message}]})
-
-
 def make_result_bundle(result, predictor):
-    """The Bundle of a triaged FilmResult: study and patient from the film's DICOM header when
+    """The Bundle of a FilmResult (processed or not): study and patient from the film's DICOM header when
     it has one (the one place the FHIR identity is read)."""
     header = result.header
     study = header.get("StudyInstanceUID") if header is not None else None
@@ -151,7 +176,5 @@ def write(result, predictor):
 
 
 def answer(result, predictor):
-    """The service's answer for one film: its Bundle, or an OperationOutcome carrying the error."""
-    if not result.ok:
-        return json.loads(operation_outcome(result.error).model_dump_json(exclude_none=True))
+    """The service's answer for one film: its Bundle (a "not processed" one included)."""
     return json.loads(make_result_bundle(result, predictor).model_dump_json(exclude_none=True))

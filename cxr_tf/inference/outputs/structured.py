@@ -54,11 +54,21 @@ MC_STD = ("MC_DROPOUT_STD", "Monte-Carlo dropout standard deviation of probabili
 THRESHOLD = ("THRESHOLD", "Decision threshold")
 DECISION_AID = ("DECISION_AID", "Decision aid statement")
 TRIAGE_MESSAGE = ("TRIAGE_MESSAGE", "Triage message")
+NOT_PROCESSED = ("NOT_PROCESSED", "Received, not analysed")
+"""A film that was received and got no verdict (``results.NotProcessed``); its reason is coded
+``NOT_PROCESSED_<REASON>`` (``not_processed_code``)."""
 CAVEAT = ("CAVEAT", "Caveat")
 """What the run has not shown (``result["caveats"]``, ``cxr_tf.inference.evidence``): one text item each."""
 DISCLAIMER = ("Decision aid, not a diagnosis: these findings come from a machine-learning model "
               "(cxr_tf) trained on NIH ChestX-ray14 labels mined from reports. A radiologist must read "
               "the film; do not act on this result alone. Not a cleared medical device.")
+
+
+def not_processed_code(not_processed):
+    """(code value, code meaning) in PRIVATE_SCHEME of a ``results.NotProcessed`` reason."""
+    from cxr_tf.inference.results import REASONS
+
+    return f"{NOT_PROCESSED[0]}_{not_processed.reason.upper()}", f"Not analysed: {REASONS[not_processed.reason]}"
 
 
 @dataclasses.dataclass(frozen=True)
