@@ -276,7 +276,9 @@ def write_padchest_release(root, count=48):
             pixels = cv2.imread(str(SAMPLE_DIR / "images" / film["image_index"]), cv2.IMREAD_GRAYSCALE)
             folder = release / image_dir
             folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / padchest_image_id(k)), (pixels.astype(np.uint16) * 4095 // 255))
+            # in 32 bits first: 255 x 4095 overflows uint16 (which wrote films of wrapped noise until the
+            # input gate refused every one of them)
+            cv2.imwrite(str(folder / padchest_image_id(k)), (pixels.astype(np.uint32) * 4095 // 255).astype(np.uint16))
         projection = PADCHEST_PROJECTIONS.get(k, "PA")
         birth = "" if k == 5 else f"{2014 - int(film['age'])}.0"
         sex = "" if k == 6 else film["sex"]
