@@ -156,6 +156,7 @@ def measure(gate, variants=4, seed=0, records=(), predictor=None):
                      "rate": _rate(passed) if expect == "accept" else 1 - _rate(passed)})
 
     add("NIH sample, held out", "frontal as stored", films, "accept")
+    add("NIH sample, held out", "mirrored as stored", [np.ascontiguousarray(f[:, ::-1]) for f in films], "accept")
     for kind in negatives.KINDS.values():
         if kind.name == "photograph":
             pictures = negatives.pictures(held_out=True)
@@ -163,7 +164,9 @@ def measure(gate, variants=4, seed=0, records=(), predictor=None):
             add("matplotlib + scikit-learn pictures", f"photograph ({', '.join(pictures)})", made, "refuse")
             continue
         made = [kind.make(f, rng) for f in films for _ in range(variants)]
-        add("NIH sample, held out", kind.name, made, "accept" if kind.cls == negatives.FRONTAL else "refuse")
+        frontal = kind.cls == negatives.FRONTAL
+        add("NIH sample, held out", f"{kind.name}, varied" if frontal else kind.name, made,
+            "accept" if frontal else "refuse")
     for folder in records:
         frontal = records_films(folder)
         add(f"records {folder}", "frontal, test split", frontal, "accept")

@@ -27,12 +27,15 @@ def gate():
 def test_the_shipped_gate_meets_its_targets_on_held_out_material(gate):
     rows, _ = measure(gate, variants=2, seed=1)
     by_kind = {row["kind"].split(" (")[0]: row for row in rows}
-    assert set(by_kind) == {"frontal as stored", *negatives.KINDS}
+    assert set(by_kind) == {"frontal as stored", "mirrored as stored", "frontal, varied", "mirrored, varied",
+                            *(k for k in negatives.KINDS if k not in ("frontal", "mirrored"))}
     for kind, row in by_kind.items():
-        if kind in gate_cli.UNTARGETED:
-            continue
         assert row["n"] >= 60, row
-        assert row["rate"] >= gate_cli.TARGETS[row["expect"]], row
+        if kind in ("frontal, varied", "mirrored, varied"):
+            # no target (docs/gate.md): 98.4-99.6 % over seeds 1-3 and 4 variants; a regression guard
+            assert row["rate"] >= 0.97, row
+        elif kind not in gate_cli.UNTARGETED:
+            assert row["rate"] >= gate_cli.TARGETS[row["expect"]], row
 
 
 def test_held_out_films_are_never_trained_on():
