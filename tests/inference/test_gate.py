@@ -30,7 +30,7 @@ def test_the_shipped_gate_meets_its_targets_on_held_out_material(gate):
     assert set(by_kind) == {"frontal as stored", "mirrored as stored", "frontal, varied", "mirrored, varied",
                             *(k for k in negatives.KINDS if k not in ("frontal", "mirrored"))}
     for kind, row in by_kind.items():
-        assert row["n"] >= 60, row
+        assert row["n"] >= 40, row
         if kind in ("frontal, varied", "mirrored, varied"):
             # no target (docs/gate.md): 98.4-99.6 % over seeds 1-3 and 4 variants; a regression guard
             assert row["rate"] >= 0.97, row
