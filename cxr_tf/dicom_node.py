@@ -1,7 +1,7 @@
 """``python -m cxr_tf.dicom_node --destination AET@HOST:PORT [--model RUN --aet CXR_TF --host
-127.0.0.1 --port PORT --fhir-out DIR --heatmaps]``: a DICOM Storage SCP that triages
-chest radiographs as they arrive and sends a Structured Report (and Grad-CAM Secondary
-Captures) to the destination (library: ``cxr_tf.inference.dicom_node``; see
+127.0.0.1 --port PORT --fhir-out DIR --heatmaps [--heatmap-format heatmap-sc]]``: a DICOM Storage
+SCP that triages chest radiographs as they arrive and sends a TID 1500 Structured Report (and
+Grad-CAM Parametric Maps) to the destination (library: ``cxr_tf.inference.dicom_node``; see
 ``docs/integration.md``). Stops on SIGTERM or Ctrl-C after finishing what it holds; exit
 code 1 when some results could not be built or delivered, 2 for a usage error."""
 
@@ -30,7 +30,10 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=11112, help="port to listen on")
     parser.add_argument("--destination", required=True, metavar="AET@HOST:PORT", help="where SRs are sent")
     parser.add_argument("--fhir-out", metavar="DIR", help="also write a FHIR Bundle per film here")
-    parser.add_argument("--heatmaps", action="store_true", help="also send Grad-CAM Secondary Captures")
+    parser.add_argument("--heatmaps", action="store_true", help="also send Grad-CAM maps of positive findings")
+    parser.add_argument("--heatmap-format", choices=("heatmap-pm", "heatmap-sc"), default="heatmap-pm",
+                        help="heatmap-pm: DICOM Parametric Maps (float values); heatmap-sc: Secondary Captures "
+                             "(a burned-in overlay) for viewers that cannot show Parametric Maps")
     parser.add_argument("--keep-unsent", metavar="DIR",
                         help="on stop, write results that could not be delivered here (else only logged)")
     parser.add_argument("--retry-initial", type=float, default=1.0, help="first retry delay, s")
@@ -47,7 +50,8 @@ def main(argv=None):
     predictor = cli.predictor_from_args(parser, args, caveats=True)
     try:
         node = DicomNode(predictor, aet=args.aet, host=args.host, port=args.port, destination=destination,
-                         fhir_out=args.fhir_out, heatmaps=args.heatmaps, keep_unsent=args.keep_unsent,
+                         fhir_out=args.fhir_out, heatmaps=args.heatmaps, heatmap_format=args.heatmap_format,
+                         keep_unsent=args.keep_unsent,
                          retry_initial=args.retry_initial, retry_max=args.retry_max)
         node.start()
     except (*cli.USAGE_ERRORS, OSError) as err:

@@ -2,7 +2,7 @@
 ``cxr_tf.inference.predictor.Predictor``). Prints a worklist table, most urgent first, or with
 ``--json`` one object per film in that order (``cxr_tf.inference.results``). ``--format NAME
 --out DIR`` writes each film's outputs in a format of the registry
-(``cxr_tf.inference.outputs``: json, fhir, dicom-sr, heatmap-sc; ``docs/integration.md``);
+(``cxr_tf.inference.outputs``: json, fhir, dicom-sr, heatmap-pm, heatmap-sc; ``docs/integration.md``);
 ``--gradcam DIR`` writes a Grad-CAM overlay PNG per positive finding. Exit code 1 when any
 film failed, 2 for a usage error. See ``docs/inference.md``."""
 
@@ -45,15 +45,16 @@ def main(argv=None):
                         help="write each film's outputs under --out in this format (repeat for several): "
                              + "; ".join(f"{name}: {f.summary}" for name, f in FORMATS.items()))
     parser.add_argument("--out", metavar="DIR", help="folder for --format outputs")
-    parser.add_argument("--heatmaps", action="store_true", help="with --format dicom-sr: also --format heatmap-sc")
+    parser.add_argument("--heatmaps", action="store_true", help="with --format dicom-sr: also --format heatmap-pm "
+                        "(Grad-CAM Parametric Maps; --format heatmap-sc for viewers without them)")
     parser.add_argument("--gradcam", metavar="DIR", help="write Grad-CAM overlay PNGs of positive findings here")
     cli.add_predictor_options(parser)
     args = parser.parse_args(argv)
     if bool(args.format) != bool(args.out):
         parser.error("--format and --out go together")
     formats = list(dict.fromkeys(args.format or []))
-    if args.heatmaps and "dicom-sr" in formats:
-        formats.append("heatmap-sc")
+    if args.heatmaps and "dicom-sr" in formats and "heatmap-sc" not in formats:
+        formats.append("heatmap-pm")
     try:
         for name in formats:
             FORMATS[name].check()  # a missing extra: one line now, before any film is read

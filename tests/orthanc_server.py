@@ -1,6 +1,9 @@
 """A real Orthanc PACS for tests: its own temporary config and storage, free loopback
-ports, started and stopped by the test. ``ORTHANC`` is the binary (None when missing)."""
+ports, started and stopped by the test. ``ORTHANC`` is the binary (None when missing);
+``DICOMWEB_PLUGIN`` its DICOMweb plugin (Debian orthanc-dicomweb; None when missing)."""
 
+import base64
+import glob
 import json
 import shutil
 import subprocess
@@ -11,6 +14,7 @@ import urllib.request
 from cxr_tf.testing import free_port
 
 ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = next(iter(sorted(glob.glob("/usr/lib/orthanc/libOrthancDicomWeb.so*"))), None)
 AET = "ORTHANC"
 
 
@@ -18,9 +22,11 @@ class Orthanc:
     """``Orthanc(folder, modalities={"name": (AET, host, port)}).start()``; ``.stop()``.
 
     REST at ``.url`` (loopback only: RemoteAccessAllowed false); DICOM at ``.dicom_port``.
-    Only the listed modalities may C-STORE into it (DicomAlwaysAllowStore false)."""
+    Only the listed modalities may C-STORE into it (DicomAlwaysAllowStore false). ``dicomweb``: load
+    the DICOMweb plugin (root ``.dicomweb``); ``users``: {user: password} for HTTP basic
+    authentication (every REST and DICOMweb call then needs it; ``request`` sends the first)."""
 
-    def __init__(self, folder, modalities, dicom_port=None):
+    def __init__(self, folder, modalities, dicom_port=None, dicomweb=False, users=None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port = free_port(), dicom_port or free_port()
@@ -28,11 +34,18 @@ class Orthanc:
         config = {
             "Name": "cxr_tf-test", "StorageDirectory": str(folder / "storage"),
             "IndexDirectory": str(folder / "storage"), "HttpPort": self.http_port, "DicomPort": self.dicom_port,
-            "DicomAet": AET, "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+            "DicomAet": AET, "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": dict(users or {}), "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+            "DicomWeb": {"Enable": bool(dicomweb), "Root": "/dicom-web/", "EnableWado": False},
             "DicomModalities": {name: list(m) for name, m in modalities.items()},
             "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True, "DicomScuTimeout": 20,
             "StableAge": 1, "ConcurrentJobs": 2, "HttpTimeout": 60,
         }
+        self.dicomweb = f"{self.url}/dicom-web"
+        self._auth = None
+        if users:
+            user, password = next(iter(users.items()))
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config))
         self.log = folder / "orthanc.log"
@@ -65,6 +78,8 @@ class Orthanc:
         """(HTTP status, parsed JSON or raw bytes) of a REST call."""
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
+        if self._auth:
+            req.add_header("Authorization", self._auth)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 status, raw = resp.status, resp.read()

@@ -1,6 +1,6 @@
 """Throughput and latency of the DICOM node, side by side with ``predict`` on the same films.
 
-    python tools/bench_dicom_node.py --model RUN_DIR --films 20 [--samples 25] [--heatmaps]
+    python tools/bench_dicom_node.py --model RUN_DIR --films 20 [--samples 25] [--heatmaps] [--no-dicomweb]
 
 Wraps ``--films`` real NIH films (``cxr_tf/sample/images``) as DX DICOM, starts the node
 (``cxr_tf.inference.dicom_node``) and a pynetdicom Storage SCP as its destination, both in
@@ -11,7 +11,11 @@ same films through ``Predictor.predict`` (what ``predict --json`` runs), warm, o
 as one batch of all films and once one film per call; and through ``predict --format
 dicom-sr`` (the same SRs as the node, written to a temporary folder). Last line:
 Also the film-to-SR latency of films sent one at a time (each after the previous SR:
-a modality's pace). Last line: ``films_per_s=<node films/s> p95_ms=<node p95 latency>``.
+a modality's pace). And the DICOMweb path (``cxr_tf.inference.dicomweb``) against a real Orthanc
+with its DICOMweb plugin (skipped, and said, when not installed): the same films uploaded at once
+with STOW-RS, the front end polling QIDO-RS every 0.2 s; film-to-report latency from the end of a
+film's upload to the end of its report's STOW-RS. Last lines: ``films_per_s=<node films/s>
+p95_ms=<node p95 latency>`` and ``dicomweb_films_per_s=… dicomweb_p95_ms=…``.
 """
 
 import argparse
@@ -28,12 +32,12 @@ SAMPLE = Path(__file__).resolve().parents[1] / "cxr_tf" / "sample" / "images"
 def destination_scp(port, arrivals):
     """A Storage SCP on 127.0.0.1:port recording {source SOP Instance UID: arrival time} of SRs."""
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
 
     def on_store(event):
         arrived = time.perf_counter()
         ds = event.dataset
-        if ds.SOPClassUID == ComprehensiveSRStorage:
+        if ds.SOPClassUID == Comprehensive3DSRStorage:
             # the film, from the evidence list (cheaper than reading the content tree, and
             # this handler shares the process with the node it measures)
             series = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -42,7 +46,7 @@ def destination_scp(port, arrivals):
 
     ae = AE(ae_title="BENCH_PACS")
     ae.maximum_pdu_size = 0
-    for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+    for sop_class in (Comprehensive3DSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage):
         ae.add_supported_context(sop_class)
     return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
@@ -80,7 +84,8 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="run folder")
     parser.add_argument("--films", type=int, default=20)
     parser.add_argument("--samples", type=int, default=25, help="MC dropout passes")
-    parser.add_argument("--heatmaps", action="store_true", help="node also sends Grad-CAM Secondary Captures")
+    parser.add_argument("--heatmaps", action="store_true", help="node also sends Grad-CAM Parametric Maps")
+    parser.add_argument("--no-dicomweb", dest="dicomweb", action="store_false", help="skip the DICOMweb path")
     args = parser.parse_args(argv)
 
     from pydicom.uid import generate_uid
@@ -157,7 +162,62 @@ def main(argv=None):
           f"p95 {np.percentile(latency, 95):.1f} ms, max {latency.max():.1f} ms")
     print(f"node film-to-SR latency, one film at a time: median {np.median(alone):.1f} ms over {len(alone)}")
     print(f"films_per_s={node_rate:.2f} p95_ms={np.percentile(latency, 95):.1f}")
+    if args.dicomweb:
+        web = bench_dicomweb(args, [*warm, *timed])
+        if web is None:
+            print("dicomweb: skipped (Orthanc or its DICOMweb plugin, Debian orthanc-dicomweb, not installed)")
+        else:
+            rate, lat = web
+            print(f"{'DICOMweb: STOW in -> QIDO/WADO -> SR STOW out':<44} {rate:8.2f} {1000 / rate:8.1f} "
+                  f"{rate / node_rate:8.2f}x")
+            print(f"DICOMweb film-to-report latency: p50 {np.percentile(lat, 50):.1f} ms, "
+                  f"p95 {np.percentile(lat, 95):.1f} ms, max {lat.max():.1f} ms")
+            print(f"dicomweb_films_per_s={rate:.2f} dicomweb_p95_ms={np.percentile(lat, 95):.1f}")
     return 0
+
+
+def bench_dicomweb(args, films):
+    """(films/s, latencies ms) of the DICOMweb front end against Orthanc, or None without Orthanc."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from orthanc_server import DICOMWEB_PLUGIN, ORTHANC, Orthanc
+    from pydicom.uid import generate_uid
+
+    from cxr_tf.inference.dicomweb import DicomWebFrontEnd, make_session
+    from cxr_tf.inference.predictor import Predictor
+
+    if ORTHANC is None or DICOMWEB_PLUGIN is None:
+        return None
+    from dicomweb_client.api import DICOMwebClient
+
+    for ds in films:  # fresh instances (the node path sent these UIDs already)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    warm, timed = films[:2], films[2:]
+    with tempfile.TemporaryDirectory() as tmp:
+        orthanc = Orthanc(Path(tmp) / "orthanc", {}, dicomweb=True).start()
+        stop = threading.Event()
+        try:
+            web = DICOMwebClient(orthanc.dicomweb, session=make_session(), chunk_size=1 << 30)
+            front = DicomWebFrontEnd(Predictor(args.model, samples=args.samples), orthanc.dicomweb,
+                                     Path(tmp) / "cursor.json", since=films[0].StudyDate, heatmaps=args.heatmaps)
+            worker = threading.Thread(target=front.run, args=(stop, 0.2), daemon=True)
+            worker.start()
+            uploaded = {}
+            web.store_instances(warm)
+            wait_for(front.stored_at, [d.SOPInstanceUID for d in warm])
+            t0 = time.monotonic()
+            for ds in timed:  # one STOW per film, as a modality or router sends them
+                web.store_instances([ds])
+                uploaded[ds.SOPInstanceUID] = time.monotonic()
+            uids = list(uploaded)
+            wait_for(front.stored_at, uids)
+            seconds = max(front.stored_at[u] for u in uids) - t0
+            latency = np.array([(front.stored_at[u] - uploaded[u]) * 1000 for u in uids])
+        finally:
+            stop.set()
+            orthanc.stop()
+    return len(timed) / seconds, latency
 
 
 if __name__ == "__main__":

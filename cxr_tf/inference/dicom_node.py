@@ -1,5 +1,6 @@
-"""A DICOM node that triages chest radiographs as they arrive and answers with a
-Structured Report (and Grad-CAM Secondary Captures) sent to a destination AE.
+"""A DICOM node that triages chest radiographs as they arrive and answers with a TID 1500
+Structured Report (and Grad-CAM Parametric Maps, or Secondary Captures for legacy viewers) sent
+to a destination AE.
 
 Flow (``docs/integration.md``)::
 
@@ -11,8 +12,10 @@ Flow (``docs/integration.md``)::
   or that cannot be read (``cxr_tf.inference.readers`` raises ``FilmError``) or that the
   input gate refuses (``cxr_tf.inference.gate``: not a frontal chest film; after the header
   checks) gets a failure status (0xC000 family) with an Error Comment, and a log line naming
-  its SOP Instance UID and the reason. Everything else gets 0x0000 once it is read and
-  queued: the film is then the node's responsibility.
+  its SOP Instance UID and the reason; a refused CR, DX or SC image whose header names its study
+  also gets a "received, not analysed" report in that study (``dicom-sr`` of a ``NotProcessed``
+  result; with ``fhir_out`` a cancelled DiagnosticReport too), once per SOP Instance. Everything
+  else gets 0x0000 once it is read and queued: the film is then the node's responsibility.
 - One worker thread runs the model (loaded once) on whatever has queued up (one MC
   run per batch of up to ``max_batch`` films), builds the SR (+ heatmaps) and sends
   them. Films are processed in memory; only ``fhir_out`` and ``keep_unsent`` (both
@@ -32,7 +35,8 @@ import time
 from pathlib import Path
 
 from cxr_tf.inference.outputs import FORMATS
-from cxr_tf.inference.readers import FilmError
+from cxr_tf.inference.readers import Film, FilmError
+from cxr_tf.inference.results import FilmResult, NotProcessed
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,8 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 RADIOGRAPHS = {CR: "CR", DX_PRESENTATION: "DX for presentation", DX_PROCESSING: "DX for processing"}
 CHEST_PARTS = ("CHEST", "THORAX", "LUNG", "PORT CHEST")
 CHEST_REGION_CODES = {"51185008", "43799004", "39607008", "T-D3000"}  # SCT chest, thorax, lung; SRT chest
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 
 # C-STORE failure statuses (PS3.4 B.2.3; C000-CFFF "cannot understand").
 STATUS_NOT_CHEST = 0xC001
@@ -123,6 +128,28 @@ class Received:
     film: object
 
 
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """A refused film that gets a "not processed" report: its header (no pixels), why, the gate's record."""
+
+    received: float
+    sop_uid: str
+    header: object
+    not_processed: object
+    gate: dict | None = None
+
+
+def _header_only(ds):
+    """``ds`` without its pixel data (a shallow copy): what a report of it needs."""
+    from pydicom.dataset import Dataset
+
+    header = Dataset()
+    for element in ds:
+        if element.tag.group != 0x7FE0:
+            header.add(element)
+    return header
+
+
 @dataclasses.dataclass
 class Pending:
     """Objects of one film waiting to be sent."""
@@ -141,7 +168,8 @@ class DicomNode:
 
     predictor: a loaded ``Predictor``; aet/host/port: where it listens; destination:
     a ``Destination``; fhir_out: a folder for ``<SOPInstanceUID>.fhir.json`` (None: no
-    FHIR); heatmaps: also send Grad-CAM Secondary Captures of positive findings;
+    FHIR); heatmaps: also send Grad-CAM maps of positive findings, as ``heatmap_format``
+    ("heatmap-pm": Parametric Maps; "heatmap-sc": Secondary Captures for legacy viewers);
     keep_unsent: a folder where ``stop()`` writes what could not be sent (None: only
     logged and reported). ``stats``: counters; ``latencies``: seconds from a film's
     arrival to its SR's successful C-STORE, one per film. A batch's SRs are sent before
@@ -150,7 +178,7 @@ class DicomNode:
 
     def __init__(self, predictor, aet="CXR_TF", host="127.0.0.1", port=11112, destination=None,
                  fhir_out=None, heatmaps=False, keep_unsent=None, retry_initial=1.0, retry_max=60.0,
-                 max_batch=16, timeout=30.0):
+                 max_batch=16, timeout=30.0, heatmap_format="heatmap-pm"):
         if destination is None:
             raise ValueError("a destination AET@HOST:PORT is required: where the SRs go")
         self.predictor = predictor
@@ -158,6 +186,11 @@ class DicomNode:
         self.destination = destination
         self.fhir_out = Path(fhir_out) if fhir_out else None
         self.heatmaps = heatmaps
+        if heatmap_format not in ("heatmap-pm", "heatmap-sc"):
+            raise ValueError(f"heatmap_format={heatmap_format!r}: expected heatmap-pm (Parametric Maps) or heatmap-sc "
+                             "(Secondary Captures, for viewers without Parametric Map support)")
+        self.heatmap_format = heatmap_format
+        self._reported = collections.OrderedDict()  # SOP Instance UIDs given a "not processed" report
         self.keep_unsent = Path(keep_unsent) if keep_unsent else None
         self.retry_initial, self.retry_max = float(retry_initial), float(retry_max)
         self.max_batch, self.timeout = int(max_batch), float(timeout)
@@ -171,7 +204,7 @@ class DicomNode:
         self._server = None
         self._worker = None
         # every format the node will make, checked now: a missing extra is one line at start
-        for name in ("dicom-sr", *(("heatmap-sc",) if heatmaps else ()), *(("fhir",) if fhir_out else ())):
+        for name in ("dicom-sr", *((heatmap_format,) if heatmaps else ()), *(("fhir",) if fhir_out else ())):
             FORMATS[name].check()
 
     # ------------------------------------------------------------------ lifecycle
@@ -250,31 +283,56 @@ class DicomNode:
                 return self._refuse(sop_uid, STATUS_SHUTTING_DOWN, "node is shutting down; send again later")
             problem = chest_problem(ds) or _identity_problem(ds)
             if problem:
-                return self._refuse(sop_uid, STATUS_NOT_CHEST, problem)
+                return self._refuse(sop_uid, STATUS_NOT_CHEST, problem, ds, "not_chest_radiograph")
             film = self.predictor.read(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
             [screening] = self.predictor.screen([film])
             if screening is not None and not screening.passed:
-                return self._refuse(sop_uid, STATUS_NOT_FRONTAL, screening.message())
+                return self._refuse(sop_uid, STATUS_NOT_FRONTAL, screening.message(), ds, screening.reason,
+                                    gate=screening.as_dict())
         except FilmError as err:
-            return self._refuse(sop_uid, STATUS_UNREADABLE, str(err))
+            return self._refuse(sop_uid, STATUS_UNREADABLE, str(err), ds, "unreadable")
         except Exception as err:  # noqa: BLE001 - pydicom raises many types while decoding a damaged data set
-            return self._refuse(sop_uid, STATUS_UNREADABLE, f"cannot decode the data set ({type(err).__name__}: {err})")
+            return self._refuse(sop_uid, STATUS_UNREADABLE, f"cannot decode the data set ({type(err).__name__}: {err})",
+                                ds, "unreadable")
         self.stats["received"] += 1
         self._queue.put(Received(time.monotonic(), sop_uid, film))
         return 0x0000
 
-    def _refuse(self, sop_uid, status, reason):
+    def _refuse(self, sop_uid, status, reason, ds=None, code=None, gate=None):
+        """The failure status of a refused film; with ``code`` (a ``results.REASONS`` key) a radiograph
+        (CR, DX, SC) whose header places it in a study also gets a "not processed" report, queued
+        for the worker (``_not_processed``), once per SOP Instance."""
         from pydicom.dataset import Dataset
 
         self.stats["refused"] += 1
         self.refusals.append((sop_uid, reason))
         log.warning("refused SOP Instance %s: %s", sop_uid, reason)
+        try:
+            if code is not None and ds is not None and self._reports_refusal(ds, sop_uid):
+                self._queue.put(Refused(time.monotonic(), sop_uid, _header_only(ds),
+                                        NotProcessed(code, f"SOP Instance {sop_uid}: {reason}"), gate))
+        except Exception:  # noqa: BLE001 - a header too damaged to copy gets the status alone
+            log.exception("no not-processed report for SOP Instance %s", sop_uid)
         answer = Dataset()
         answer.Status = status
         answer.ErrorComment = reason[:64]  # LO: 64 characters
         return answer
 
     # ------------------------------------------------------------------ working
+
+    def _reports_refusal(self, ds, sop_uid):
+        """Whether a refused film gets a "not processed" report: an image of the classes the node
+        reads (CR, DX, SC: a CT or an MR sent by a broad routing rule gets only the status) whose
+        header names its study, not reported already (a sender may retry a refused film)."""
+        if str(ds.get("SOPClassUID", "")) not in (*RADIOGRAPHS, SECONDARY_CAPTURE) or _identity_problem(ds):
+            return False
+        with self._idle:
+            if sop_uid in self._reported:
+                return False
+            self._reported[sop_uid] = True
+            while len(self._reported) > 100_000:
+                self._reported.popitem(last=False)
+        return True
 
     def _work(self):
         while True:
@@ -292,6 +350,15 @@ class DicomNode:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            refused = [item for item in batch if isinstance(item, Refused)]
+            batch = [item for item in batch if not isinstance(item, Refused)]
+            for item in refused:
+                self._guarded(item.sop_uid, "the not-processed report", self._not_processed, item)
+                self._queue.task_done()
+            if not batch:
+                self._send_due()
+                self._notify()
+                continue
             try:
                 self._triage(batch)
             except Exception:
@@ -332,7 +399,8 @@ class DicomNode:
             step(*args)
             return True
         except Exception:
-            self.stats["failed" if what == "the SR" else "heatmaps_failed"] += 1
+            self.stats["failed" if what == "the SR" else "heatmaps_failed" if what == "heatmaps" else
+                       "not_processed_failed"] += 1
             log.exception("could not build %s of SOP Instance %s", what, sop_uid)
             return False
 
@@ -350,8 +418,20 @@ class DicomNode:
         self.outbox.append(Pending(item.sop_uid, [sr], item.received, is_report=True))
 
     def _heatmaps(self, item, result):
-        """Grad-CAM Secondary Captures of the film's positive findings into the outbox."""
-        objects = [output.value for output in FORMATS["heatmap-sc"].write(result, self.predictor)]
+        """Grad-CAM maps of the film's positive findings (``heatmap_format``) into the outbox."""
+        objects = [output.value for output in FORMATS[self.heatmap_format].write(result, self.predictor)]
+        self.outbox.append(Pending(item.sop_uid, objects, item.received))
+
+    def _not_processed(self, item):
+        """The "received, not analysed" report of a refused film (and its FHIR Bundle) into the outbox:
+        the same registry entry as every front end (``dicom-sr`` renders ``NotProcessed``)."""
+        result = FilmResult(f"SOP Instance {item.sop_uid}", film=Film(item.sop_uid, None, "dicom", header=item.header),
+                            not_processed=item.not_processed, gate=item.gate)
+        objects = [output.value for output in FORMATS["dicom-sr"].write(result, self.predictor)]
+        if self.fhir_out:
+            for output in FORMATS["fhir"].write(result, self.predictor):
+                (self.fhir_out / f"{item.sop_uid}{output.suffix}").write_bytes(output.encode())
+        self.stats["not_processed_reports"] += 1
         self.outbox.append(Pending(item.sop_uid, objects, item.received))
 
     # ------------------------------------------------------------------ sending

@@ -3,7 +3,7 @@
 rotated film, or a crop without the lungs gets a "not processed" answer
 (``cxr_tf.inference.results.NotProcessed``) naming why, instead of a triage call.
 
-The gate is a small CNN (``build_model``: about 70,000 weights, 64 px greyscale in) that ships
+The gate is a small CNN (``build_model``: 68,000 weights, 64 px greyscale in) that ships
 with the package (``cxr_tf/resources/gate.keras`` and ``gate.json``: classes, threshold,
 version, what it was trained on and how it measured). It works for every run, since what it
 judges (is this a frontal chest film?) does not depend on the model behind it, and it costs about a

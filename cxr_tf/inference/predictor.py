@@ -98,7 +98,8 @@ class Predictor:
         self.config = self.run.config
         self.thresholds, self.thresholds_source = self.run.thresholds, self.run.thresholds_source
         # the run's part of every film's MC seed: the same weights give the same draws
-        self.run_key = hashlib.sha256((self.run_dir / runs.MODEL).read_bytes()).digest()
+        self.model_sha256 = hashlib.sha256((self.run_dir / runs.MODEL).read_bytes()).hexdigest()
+        self.run_key = bytes.fromhex(self.model_sha256)
         self.arch = self.run.arch
         if backend == "keras":
             from cxr_tf.inference.uncertainty import MCSampler
@@ -172,6 +173,7 @@ class Predictor:
         return {
             "run_dir": str(self.run_dir),
             "arch": self.arch,
+            "model_sha256": self.model_sha256,
             "image_size": self.image_size,
             "backend": self.backend,
             "export": None if self.export_dir is None else str(self.export_dir),

@@ -61,7 +61,7 @@ def test_answer_formats_answer_every_film(name, tiny_run, dicom_film):
 
 
 def test_unknown_format_lists_the_formats():
-    with pytest.raises(ValueError, match="choose from json, fhir, dicom-sr, heatmap-sc"):
+    with pytest.raises(ValueError, match="choose from json, fhir, dicom-sr, heatmap-pm, heatmap-sc"):
         get("pdf")
 
 

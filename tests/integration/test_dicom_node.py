@@ -1,6 +1,7 @@
 """The DICOM node against a real PACS: Orthanc sends it films over DICOM, the node
-answers with SRs (and Grad-CAM Secondary Captures) in the same study; refusals; a
-destination that is down, then up, loses nothing; SIGTERM stops it cleanly."""
+answers with TID 1500 SRs (and Grad-CAM Parametric Maps) in the same study; refusals, each with
+a "not processed" SR in its study; every SR passes dciodvfy and pixelmed; a destination that is
+down, then up, loses nothing; SIGTERM stops it cleanly."""
 
 import io
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_validators import assert_valid_srs
 from orthanc_server import AET, ORTHANC, Orthanc
 
 from cxr_tf import predict as predict_cli
@@ -27,9 +29,12 @@ SAMPLES = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "i
 SEED, MC = 11, 5
 
 
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
+
+
 def sr_and_heatmaps(instances):
-    modalities = [m for m, _, _ in instances]
-    return "SR" in modalities and "OT" in modalities
+    classes = [c for _, c, _ in instances]
+    return any(m == "SR" for m, _, _ in instances) and classes.count(PARAMETRIC_MAP) == 2
 
 
 @needs_orthanc
@@ -71,8 +76,11 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, two_positive_ru
             got = content["findings"][label]
             assert abs(got["probability"] - p) <= 1e-6 and abs(got["uncertainty"] - expected["uncertainty"][label]) <= 1e-6
             assert got["positive"] == (label in expected["findings"])
-        heatmaps = [i for m, _, i in found if m == "OT"]
+        heatmaps = [i for _, c, i in found if c == PARAMETRIC_MAP]
         assert sorted(expected["findings"]) == ["Effusion", "Mass"] and len(heatmaps) == 2
+        [device] = [e["resource"] for e in json.loads((tmp_path / "fhir" / f"{ds.SOPInstanceUID}.fhir.json").read_text())
+                    ["entry"] if e["resource"]["resourceType"] == "Device"]
+        assert device["identifier"][0]["value"] == f"urn:oid:{content['device_uid']}"
         bundle = json.loads((tmp_path / "fhir" / f"{ds.SOPInstanceUID}.fhir.json").read_text())
         [report] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
         assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{ds.StudyInstanceUID}"
@@ -96,10 +104,30 @@ def test_orthanc_round_trip_refusals_and_node_stays_up(tmp_path, two_positive_ru
         again = dx_dataset(SAMPLES[6], study_uid=ds.StudyInstanceUID)
         status, _ = orthanc.request("POST", "/modalities/cxrtf/store", orthanc.upload(dicom_bytes(again))["ID"].encode())
         assert status == 200
-        orthanc.wait_for(ds.StudyInstanceUID, lambda inst: [m for m, _, _ in inst].count("SR") == 2)
+        # 2 triaged films and 3 refused ones: an SR each, the refused ones saying why
+        found = orthanc.wait_for(ds.StudyInstanceUID, lambda inst: [m for m, _, _ in inst].count("SR") == 5)
+        said = {}
+        (tmp_path / "srs").mkdir()
+        for _, _, instance in (f for f in found if f[0] == "SR"):
+            part10 = orthanc.get(f"/instances/{instance}/file")
+            content = read_sr(pydicom.dcmread(io.BytesIO(part10)))
+            said[content["source"][1]] = content
+            (tmp_path / "srs" / f"{instance}.sr.dcm").write_bytes(part10)
+        assert {uid: c.get("reason") for uid, c in said.items() if c["status"] == "not processed"} == {
+            hand.SOPInstanceUID: "not_chest_radiograph", broken.SOPInstanceUID: "unreadable",
+            inverted.SOPInstanceUID: "inverted"}
+        assert "not the chest" in said[hand.SOPInstanceUID]["error"]
+        node_stats = node.stats
         report = node.stop()
         node = None
         assert report["unsent"] == [] and report["triaged"] == 2 and report["refused"] == 3
+        assert node_stats["not_processed_reports"] == 3
+        # the validators on a triaged report and a refused film's (header only) report: the other three
+        # are built by the same code (pixelmed costs tens of seconds a file on a busy machine)
+        kept = [p for p in (tmp_path / "srs").glob("*.sr.dcm")
+                if read_sr(pydicom.dcmread(p))["source"][1] in (ds.SOPInstanceUID, hand.SOPInstanceUID)]
+        assert len(kept) == 2
+        assert_valid_srs(kept)
     finally:
         if node is not None:
             node.stop(drain_timeout=0)

@@ -14,13 +14,16 @@ format        file (``predict --out``)       content
 ============= ============================== ================================================
 json          ``<stem>.json``                the ``predict --json`` object of the film
 fhir          ``<stem>.fhir.json``           FHIR R4 Bundle (``outputs.fhir``)
-dicom-sr      ``<stem>.sr.dcm``              DICOM Comprehensive SR (``outputs.dicom_sr``)
-heatmap-sc    ``<stem>_<finding>.sc.dcm``    Grad-CAM Secondary Capture per positive finding
+dicom-sr      ``<stem>.sr.dcm``              TID 1500 report in a Comprehensive 3D SR (``outputs.dicom_sr``);
+                                             a film not processed: the report saying so and why
+heatmap-pm    ``<stem>_<finding>.pm.dcm``    Grad-CAM Parametric Map (float) per positive finding
+heatmap-sc    ``<stem>_<finding>.sc.dcm``    Grad-CAM Secondary Capture per positive finding (legacy viewers)
 ============= ============================== ================================================
 
 The DICOM formats need a DICOM film: their objects join the film's study and reference it
 (an object with an invented study would land in the PACS as a second, unrelated study of a
-patient it cannot name). A PNG/JPEG film gets a per-film error saying so. A format whose
+patient it cannot name). A PNG/JPEG film gets a per-film error saying so (a film not processed
+gets nothing from them and keeps its own reason). A format whose
 extra is not installed raises ``MissingExtra`` (``check``) naming what to install, before any
 film is read. Adding a format: one module here with ``write`` (and ``answer``), one row in
 ``FORMATS``, one test (docs/architecture.md).
@@ -86,6 +89,8 @@ class OutputFormat:
         """[Output] of a ``result`` (triaged, or not processed for a format that renders those);
         ValueError naming the film when it cannot be made."""
         if self.dicom and result.header is None:
+            if not result.ok:  # a PNG, or a file unread: nothing to join; its own reason stands
+                return []
             raise ValueError(f"{result.file}: --format {self.name} needs a DICOM film (it joins the film's study "
                              "and references it); use --format fhir or json for PNG/JPEG films")
         return self._module().write(result, predictor)
@@ -99,10 +104,14 @@ FORMATS = {f.name: f for f in (
     OutputFormat("json", "json_result", "the predict --json object of the film", answers=True, not_processed=True),
     OutputFormat("fhir", "fhir", "a FHIR R4 Bundle (DiagnosticReport, Observations, Device)", extra="dicom",
                  requires=("fhir.resources",), answers=True, not_processed=True),
-    OutputFormat("dicom-sr", "dicom_sr", "a DICOM Comprehensive SR in the film's study (DICOM films only)",
-                 extra="dicom", requires=("highdicom",), dicom=True),
-    OutputFormat("heatmap-sc", "heatmap_sc", "a Grad-CAM DICOM Secondary Capture per positive finding "
+    OutputFormat("dicom-sr", "dicom_sr", "a DICOM TID 1500 Measurement Report (Comprehensive 3D SR) in the "
+                 "film's study, also for a film not processed (DICOM films only)", extra="dicom",
+                 requires=("highdicom",), dicom=True, not_processed=True),
+    OutputFormat("heatmap-pm", "heatmap_pm", "a Grad-CAM DICOM Parametric Map (float) per positive finding "
                  "(DICOM films only)", extra="dicom", requires=("highdicom",), dicom=True),
+    OutputFormat("heatmap-sc", "heatmap_sc", "a Grad-CAM DICOM Secondary Capture per positive finding, for "
+                 "viewers without Parametric Map support (DICOM films only)", extra="dicom",
+                 requires=("highdicom",), dicom=True),
 )}
 """Every output format, by name."""
 

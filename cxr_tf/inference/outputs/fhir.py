@@ -5,7 +5,9 @@ R4 and R4B).
 Bundle (type "collection", entries linked by ``urn:uuid`` full URLs):
 
 - ``Device``: the model (name "cxr_tf <arch>", version = run name, manufacturer,
-  a note with the algorithm parameters and the decision-aid statement).
+  a note with the algorithm parameters and the decision-aid statement); ``identifier`` = the
+  Device UID of the DICOM SR (``urn:dicom:uid``, ``urn:oid:<UID>``: derived from the run's
+  model.keras digest, ``structured.device_uid``), so an SR and a Bundle of one film join on it.
 - one ``Observation`` per finding: code = the finding (SNOMED CT, or our local code
   system), ``valueQuantity`` = probability (UCUM "1"), ``interpretation`` = POS/NEG
   (HL7 v3 ObservationInterpretation) at the run's threshold, components = the
@@ -39,6 +41,7 @@ from cxr_tf.inference.outputs.structured import (
     THRESHOLD,
     TRIAGE_LEVEL,
     TRIAGE_LEVELS,
+    device_uid,
     finding_rows,
     model_identity,
     not_processed_code,
@@ -109,6 +112,8 @@ def _device(description):
     notes = [{"text": "; ".join(identity.parameters())}, {"text": DISCLAIMER}]
     notes.append({"text": f"input gate {gate['version']}" if gate else "input gate off (--no-gate)"})
     return {"resourceType": "Device", "manufacturer": MANUFACTURER,
+            # the DICOM SR's Device UID (observer and Contributing Equipment): SR and FHIR join on it
+            "identifier": [{"system": DICOM_UID, "value": f"urn:oid:{device_uid(description)}"}],
             "deviceName": [{"name": identity.name, "type": "model-name"}],
             "version": [{"value": identity.version}], "note": notes}
 

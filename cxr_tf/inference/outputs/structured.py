@@ -22,8 +22,12 @@ decision-aid statement, and Pleural_Thickening (no SNOMED concept we could verif
 import dataclasses
 from pathlib import Path
 
+from pydicom.uid import generate_uid
+
 PRIVATE_SCHEME = "99CXRTF"
 """Coding scheme designator of our local codes (DICOM; in FHIR the system ``PRIVATE_SYSTEM``)."""
+PRIVATE_SCHEME_NAME = "cxr_tf local codes"
+"""Its name in an SR's Coding Scheme Identification Sequence (the declaration of a local scheme)."""
 PRIVATE_SYSTEM = "urn:cxr-tf:codes"
 SNOMED_SYSTEM = "http://snomed.info/sct"
 MANUFACTURER = "cxr_tf"
@@ -57,6 +61,8 @@ TRIAGE_MESSAGE = ("TRIAGE_MESSAGE", "Triage message")
 NOT_PROCESSED = ("NOT_PROCESSED", "Received, not analysed")
 """A film that was received and got no verdict (``results.NotProcessed``); its reason is coded
 ``NOT_PROCESSED_<REASON>`` (``not_processed_code``)."""
+NOT_PROCESSED_REASON = ("NOT_PROCESSED_WHY", "Why not analysed")
+"""The text of a film's "not processed" message (it names the film and the reason in full)."""
 CAVEAT = ("CAVEAT", "Caveat")
 """What the run has not shown (``result["caveats"]``, ``cxr_tf.inference.evidence``): one text item each."""
 DISCLAIMER = ("Decision aid, not a diagnosis: these findings come from a machine-learning model "
@@ -114,13 +120,17 @@ def finding_rows(result, thresholds):
 class ModelIdentity:
     """The algorithm behind a result: architecture, run name (the run folder's
     name), training split method, test macro AUC (None when the run has no test
-    metrics), MC samples."""
+    metrics), MC samples, the digest of model.keras, the evidence status (``evidence.py``),
+    the cxr_tf version."""
 
     arch: str
     run_name: str
     split_method: str
     test_macro_auc: float | None
     samples: int
+    model_sha256: str | None = None
+    status: str = "unknown"
+    software: str = ""
 
     @property
     def name(self):
@@ -130,19 +140,51 @@ class ModelIdentity:
     def version(self):
         return self.run_name
 
-    def parameters(self):
-        """["key=value"] for the algorithm-parameters fields of SR and FHIR."""
+    def parameters(self, gate=None, caveats=None):
+        """["key=value"] for the algorithm-parameters fields of SR and FHIR: the run, and with a
+        film's ``gate`` record (``FilmResult.gate``) and ``caveats``, what the input gate said of
+        it and what the run has not shown."""
         auc = "n/a" if self.test_macro_auc is None else f"{self.test_macro_auc:.4f}"
-        return [f"run={self.run_name}", f"split={self.split_method}", f"test_macro_auc={auc}",
-                f"mc_samples={self.samples}"]
+        params = [f"arch={self.arch}", f"run={self.run_name}", f"cxr_tf={self.software}",
+                  f"model_sha256={self.model_sha256 or 'n/a'}", f"split={self.split_method}",
+                  f"test_macro_auc={auc}", f"mc_samples={self.samples}", f"evidence={self.status}"]
+        if gate is not None:
+            params.append("input_gate=off" if gate.get("off") else
+                          f"input_gate={gate['version']} frontal_score={gate['score']:.4f}")
+        params += [f"caveat={c}" for c in caveats or ()]
+        return params
+
+    def software_versions(self, description):
+        """SoftwareVersions of the Contributing Equipment (LO, 64 characters each)."""
+        gate = description.get("gate")
+        return [f"cxr_tf {self.software}", f"run {self.run_name}"[:64],
+                f"input gate {gate['version']}"[:64] if gate else "input gate off"]
 
 
 def model_identity(description):
     """ModelIdentity from ``Predictor.describe()``."""
+    from cxr_tf import __version__
+
     test = description.get("test_metrics") or {}
     auc = test.get("macro_auc") if isinstance(test, dict) else None
     return ModelIdentity(arch=str(description.get("arch") or "unknown"),
                          run_name=Path(description["run_dir"]).name,
                          split_method=str(description.get("split_method") or "unknown"),
                          test_macro_auc=None if auc is None else float(auc),
-                         samples=int(description.get("samples") or 0))
+                         samples=int(description.get("samples") or 0),
+                         model_sha256=description.get("model_sha256"),
+                         status=str(description.get("status") or "unknown"), software=__version__)
+
+
+def device_uid(description):
+    """The Device UID of the model behind ``description`` (``Predictor.describe()``), the same in the
+    SR (observer and Contributing Equipment) and in FHIR (``Device.identifier``).
+
+    Derived from the SHA-256 of the run's model.keras and the backend: the same run gives the same
+    UID on every host and at every start; a retrained or re-imported model (other weights) or an
+    export (another backend) another. A description without the digest (written by hand) falls
+    back to the architecture and run name."""
+    digest = description.get("model_sha256")
+    sources = ([MANUFACTURER, "model", digest, str(description.get("backend") or "keras")] if digest else
+               [MANUFACTURER, str(description.get("arch")), Path(str(description.get("run_dir"))).name])
+    return generate_uid(entropy_srcs=sources)
