@@ -46,6 +46,8 @@ def main(argv=None):
     if macro["auc"] is not None:
         ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci[0] is not None else ""
         print(f"macro ROC-AUC {macro['auc']:.3f}{ci_text}; {macro['note']}")
+    for caveat in result.get("caveats") or ():
+        print(f"caveat: {caveat}")
     print()
     print(result["comparison_text"])
     print(f"\nwrote {', '.join(sorted(result['outputs'].values()))} to {result['out']}")

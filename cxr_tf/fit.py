@@ -41,6 +41,9 @@ def build_parser():
                              "the records label)")
     parser.add_argument("--out", help="folder that receives the run folder (default saved_models)")
     parser.add_argument("--weights", help="imagenet | none | path of a weights file")
+    parser.add_argument("--init-from", metavar="RUN",
+                        help="fine-tune from a run (fit's or import_weights'): its weights; findings it knows keep "
+                             "their head units, new ones get fresh units (default arch: the run's)")
     parser.add_argument("--loss", help=f"{' | '.join(config_lib.LOSSES)}")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--mixed-precision", nargs="?", const="true",
@@ -63,8 +66,17 @@ def config_from_args(args):
     if args.mixed_precision is not None:
         value = args.mixed_precision.lower()
         named["mixed_precision"] = {"on": True, "true": True, "off": False, "false": False}.get(value, value)
+    arch = args.arch
+    if args.init_from is not None:
+        named["init_from"] = args.init_from
+        if args.weights is None:
+            named["weights"] = "none"  # the run's weights replace the architecture's
+        if arch is None and args.config is None:
+            from cxr_tf import runs
+
+            arch = runs.read_config(runs.resolve_run_dir(args.init_from)).get("arch")
     overrides.update({k: v for k, v in named.items() if v is not None})
-    return config_lib.load_config(arch=args.arch, config_file=args.config, overrides=overrides,
+    return config_lib.load_config(arch=arch, config_file=args.config, overrides=overrides,
                                   epochs=args.epochs)
 
 

@@ -52,7 +52,7 @@ def read_predictions(path, labels=LABELS):
 def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, thresholds, threshold_info=None,
                          config=None, split="test", split_method=None, records="", run_dir="",
                          history_csv=None, n_boot=1000, seed=0, n_bins=10, model_name=None, labels=LABELS,
-                         external=None):
+                         external=None, caveats=()):
     """Everything after prediction, from arrays: metrics, predictions.csv, metrics.json,
     thresholds.json, figures, report.md/html in ``out``. Returns the metrics dict
     (with ``"outputs"``: {name: path}).
@@ -61,7 +61,8 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
     external: for an external validation, {"dataset", "internal_records", "shared",
     "left_out": {finding: reason}, "internal_auc": {finding: the run's own test AUC}}; the
     report then has a section that says so and puts internal and external AUCs side by side
-    (and leaves out the published NIH results, which are of another population)."""
+    (and leaves out the published NIH results, which are of another population). caveats: sentences
+    the report and metrics.json repeat (the overlap caveat of imported weights)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     y_true, y_prob = metrics.check_arrays(y_true, y_prob, labels)
@@ -69,6 +70,7 @@ def evaluate_predictions(out, image_index, patient_id, y_true, y_prob, threshold
                                 labels=labels)
     summary.update({
         "external": external,
+        "caveats": list(caveats),
         "split": split,
         "split_method": split_method,
         "split_description": literature.describe_split(split_method),
@@ -233,12 +235,16 @@ def evaluate_run(run_dir, records=None, split="test", out=None, batch_size=32, n
         internal_test = (runs.read_metrics(run.path).get("test") or {}).get("auc") or {}
         external = {"dataset": dataset, "internal_records": own, "shared": shared, "left_out": left_out,
                     "internal_auc": {f: internal_test.get(f) for f in shared}}
+    caveats = [literature.overlap_caveat(run.config["imported"], sources.datasets)] if run.config.get("imported") else []
     summary = evaluate_predictions(out, names, pids, y_true, y_prob, thresholds, info, config=run.config,
                                    split=split,
                                    split_method=sources.split_method or run.config.get("split_method"),
                                    records=sources, run_dir=run.path, history_csv=run.path / runs.HISTORY,
-                                   n_boot=n_boot, seed=seed, n_bins=n_bins, labels=shared, external=external)
-    if external is None:
-        runs.record_evaluation(run.path, split, runs.split_block(summary, "evaluate"))
+                                   n_boot=n_boot, seed=seed, n_bins=n_bins, labels=shared, external=external,
+                                   caveats=caveats)
+    imported = run.config.get("imported")
+    if external is None or imported:
+        # An imported run has no records of its own: the user's records are its evidence (cxr_tf.inference.evidence).
+        runs.record_evaluation(run.path, split, {**runs.split_block(summary, "evaluate"), "records": str(sources)})
     summary["out"] = str(out)
     return summary

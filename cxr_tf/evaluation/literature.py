@@ -19,6 +19,7 @@ RESOURCE = "literature_auc.csv"
 SPLIT_NAMES = {
     "official": "official NIH test list",
     "stratified": "patient-grouped iterative stratification",
+    "imported": "the split of the imported weights' source (not cxr_tf's; which films it trained on is unknown)",
 }
 COMPARABILITY_NOTE = (
     "Results on the official NIH test list and on a stratified (or random patient-wise) split are "
@@ -69,3 +70,18 @@ def format_comparison(table, digits=3):
     legend = ", ".join(f"{short}={name}" for name, short in SHORT_NAMES.items())
     splits = "\n".join(f"  {m}: {s}" for m, s in zip(table["model"], table["split"]))
     return f"{text}\n({legend})\n\nsplits:\n{splits}\n{COMPARABILITY_NOTE}"
+
+
+def overlap_caveat(imported, datasets=()):
+    """The sentence every result and report of an imported run carries: its source's training data
+    may hold the films it is now shown. ``imported``: the provenance (config.json ``imported`` or
+    metrics.json ``training.imported``); ``datasets``: the records' dataset names, when known."""
+    trained = imported.get("trained_on") or "data the source does not name"
+    split = imported.get("split") or "a split it does not describe"
+    shared = sorted(set(datasets) & set(imported.get("datasets") or ()))
+    text = (f"imported weights trained by {imported.get('source') or 'another project'} on {trained} ({split}): "
+            "a film from those datasets may have been in its training set, so results and AUCs on such films may "
+            "be optimistic")
+    if shared:
+        text += f"; these records are from {', '.join(shared)}, which it was trained on: read their AUCs as an upper bound"
+    return text

@@ -217,6 +217,8 @@ def evaluation_report(metrics, figures, config=None, comparison=None, title=None
             + ". Their ROC-AUC and average precision cannot be computed on this split; they are "
               "shown as undefined, not as 0, and the macro averages of AUC and AP leave them out.")
 
+    if metrics.get("caveats"):
+        doc.para("**Caveats.** " + " ".join(f"{c[0].upper()}{c[1:]}." for c in metrics["caveats"]))
     if external:
         _external_section(doc, metrics)
 

@@ -95,6 +95,23 @@ def validation_arrays(records, image_size, multimodal, limit=None, batch_size=32
     return ({"image": images, "meta": np.concatenate(metas)[:limit]} if multimodal else images), y
 
 
+def _run_columns(y_records, record_labels, labels, records):
+    """The records' labels (N, K_records) in the run's output order (N, K_run), -1 (missing) for a
+    finding the records do not label (an imported run's, for instance): its AUC is then undefined
+    and left out, as ``evaluate`` does. ExportError when they share no finding."""
+    if record_labels == labels:
+        return y_records
+    shared = [f for f in labels if f in record_labels]
+    if not shared:
+        raise ExportError(f"{records}: none of its findings ({', '.join(record_labels)}) is one the run predicts "
+                          f"({', '.join(labels)}): parity needs records that label some of them")
+    y = np.full((len(y_records), len(labels)), -1, np.int64)
+    for k, finding in enumerate(labels):
+        if finding in record_labels:
+            y[:, k] = y_records[:, record_labels.index(finding)]
+    return y
+
+
 # --------------------------------------------------------------------------- the head in NumPy
 def head_spec(head):
     """(layers, arrays) describing a head ``features -> predictions`` made of Dropout and
@@ -337,7 +354,9 @@ def export_run(run_dir, fmt, out=None, records=None):
     from cxr_tf.models import model_input_spec  # Keras: not on a clinic PC that only runs exports
 
     image_size, multimodal = model_input_spec(model)
-    x, y_true = validation_arrays(find_records(run_dir, config, records), image_size, multimodal)
+    records_dir = find_records(run_dir, config, records)
+    x, y_records = validation_arrays(records_dir, image_size, multimodal)
+    y_true = _run_columns(y_records, list(manifest.read(records_dir).labels), labels, records_dir)
     images, meta = (x["image"], x["meta"]) if multimodal else (x, None)
     reference = np.asarray(model.predict(x, batch_size=32, verbose=0), np.float32)
     one_x = {"image": images[:1], "meta": meta[:1]} if multimodal else images[:1]

@@ -101,6 +101,12 @@ class Predictor:
         self.model_sha256 = hashlib.sha256((self.run_dir / runs.MODEL).read_bytes()).hexdigest()
         self.run_key = bytes.fromhex(self.model_sha256)
         self.arch = self.run.arch
+        from cxr_tf.data.film_resize import DEFAULT_METHOD, RESIZE_METHODS
+
+        self.resize = (self.config.get("input") or {}).get("resize", DEFAULT_METHOD)
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"{self.run_dir}/config.json input.resize {self.resize!r}: expected one of "
+                             f"{', '.join(RESIZE_METHODS)}")
         if backend == "keras":
             from cxr_tf.inference.uncertainty import MCSampler
 
@@ -210,8 +216,10 @@ class Predictor:
         return meta_vector(film.age, film.sex, film.view, self._age_stats)
 
     def _prepare(self, item):
-        """A FilmResult holding the film and the model's input for it, or the error."""
-        from cxr_tf.data.images import to_square
+        """A FilmResult holding the film and the model's input for it, or the error. The film is
+        resized the way the run's training pipeline did (``config.json`` ``input.resize``:
+        ``cxr_tf.data.film_resize``; an imported run records its source's own crop and resize)."""
+        from cxr_tf.data.film_resize import prepare
 
         name, source = item if isinstance(item, tuple) else (None, item)
         if name is None:
@@ -219,7 +227,7 @@ class Predictor:
                 "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
         try:
             film = source if isinstance(source, Film) else self.read(source, name=name)
-            x = to_square(film.pixels, self.image_size).astype(np.float32)[None, :, :, None]
+            x = prepare(film.pixels, self.image_size, self.resize)[None, :, :, None]
             meta = self._meta(film)
         except Exception as err:  # noqa: BLE001 - one bad film never costs another its result
             return unreadable(name, err)

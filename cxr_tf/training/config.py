@@ -127,6 +127,19 @@ def _weights(value, key, source):
     raise ConfigError(f"{_where(key, source)}={value!r}: allowed values are imagenet, none or a file path")
 
 
+def _init_from(value, key, source):
+    """None, or a run folder (``fit``'s or ``import_weights``'; its ``latest`` file or a path inside
+    it) to warm-start from: its absolute path."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None
+    from cxr_tf.runs import resolve_run_dir
+
+    try:
+        return str(resolve_run_dir(str(value)).expanduser().resolve())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{_where(key, source)}={value!r}: {err}") from None
+
+
 def _findings(value, key, source):
     """None (every finding of the records), or a list of distinct finding names (common names;
     whether the records label them is checked when they are read)."""
@@ -191,6 +204,7 @@ SCHEMA = {
     "image_size": _int(16, 2048),
     "batch_size": _int(1),
     "weights": _weights,
+    "init_from": _init_from,
     "dropout": _float(0.0, 1.0, hi_open=True),
     "head_units": _int(0),
     "mc_dropout": _bool,

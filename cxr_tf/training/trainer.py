@@ -1,6 +1,7 @@
 """Training: ``python -m cxr_tf.fit --arch fusion`` (library entry: ``train(config)``).
 
-Reads ``pipelines/<arch>.yaml`` (``cxr_tf.training.config``), trains in the config's phases
+Reads ``pipelines/<arch>.yaml`` (``cxr_tf.training.config``) and, with ``init_from`` (``fit
+--init-from RUN``), starts from that run's weights (``cxr_tf.training.warm_start``); trains in the config's phases
 (two for the pre-trained backbones: the head with the backbone frozen at 1e-3, then
 everything at 1e-5; one for the simple and multimodal CNNs; with ``weights: none``
 a phase that would freeze the backbone trains it too, and says so) and writes one run
@@ -45,6 +46,7 @@ from cxr_tf.training import config as config_lib
 from cxr_tf.training import distribute
 from cxr_tf.training.auc import MacroAUC
 from cxr_tf.training.losses import make_loss
+from cxr_tf.training.warm_start import describe as describe_start, warm_start
 from cxr_tf.models import ARCHITECTURES, build_model, set_backbone_trainable
 from cxr_tf.models.savedmodel import export_savedmodel
 
@@ -210,6 +212,7 @@ def _resolved_config(config, sources, strategy, run_dir):
         "run_dir": str(run_dir),
         "num_replicas": int(strategy.num_replicas_in_sync),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        **({"warm_start": describe_start(config["init_from"], sources.labels)} if config["init_from"] else {}),
     }
 
 
@@ -263,10 +266,13 @@ def train(config, run_name=None, resume=True):
         loss = make_loss(config["loss"], prevalence)
         data = _datasets(config, sources, multimodal, strategy, in_model)
         with strategy.scope():
-            model = build_model(config["arch"], image_size=config["image_size"], num_labels=len(labels),
-                                head_units=config["head_units"],
-                                weights=config["weights"], dropout=config["dropout"],
-                                mc_dropout=config["mc_dropout"])
+            if config["init_from"]:  # fine-tuning a run (fit's or an import): its weights, our findings
+                model = warm_start(config["init_from"], labels, config["image_size"], config["dropout"])
+            else:
+                model = build_model(config["arch"], image_size=config["image_size"], num_labels=len(labels),
+                                    head_units=config["head_units"],
+                                    weights=config["weights"], dropout=config["dropout"],
+                                    mc_dropout=config["mc_dropout"])
             trainer = model
             if in_model:
                 from cxr_tf.data.augment import AugmentedModel, build_augmenter
@@ -304,7 +310,7 @@ def _from_scratch(config, phase_name):
     the head on it learns next to nothing, so the phase trains every layer from its first
     epoch instead, and a line says so."""
     phase = next(p for p in config["phases"] if p["name"] == phase_name)
-    if phase["train_backbone"] or config["weights"] is not None:
+    if phase["train_backbone"] or config["weights"] is not None or config["init_from"]:
         return False
     print(f"fit: weights none: phase {phase_name} trains the backbone too (a frozen random backbone "
           "learns nothing; every layer trains from the first epoch)", flush=True)

@@ -66,7 +66,8 @@ NOT_PROCESSED_REASON = ("NOT_PROCESSED_WHY", "Why not analysed")
 CAVEAT = ("CAVEAT", "Caveat")
 """What the run has not shown (``result["caveats"]``, ``cxr_tf.inference.evidence``): one text item each."""
 DISCLAIMER = ("Decision aid, not a diagnosis: these findings come from a machine-learning model "
-              "(cxr_tf) trained on NIH ChestX-ray14 labels mined from reports. A radiologist must read "
+              "(cxr_tf) trained on chest X-ray labels mined from radiology reports (the run's provenance "
+              "names the data). A radiologist must read "
               "the film; do not act on this result alone. Not a cleared medical device.")
 
 
