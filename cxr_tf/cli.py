@@ -66,6 +66,20 @@ def add_predictor_options(parser):
                        help="do not screen films with the input gate (docs/gate.md); every result then says so")
 
 
+def add_delivery_options(parser):
+    """What the DICOM node and the DICOMweb front end share: heatmaps, what is kept when results
+    cannot be delivered, the retry back-off, and the log level."""
+    parser.add_argument("--heatmaps", action="store_true", help="also deliver Grad-CAM maps of positive findings")
+    parser.add_argument("--heatmap-format", choices=("heatmap-pm", "heatmap-sc"), default="heatmap-pm",
+                        help="heatmap-pm: DICOM Parametric Maps (float values); heatmap-sc: Secondary Captures "
+                             "(a burned-in overlay) for viewers that cannot show Parametric Maps")
+    parser.add_argument("--keep-unsent", metavar="DIR",
+                        help="on stop, write results that could not be delivered here (else only logged)")
+    parser.add_argument("--retry-initial", type=float, default=1.0, help="first retry delay, s")
+    parser.add_argument("--retry-max", type=float, default=60.0, help="longest retry delay, s")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
 def predictor_from_args(parser, args, caveats=False):
     """The Predictor the options of ``add_predictor_options`` describe; a bad run, value or
     missing extra is one line and exit 2. Its notes (and, with ``caveats``, for commands that

@@ -30,15 +30,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=11112, help="port to listen on")
     parser.add_argument("--destination", required=True, metavar="AET@HOST:PORT", help="where SRs are sent")
     parser.add_argument("--fhir-out", metavar="DIR", help="also write a FHIR Bundle per film here")
-    parser.add_argument("--heatmaps", action="store_true", help="also send Grad-CAM maps of positive findings")
-    parser.add_argument("--heatmap-format", choices=("heatmap-pm", "heatmap-sc"), default="heatmap-pm",
-                        help="heatmap-pm: DICOM Parametric Maps (float values); heatmap-sc: Secondary Captures "
-                             "(a burned-in overlay) for viewers that cannot show Parametric Maps")
-    parser.add_argument("--keep-unsent", metavar="DIR",
-                        help="on stop, write results that could not be delivered here (else only logged)")
-    parser.add_argument("--retry-initial", type=float, default=1.0, help="first retry delay, s")
-    parser.add_argument("--retry-max", type=float, default=60.0, help="longest retry delay, s")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cli.add_delivery_options(parser)
     cli.add_predictor_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

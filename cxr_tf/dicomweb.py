@@ -53,14 +53,7 @@ def main(argv=None):
     parser.add_argument("--user", help="basic authentication user (password from --password-env)")
     parser.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
     parser.add_argument("--token-env", metavar="VAR", help="environment variable holding a bearer token")
-    parser.add_argument("--heatmaps", action="store_true", help="also store Grad-CAM maps of positive findings")
-    parser.add_argument("--heatmap-format", choices=("heatmap-pm", "heatmap-sc"), default="heatmap-pm",
-                        help="heatmap-pm: Parametric Maps; heatmap-sc: Secondary Captures for legacy viewers")
-    parser.add_argument("--keep-unsent", metavar="DIR",
-                        help="on stop, write results the archive did not store here (else only logged)")
-    parser.add_argument("--retry-initial", type=float, default=1.0, help="first retry delay, s")
-    parser.add_argument("--retry-max", type=float, default=60.0, help="longest retry delay, s")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cli.add_delivery_options(parser)
     cli.add_predictor_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

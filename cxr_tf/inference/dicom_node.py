@@ -34,22 +34,13 @@ import threading
 import time
 from pathlib import Path
 
+from cxr_tf.inference.dicom_exchange import (RADIOGRAPHS, SECONDARY_CAPTURE, chest_problem, header_only,
+                                            identity_problem, keep_unsent, retry_later)
 from cxr_tf.inference.outputs import FORMATS
 from cxr_tf.inference.readers import Film, FilmError
 from cxr_tf.inference.results import FilmResult, NotProcessed
 
 log = logging.getLogger(__name__)
-
-# Storage SOP classes of chest radiographs.
-CR = "1.2.840.10008.5.1.4.1.1.1"
-DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-RADIOGRAPHS = {CR: "CR", DX_PRESENTATION: "DX for presentation", DX_PROCESSING: "DX for processing"}
-CHEST_PARTS = ("CHEST", "THORAX", "LUNG", "PORT CHEST")
-CHEST_REGION_CODES = {"51185008", "43799004", "39607008", "T-D3000"}  # SCT chest, thorax, lung; SRT chest
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 
 # C-STORE failure statuses (PS3.4 B.2.3; C000-CFFF "cannot understand").
 STATUS_NOT_CHEST = 0xC001
@@ -83,42 +74,6 @@ class Destination:
         return f"{self.aet}@{self.host}:{self.port}"
 
 
-def chest_problem(ds):
-    """Why ``ds`` is not a chest radiograph we triage, or None when it is.
-
-    CR and DX images are accepted unless BodyPartExamined (or the Anatomic Region
-    Sequence) names another body part (many modalities leave them empty). Secondary
-    Captures must say they are of the chest, since SC holds anything from scanned
-    paper to screenshots.
-    """
-    sop_class = str(ds.get("SOPClassUID", ""))
-    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    region = {str(item.get("CodeValue", "")) for item in ds.get("AnatomicRegionSequence", [])}
-    # BodyPartExamined wins over the Anatomic Region Sequence; neither: unknown (None)
-    chest = (part in CHEST_PARTS) if part else (bool(region & CHEST_REGION_CODES) if region else None)
-    if sop_class in RADIOGRAPHS:
-        if chest is False:
-            return f"{RADIOGRAPHS[sop_class]} of body part {part or sorted(region)}, not the chest"
-        return None
-    if sop_class == SECONDARY_CAPTURE:
-        if chest and str(ds.get("Modality", "")).upper() in ("CR", "DX", "OT", ""):
-            return None
-        return "Secondary Capture not marked as a chest radiograph (BodyPartExamined CHEST, modality CR/DX/OT)"
-    name = getattr(ds.get("SOPClassUID"), "name", sop_class) or "no SOP Class UID"
-    return f"{name} is not a chest radiograph (CR, DX or chest Secondary Capture)"
-
-
-def _identity_problem(ds):
-    """Why no SR could join ``ds``'s study (missing UIDs), or None."""
-    from cxr_tf.inference.outputs.dicom_sr import check_source
-
-    try:
-        check_source(ds)
-    except ValueError as err:
-        return str(err)
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class Received:
     """A film the node acknowledged: when it arrived, its SOP Instance UID, the film as read."""
@@ -137,17 +92,6 @@ class Refused:
     header: object
     not_processed: object
     gate: dict | None = None
-
-
-def _header_only(ds):
-    """``ds`` without its pixel data (a shallow copy): what a report of it needs."""
-    from pydicom.dataset import Dataset
-
-    header = Dataset()
-    for element in ds:
-        if element.tag.group != 0x7FE0:
-            header.add(element)
-    return header
 
 
 @dataclasses.dataclass
@@ -281,7 +225,7 @@ class DicomNode:
             sop_uid = str(ds.get("SOPInstanceUID", sop_uid))
             if self._stopping.is_set():
                 return self._refuse(sop_uid, STATUS_SHUTTING_DOWN, "node is shutting down; send again later")
-            problem = chest_problem(ds) or _identity_problem(ds)
+            problem = chest_problem(ds) or identity_problem(ds)
             if problem:
                 return self._refuse(sop_uid, STATUS_NOT_CHEST, problem, ds, "not_chest_radiograph")
             film = self.predictor.read(event.encoded_dataset(), name=f"SOP Instance {sop_uid}")
@@ -309,7 +253,7 @@ class DicomNode:
         log.warning("refused SOP Instance %s: %s", sop_uid, reason)
         try:
             if code is not None and ds is not None and self._reports_refusal(ds, sop_uid):
-                self._queue.put(Refused(time.monotonic(), sop_uid, _header_only(ds),
+                self._queue.put(Refused(time.monotonic(), sop_uid, header_only(ds),
                                         NotProcessed(code, f"SOP Instance {sop_uid}: {reason}"), gate))
         except Exception:  # noqa: BLE001 - a header too damaged to copy gets the status alone
             log.exception("no not-processed report for SOP Instance %s", sop_uid)
@@ -324,7 +268,7 @@ class DicomNode:
         """Whether a refused film gets a "not processed" report: an image of the classes the node
         reads (CR, DX, SC: a CT or an MR sent by a broad routing rule gets only the status) whose
         header names its study, not reported already (a sender may retry a refused film)."""
-        if str(ds.get("SOPClassUID", "")) not in (*RADIOGRAPHS, SECONDARY_CAPTURE) or _identity_problem(ds):
+        if str(ds.get("SOPClassUID", "")) not in (*RADIOGRAPHS, SECONDARY_CAPTURE) or identity_problem(ds):
             return False
         with self._idle:
             if sop_uid in self._reported:
@@ -494,17 +438,11 @@ class DicomNode:
         return ""
 
     def _failed(self, pending, error):
-        pending.attempts += 1
-        pending.error = error
-        delay = min(self.retry_max, self.retry_initial * 2 ** (pending.attempts - 1))
-        pending.next_try = time.monotonic() + delay
+        delay = retry_later(pending, error, self.retry_initial, self.retry_max)
         self.stats["send_failures"] += 1
         log.warning("could not send results of SOP Instance %s (attempt %d): %s; retrying in %.1f s",
                     pending.sop_uid, pending.attempts, error, delay)
 
     def _write_unsent(self, pending):
-        folder = self.keep_unsent / pending.sop_uid
-        folder.mkdir(parents=True, exist_ok=True)
-        for obj in pending.objects:
-            obj.save_as(folder / f"{obj.SOPInstanceUID}.dcm", enforce_file_format=True)
+        folder = keep_unsent(pending, self.keep_unsent)
         log.error("kept %d unsent object(s) of SOP Instance %s in %s", len(pending.objects), pending.sop_uid, folder)

@@ -12,7 +12,7 @@ Flow (``docs/conformance.md``)::
   results are stored or, when the archive refuses them, kept: a restart neither repeats a film
   whose results were stored nor skips one that was not handled. (A film whose STOW succeeded and
   whose cursor write was cut short by a crash is triaged again: the one case of a repeat.)
-- **Triage.** WADO-RS retrieves the instance; the node's header checks (``dicom_node.chest_problem``)
+- **Triage.** WADO-RS retrieves the instance; the node's header checks (``dicom_exchange.chest_problem``)
   and ``Predictor.predict`` (reader, input gate, model) decide; every film gets a report through the
   output registry: the triage, or "received, not analysed" with the reason (``results.NotProcessed``).
 - **Push.** STOW-RS of the report (and Parametric Maps of positive findings with ``heatmaps``) to
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from cxr_tf.data.jsonfile import write_json
-from cxr_tf.inference.dicom_node import RADIOGRAPHS, _header_only, chest_problem
+from cxr_tf.inference.dicom_exchange import RADIOGRAPHS, chest_problem, header_only, keep_unsent, retry_later
 from cxr_tf.inference.outputs import FORMATS
 from cxr_tf.inference.readers import Film
 from cxr_tf.inference.results import FilmResult, NotProcessed
@@ -213,7 +213,7 @@ class DicomWebFrontEnd:
 
     @staticmethod
     def _refused(ds, name, not_processed):
-        header = _header_only(ds) if str(ds.get("SOPClassUID", "")) in RADIOGRAPHS else None
+        header = header_only(ds) if str(ds.get("SOPClassUID", "")) in RADIOGRAPHS else None
         film = None if header is None else Film(name, None, "dicom", header=header)
         return FilmResult(name, film=film, not_processed=not_processed)
 
@@ -238,10 +238,7 @@ class DicomWebFrontEnd:
         return True
 
     def _failed(self, pending, error):
-        pending.attempts += 1
-        pending.error = error
-        delay = min(self.retry_max, self.retry_initial * 2 ** (pending.attempts - 1))
-        pending.next_try = time.monotonic() + delay
+        delay = retry_later(pending, error, self.retry_initial, self.retry_max)
         self.stats["store_failures"] += 1
         log.warning("could not store results of SOP Instance %s (attempt %d): %s; retrying in %.1f s",
                     pending.sop_uid, pending.attempts, error, delay)
@@ -268,10 +265,7 @@ class DicomWebFrontEnd:
                       pending.sop_uid, len(pending.objects), self.url, pending.attempts, pending.error,
                       "" if self.keep_unsent else "; rerun with --keep-unsent DIR to keep them")
             if self.keep_unsent:
-                folder = self.keep_unsent / pending.sop_uid
-                folder.mkdir(parents=True, exist_ok=True)
-                for obj in pending.objects:
-                    obj.save_as(folder / f"{obj.SOPInstanceUID}.dcm", enforce_file_format=True)
+                folder = keep_unsent(pending, self.keep_unsent)
                 self.cursor.handled(pending.sop_uid, f"kept unstored in {folder}")
         return {"triaged": self.stats["triaged"], "not_processed": self.stats["not_processed"],
                 "failed": self.stats["failed"], "unsent": sorted(p.sop_uid for p in self.unstored)}

@@ -11,7 +11,6 @@ run (``cxr_tf.training.importer.write_run``). Nothing is written when the networ
 from PyTorch's by more than ``LOGIT_TOLERANCE`` (relative).
 """
 
-import hashlib
 import pickle
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf import runs
+from cxr_tf.data.datasets.base import file_sha256 as sha256
 from cxr_tf.data.film_resize import DEFAULT_METHOD
 from cxr_tf.inference.extras import require
 from cxr_tf.models import imported, published
@@ -30,12 +30,6 @@ from cxr_tf.training.importer import (DEFAULT_FILMS, DEFAULT_SIZES, LOGIT_TOLERA
 
 
 # --------------------------------------------------------------------------- reading the file
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _torch():

@@ -16,7 +16,8 @@ from fhir.resources.R4B.bundle import Bundle
 
 from cxr_tf import predict as predict_cli
 from cxr_tf.data.labels import LABELS
-from cxr_tf.inference.dicom_node import Destination, chest_problem
+from cxr_tf.inference.dicom_exchange import chest_problem
+from cxr_tf.inference.dicom_node import Destination
 from cxr_tf.inference.outputs.dicom_sr import read_sr
 from cxr_tf.inference.predictor import Predictor
 from cxr_tf.inference.service import create_app
