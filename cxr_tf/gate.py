@@ -4,6 +4,7 @@ chest film?), and ``python -m cxr_tf.gate --report`` measures the gate on materi
 split), the refusal of each negative kind, and its cost per film next to one predict of a run.
 """
 
+import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import json
 import sys
 
@@ -104,9 +105,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.report and not args.films:
         parser.error("give films to screen, or --report")
-    from cxr_tf.inference.gate import Gate
+    from cxr_tf.inference.gate import shipped
 
-    gate = Gate()
+    gate = shipped()
     if args.films:
         rows = _screen(parser, args, gate)
         if not args.report:

@@ -17,6 +17,7 @@ that film's error, never a silent pass.
 """
 
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -130,6 +131,13 @@ class Gate:
         """What a client needs to know about the gate (JSON-serialisable)."""
         return {"version": self.version, "threshold": self.threshold, "classes": list(self.classes),
                 "trained_on": self.info.get("trained_on")}
+
+
+@functools.cache
+def shipped():
+    """The gate that ships with the package, loaded once per process and shared by every
+    Predictor (it is read-only, and ``scores`` holds a lock)."""
+    return Gate()
 
 
 # ---------------------------------------------------------------------- measurement

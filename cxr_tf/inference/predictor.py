@@ -134,9 +134,9 @@ class Predictor:
                                      self.config.get("split_method"))
         self._gradcam = None
         if gate:
-            from cxr_tf.inference.gate import Gate
+            from cxr_tf.inference.gate import shipped
 
-            self.gate = Gate()
+            self.gate = shipped()
         else:
             self.gate = None
 
