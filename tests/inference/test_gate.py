@@ -114,3 +114,13 @@ def test_gate_command_screens_files(refused_and_good, capsys):
     assert gate_cli.main([refused_and_good["good"], refused_and_good["inverted"]]) == 1
     out = capsys.readouterr().out
     assert "good.png: passes" in out and "inverted.png: refused: inverted" in out
+
+
+def test_every_refusal_class_has_its_reason_in_both_tables():
+    """The gate's sentence (gate.REASONS) and the short phrase of the "not processed" result
+    (results.REASONS, the codes JSON, FHIR and DICOM carry) exist for every class it refuses."""
+    from cxr_tf.inference import gate as gate_module
+    from cxr_tf.inference import results
+
+    refusals = set(negatives.CLASSES) - {negatives.FRONTAL}
+    assert set(gate_module.REASONS) == refusals and refusals <= set(results.REASONS)
