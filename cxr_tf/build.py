@@ -6,6 +6,10 @@ into ``records/``. Re-running after an interrupted build resumes it.
 
     python -m cxr_tf.build --data-dir /data/nih --out records --image-size 256
     python -m cxr_tf.build --dataset chexpert --data-dir /data/CheXpert-v1.0-small --out chexpert_records
+
+``--runner beam`` builds the same records on Apache Beam's DirectRunner (``[beam]`` extra), and
+``--runner DataflowRunner|FlinkRunner|SparkRunner|...`` on a cluster; every option this command
+does not know is passed to Beam as a pipeline option (``--project=p --region=r``). docs/beam.md.
 """
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
@@ -17,6 +21,11 @@ from cxr_tf import cli
 
 # cxr_tf.data.builder is imported inside main(), so that the spawned decoding workers, which
 # re-import the main module, stay free of TensorFlow.
+
+
+def _folder(text):
+    """A local folder as a Path; a URL (gs://, s3://) as given (a Path would fold its "//")."""
+    return text if "://" in text else Path(text)
 
 
 def _release_options():
@@ -55,7 +64,8 @@ def parse_args(argv=None):
                         help="keep lateral views (default: frontal PA/AP films only; laterals are listed)")
     parser.add_argument("--official-lists", type=Path, default=None,
                         help="folder with train_val_list.txt and test_list.txt (default: --data-dir)")
-    parser.add_argument("--out", type=Path, default=Path("records"), help="output folder (default: records)")
+    parser.add_argument("--out", type=_folder, default=Path("records"),
+                        help="output folder (default: records; with a Beam runner also gs://... or s3://...)")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square films in pixels (default 256)")
     parser.add_argument("--split", choices=("stratified", "official"), default="stratified",
                         help="stratified: patient-grouped iterative stratification (default); "
@@ -72,7 +82,21 @@ def parse_args(argv=None):
                         help="label set of the records: these findings of the release, in this order "
                              "(default: all that cxr_tf/resources/findings.csv maps)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    beam = parser.add_argument_group("Apache Beam (docs/beam.md)")
+    beam.add_argument("--runner", default="local", metavar="RUNNER",
+                      help="local: this machine's process pool (default); beam: Beam's DirectRunner here "
+                           "(--workers processes); or a Beam runner: DataflowRunner, FlinkRunner, SparkRunner, "
+                           "PortableRunner, PrismRunner. Options this command does not know go to Beam "
+                           "(--project=p --region=r --temp_location=gs://...); --out may then be gs:// or s3://")
+    beam.add_argument("--films-url", metavar="URL",
+                      help="with a Beam runner: where the workers read --data-dir's films (a bucket the folder "
+                           "is a mount or a copy of, e.g. gs://bucket/nih; default: the paths found in --data-dir)")
+    args, beam_options = parser.parse_known_args(argv)
+    if beam_options and args.runner == "local":
+        parser.error(f"unrecognized arguments: {' '.join(beam_options)} (Beam pipeline options need --runner beam "
+                     "or another Beam runner)")
+    args.beam_options = beam_options
+    return args
 
 
 def main(argv=None):
@@ -89,11 +113,26 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():  # the closing summary prints them as "warning: ..." lines
             warnings.simplefilter("ignore", SplitWarning)
-            build_records(settings, out=args.out, workers=args.workers, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+            if args.runner == "local":
+                build_records(settings, out=args.out, workers=args.workers, progress=not args.no_progress)
+            else:
+                _build_on_beam(args, settings)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _build_on_beam(args, settings):
+    from cxr_tf.data import beam_build
+    from cxr_tf.data.builder import default_workers
+
+    if args.runner not in ("beam", *beam_build.RUNNERS):
+        raise ValueError(f"--runner {args.runner}: expected local, beam or a Beam runner "
+                         f"({', '.join(beam_build.RUNNERS)})")
+    workers = args.workers if args.workers is not None else default_workers()
+    options = beam_build.pipeline_options(args.runner, workers, args.beam_options)
+    beam_build.build_records(settings, out=str(args.out), options=options, films_url=args.films_url)
 
 
 if __name__ == "__main__":

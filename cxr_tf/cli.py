@@ -87,10 +87,7 @@ def predictor_from_args(parser, args, caveats=False):
     from cxr_tf.inference.predictor import Predictor
 
     try:
-        predictor = Predictor(args.model, samples=args.samples, uncertainty_threshold=args.uncertainty_threshold,
-                              critical=args.critical, batch_size=args.batch_size, seed=args.seed,
-                              borderline_k=args.borderline_k, auc_floor=args.auc_floor, backend=args.backend,
-                              export=args.export, gate=args.gate)
+        predictor = Predictor(args.model, **predictor_options(args))
     except USAGE_ERRORS as err:
         fail(parser, err)
     for note in predictor.notes:
@@ -98,6 +95,13 @@ def predictor_from_args(parser, args, caveats=False):
     for caveat in predictor.evidence["caveats"] if caveats else ():
         print(f"caveat: {caveat}", file=sys.stderr)
     return predictor
+
+
+def predictor_options(args):
+    """The ``Predictor`` keyword arguments the options of ``add_predictor_options`` give (all but the run)."""
+    return dict(samples=args.samples, uncertainty_threshold=args.uncertainty_threshold, critical=tuple(args.critical),
+                batch_size=args.batch_size, seed=args.seed, borderline_k=args.borderline_k, auc_floor=args.auc_floor,
+                backend=args.backend, export=args.export, gate=args.gate)
 
 
 def fail(parser, err):

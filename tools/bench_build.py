@@ -79,20 +79,21 @@ def _cpu_seconds():
 
 def repeated_data_dir(table, repeat, folder):
     """A data folder holding every film of ``table`` ``repeat`` times: copy k of
-    ``00000075_000.png`` is the symlink ``k0000075_000.png``, patient ``k0000075``
-    (NIH patient ids stay below 10^7). Returns the path of its label table."""
+    ``00000075_000.png`` is the symlink ``k00075_000.png`` with k on three digits, patient
+    ``k00075`` (NIH patient ids stay below 10^5, so the names start with 000; copy 0 keeps
+    them). Also used by bench_beam.py. Returns the path of its label table."""
     import csv  # noqa: PLC0415
 
     from cxr_tf.data.labels import LABELS  # noqa: PLC0415
 
-    if not 1 <= repeat <= 9:
-        raise ValueError(f"--repeat must be 1..9, got {repeat}")
+    if not 1 <= repeat <= 999 or not all(name.startswith("000") for name in table["image_index"]):
+        raise ValueError(f"--repeat must be 1..999 (films whose names start with 000), got {repeat}")
     images = Path(folder) / "images"
     images.mkdir(parents=True)
     rows = []
     for copy in range(repeat):
         for row in table.itertuples(index=False):
-            name = f"{copy}{row.image_index[1:]}" if copy else row.image_index
+            name = f"{copy:03d}{row.image_index[3:]}"
             (images / name).symlink_to(Path(row.path).resolve())
             findings = "|".join(label for label in LABELS if getattr(row, label)) or "No Finding"
             rows.append([name, findings, row.follow_up, int(name[:8]), row.age, row.sex, row.view])

@@ -32,15 +32,17 @@ skipped is not written (no zero-byte shards) and is left out of the manifest.
 Worker processes watch their parent and exit when it dies, so a killed build
 leaves no workers (nor, with them gone, multiprocessing's resource tracker).
 
+Steps 1-3 (``read_release``, ``plan_build``), writing a shard and its record, resuming and the
+manifest (``finish_build``) are shared with the Beam builder (``cxr_tf.data.beam_build``,
+``python -m cxr_tf.build --runner beam``), which does step 4 on a Beam runner's workers; the
+shared pieces are in ``cxr_tf.data.shards``.
+
 What to build is one ``BuildSettings`` (the release, its options, the records' layout), given to
 ``build_records(settings, out=...)`` or as keywords: ``build_records(out=..., image_size=64)``.
 """
 
 import contextlib
 import dataclasses
-import hashlib
-import json
-import math
 import multiprocessing
 import os
 import sys
@@ -51,17 +53,15 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import numpy as np
-
-from cxr_tf.data import datasets, harmonise, manifest, splits as splitting
-from cxr_tf.data.datasets.base import MISSING, file_sha256, patient_number
+from cxr_tf.data import datasets, shards, splits as splitting
+from cxr_tf.data.datasets.base import file_sha256
 from cxr_tf.data.images import encode_films, worker_init
-from cxr_tf.data.jsonfile import write_json
 from cxr_tf.data.labels import check_findings
-from cxr_tf.data.manifest import Manifest, Split
+from cxr_tf.data.shards import format_summary, plan_shards, write_shard as _write_shard
 
-PLAN_DIR = ".build"
-PLAN_VERSION = 1
+__all__ = ["BuildSettings", "Plan", "build_records", "default_workers", "finish_build", "format_summary",
+           "plan_build", "plan_shards", "read_release"]
+
 _CHUNK = 8  # films per worker task
 
 
@@ -108,12 +108,6 @@ def default_workers():
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _estimated_example_bytes(image_size):
-    # PNG (images.encode_png) of a downsized chest film: 0.42 (512 px) to 0.68 (64 px) bytes/pixel,
-    # 0.48 at 224-256 px; plus the other features.
-    return 0.48 * image_size * image_size + 400
 
 
 @contextlib.contextmanager
@@ -169,87 +163,85 @@ def _inputs(settings, adapter):
     return data_dir, (Path(labels) if labels is not None else None), official_lists
 
 
-def plan_shards(table, splits, image_size, shard_size_mb, seed):
-    """[{"name", "split", "images": [image_index, ...]}, ...] in writing order.
+@dataclasses.dataclass
+class Plan:
+    """A build decided once, before any film is read (what both builders follow): the release as
+    its adapter read it, the label set, the key identifying the build (``shards.plan_key``), every
+    shard with its films (``shards.plan_shards``, or the plan stored by the build being resumed),
+    those already complete, and the split's warnings."""
 
-    Each split's rows are shuffled with ``seed`` (so shards mix patients and
-    findings) and cut into near-equal contiguous shards of about shard_size_mb."""
-    if shard_size_mb <= 0:
-        raise ValueError(f"shard_size_mb must be positive, got {shard_size_mb}")
-    from cxr_tf.data.records import shard_name  # noqa: PLC0415 (importing cxr_tf.data.builder stays TensorFlow-free)
+    release: object
+    findings: tuple
+    data_dir: Path
+    key: dict
+    shards: list
+    done: set
+    warnings: list
 
-    rng = np.random.default_rng(seed)
-    shards = []
-    for split in splitting.SPLITS:
-        names = table["image_index"][(splits == split).to_numpy()].to_numpy()
-        if not len(names):
-            continue
-        names = names[rng.permutation(len(names))]
-        total = len(names) * _estimated_example_bytes(image_size)
-        count = max(1, min(len(names), math.ceil(total / (shard_size_mb * 2**20))))
-        for i, part in enumerate(np.array_split(names, count)):
-            shards.append({"name": shard_name(split, i, count), "split": split, "images": part.tolist()})
-    return shards
+    @property
+    def todo(self):
+        """The shards still to write, in plan order."""
+        return [s for s in self.shards if s["name"] not in self.done]
 
 
-def _plan_key(settings, release, findings, lists_sha):
-    """What identifies a build: the same key resumes it, another replaces its shards."""
-    files_sha = hashlib.sha256("\n".join(sorted(release.table["image_index"])).encode()).hexdigest()
-    stratified = settings.split == "stratified"
-    key = {"version": PLAN_VERSION, "label_table_sha256": file_sha256(release.label_table),
-           "files_sha256": files_sha, "image_size": int(settings.image_size), "split_method": settings.split,
-           "val_fraction": float(settings.val_fraction),
-           "test_fraction": float(settings.test_fraction) if stratified else 0.0, "seed": int(settings.seed),
-           "shard_size_mb": float(settings.shard_size_mb), "official_lists_sha256": lists_sha}
-    # A release without options, built with all its findings, keeps the key of the builds made
-    # before releases had options and label subsets existed (so that those builds resume).
-    if release.options or tuple(findings) != tuple(release.labels):
-        key["findings"] = list(findings)
-    if release.options:
-        key.update(dataset=release.dataset, options=release.options)
-    return key
+def read_release(settings):
+    """(release, findings, data_dir, lists_dir) of a build: its settings checked, the release read
+    by its adapter. ValueError / FileNotFoundError naming what is wrong."""
+    if not 8 <= int(settings.image_size) <= 4096:
+        raise ValueError(f"image_size must be 8..4096 pixels, got {settings.image_size}")
+    if settings.split not in splitting.METHODS:
+        raise ValueError(f"unknown split method {settings.split!r}; choose one of {', '.join(splitting.METHODS)}")
+    adapter = datasets.get(settings.dataset)
+    data_dir, labels, lists_dir = _inputs(settings, adapter)
+    options = datasets.check_options(settings.dataset, settings.options)
+    release = adapter.read(data_dir, labels, uncertain=settings.uncertain, laterals=settings.laterals, **options)
+    findings = (release.labels if settings.findings is None
+                else check_findings(settings.findings, release.labels, f"the {adapter.TITLE} release"))
+    if release.table.empty:
+        raise FileNotFoundError(
+            f"none of the films listed in {release.label_table} was found under {data_dir} "
+            f"({len(release.rows_without_files)} row(s) without a file, e.g. {release.rows_without_files[:3]}); "
+            f"put the {adapter.TITLE} films there as the release lays them out (or pass --data-dir)")
+    if settings.split == "official" and not adapter.OFFICIAL_LISTS and not splitting.has_release_split(release.table):
+        raise ValueError(f"the {adapter.TITLE} release has no official split (its tables name no "
+                         "train or test films); use --split stratified")
+    return release, findings, data_dir, lists_dir
 
 
-def _planned_splits(shards, table):
-    """Split name per row of ``table`` as the plan assigns it (rows outside it: None)."""
-    split_of = {name: shard["split"] for shard in shards for name in shard["images"]}
-    return table["image_index"].map(split_of).astype(object)
+def plan_build(settings, release, findings, data_dir, lists_dir, folder, log):
+    """The ``Plan`` of a build into ``folder`` (``shards.LocalFolder`` or ``beam_build.BeamFolder``):
+    the split by patient decided once over the whole table, the shards planned (or the stored plan
+    of an interrupted build with the same key followed), the folder prepared (``shards.prepare_out``)."""
+    matched = release.table
+    assignment = splitting.make_split(matched, settings.split, settings.val_fraction, settings.test_fraction,
+                                      settings.seed, lists_dir, findings)
+    lists_sha = None
+    if settings.split == "official" and not splitting.has_release_split(matched):
+        lists_sha = {k: file_sha256(p) for k, p in splitting.find_official_lists(lists_dir).items()}
+    key = shards.plan_key(settings, release, findings, lists_sha)
+    plan = shards.plan_shards(matched, assignment, int(settings.image_size), settings.shard_size_mb, settings.seed)
+    planned_shards, done = shards.prepare_out(folder, key, plan, log)
+    planned = shards.planned_splits(planned_shards, matched)  # what will be written: checked once more
+    splitting.check_no_patient_overlap(matched["patient_id"], planned)
+    warnings_ = splitting.missing_label_warnings(matched, planned, labels=findings)
+    if done:
+        log(f"resuming: {len(done)} of {len(planned_shards)} shards already complete in {folder}")
+    return Plan(release, tuple(findings), data_dir, key, planned_shards, done, warnings_)
 
 
-def _prepare_out(out, key, shards, log):
-    """(shards, done): the plan to follow and the names of its shards already
-    complete. A plan stored by an earlier run with the same key is followed as
-    stored; one with another key has its shards removed and is replaced."""
-    state = out / PLAN_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    plan_path = state / "plan.json"
-    old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
-    if old is not None and old.get("key") != key:
-        log(f"{out}: inputs or settings changed since the last build there; replacing its shards")
-        for shard in old.get("shards", []):
-            for stale in (out / shard["name"], state / f"{shard['name']}.json"):
-                stale.unlink(missing_ok=True)
-        manifest.remove(out)
-        old = None
-    if old is not None:
-        shards = old["shards"]
-    planned = {s["name"] for s in shards}
-    strangers = sorted(p.name for p in out.glob("*.tfrecord") if p.name not in planned)
-    if strangers:
-        raise FileExistsError(f"{out} holds shards this build did not plan ({strangers[:3]}...); "
-                              f"remove them or choose another --out")
-    if old is None:
-        write_json(plan_path, {"key": key, "shards": shards})
-    for leftover in out.glob("*.tmp"):
-        leftover.unlink()  # partial shard of a killed build
-    done = {s["name"] for s in shards if (state / f"{s['name']}.json").is_file()
-            and ((out / s["name"]).is_file() or not _record(out, s["name"])["images"])}
-    return shards, done
-
-
-def _record(out, name):
-    """What went into shard ``name`` ({"images", "skipped", ...}), from ``.build/<name>.json``."""
-    return json.loads((out / PLAN_DIR / f"{name}.json").read_text())
+def finish_build(folder, plan, build, log):
+    """Write the lists of rows without files and of excluded films, and the manifest (``build``:
+    how the build ran, the manifest's ``build``), into ``folder``; returns the ``Manifest``."""
+    release = plan.release
+    folder.write_text("rows_without_files.txt", "".join(f"{n}\n" for n in release.rows_without_files))
+    excluded = [f"{name}\t{reason}\n" for reason, names in release.excluded.items() for name in names]
+    if excluded:
+        folder.write_text("excluded.txt", "".join(excluded))
+    records = shards.make_manifest(folder, plan.shards, release, plan.key, plan.data_dir, plan.warnings,
+                                   plan.findings, build)
+    folder.write_json(shards.MANIFEST, records.to_json())
+    log(format_summary(records, folder))
+    return records
 
 
 def _encoded(jobs, image_size, workers, pool):
@@ -277,90 +269,20 @@ def _result(future):
                            "are kept: run the same build again to resume") from None
 
 
-def _write_shards(out, todo, table, findings, image_size, workers, pool, progress):
+def _write_shards(folder, todo, table, findings, image_size, workers, pool, progress):
     """Encode and write the shards in ``todo``; returns the number of films encoded."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    # missing labels (NaN) and unknown ages are stored as -1 (cxr_tf.data.records)
-    labels = np.nan_to_num(table[list(findings)].to_numpy(np.float64), nan=MISSING).astype(np.int64)
-    fields = zip(table["path"].astype(str), labels, table["patient_id"].map(patient_number),
-                 np.nan_to_num(table["age"].to_numpy(np.float64), nan=MISSING).astype(np.int64),
-                 table["sex"], table["view"], table["follow_up"])
-    rows = dict(zip(table["image_index"], fields))
+    rows = shards.example_fields(table, findings)
     jobs = [rows[name][0] for shard in todo for name in shard["images"]]
     results = _encoded(jobs, image_size, workers, pool)
     bar = tqdm(total=len(jobs), unit="img", desc="encoding", disable=not progress, dynamic_ncols=True)
     try:
         for shard in todo:
-            _write_shard(out, shard, rows, results, bar)
+            _write_shard(folder, shard, rows, results, bar)
     finally:
         bar.close()
     return len(jobs)
-
-
-def _write_shard(out, shard, rows, results, bar):
-    """Write one shard: its films' examples to ``<name>.tmp``, what went in to
-    ``.build/<name>.json``, then the rename to its final name (none when every film was skipped)."""
-    import tensorflow as tf  # noqa: PLC0415 (only the writing process needs it)
-
-    from cxr_tf.data.records import serialize_example  # noqa: PLC0415
-
-    final = out / shard["name"]
-    tmp = final.with_name(final.name + ".tmp")
-    written, skipped = [], []
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for name in shard["images"]:
-            png, reason = next(results)
-            bar.update(1)
-            path, labels, patient, age, sex, view, follow_up = rows[name]
-            if png is None:
-                skipped.append({"file": path, "reason": reason})
-                continue
-            writer.write(serialize_example(png, labels, name, int(patient), int(age), str(sex), str(view),
-                                           int(follow_up)))
-            written.append(name)
-    write_json(out / PLAN_DIR / f"{shard['name']}.json",
-               {"shard": shard["name"], "split": shard["split"], "images": written, "skipped": skipped})
-    if written:
-        os.replace(tmp, final)
-    else:  # every film of the shard skipped: no zero-byte shard (training refuses those)
-        tmp.unlink()
-
-
-def _manifest(out, shards, release, key, data_dir, warnings_, labels, build):
-    """The records' ``Manifest``, from what the shards' ``.build`` records say went in."""
-    records = {s["name"]: _record(out, s["name"]) for s in shards}
-    rows = release.table.set_index("image_index")
-    summary = {}
-    for split in splitting.SPLITS:
-        names = [n for s in shards if s["split"] == split for n in records[s["name"]]["images"]]
-        counts = splitting.summarise(rows.loc[names], labels)
-        summary[split] = Split(count=counts["num_examples"], patients=counts["num_patients"],
-                               label_counts=counts["label_counts"], label_known=counts["label_known"],
-                               shards=tuple(s["name"] for s in shards
-                                            if s["split"] == split and records[s["name"]]["images"]))
-    train_ages = rows.loc[[n for s in shards if s["split"] == "train" for n in records[s["name"]]["images"]], "age"]
-    train_ages = train_ages.dropna()
-    skipped = [item for s in shards for item in records[s["name"]]["skipped"]]
-    skipped += [{"file": str(path), "reason": "no row in the label table"} for path in release.files_without_rows]
-    skipped += [{"file": str(ignored), "reason": f"duplicate file name; used {used}"}
-                for ignored, used in release.duplicates]
-    return Manifest(
-        dataset=release.dataset, labels=tuple(labels), harmonised=harmonise.mapping(release.dataset, labels),
-        options=release.options, image_size=key["image_size"], splits=summary,
-        seed=key["seed"], split_method=key["split_method"],
-        val_fraction=key["val_fraction"], test_fraction=key["test_fraction"],
-        label_table=str(release.label_table), label_table_sha256=key["label_table_sha256"],
-        data_dir=str(data_dir),
-        skipped=skipped,
-        rows_without_files={"count": len(release.rows_without_files),
-                            "list": "rows_without_files.txt" if release.rows_without_files else None,
-                            "first": release.rows_without_files[:10]},
-        excluded={reason: {"count": len(names), "first": names[:10]} for reason, names in release.excluded.items()},
-        # standardising constants for metadata models; std 1 when undefined or zero
-        age_mean=float(train_ages.mean()) if len(train_ages) else 0.0,
-        age_std=float(train_ages.std(ddof=0)) if len(train_ages) > 1 and train_ages.std() > 0 else 1.0,
-        warnings=warnings_, build=build)
 
 
 def build_records(settings=None, out="records", workers=None, progress=True, log=print, **fields):
@@ -374,77 +296,21 @@ def build_records(settings=None, out="records", workers=None, progress=True, log
     """
     started = time.perf_counter()
     settings = dataclasses.replace(settings or BuildSettings(), **fields)
-    if not 8 <= int(settings.image_size) <= 4096:
-        raise ValueError(f"image_size must be 8..4096 pixels, got {settings.image_size}")
-    if settings.split not in splitting.METHODS:
-        raise ValueError(f"unknown split method {settings.split!r}; choose one of {', '.join(splitting.METHODS)}")
     workers = default_workers() if workers is None else int(workers)
-    adapter = datasets.get(settings.dataset)
-    data_dir, labels, lists_dir = _inputs(settings, adapter)
-    options = datasets.check_options(settings.dataset, settings.options)
-    release = adapter.read(data_dir, labels, uncertain=settings.uncertain, laterals=settings.laterals, **options)
-    findings = (release.labels if settings.findings is None
-                else check_findings(settings.findings, release.labels, f"the {adapter.TITLE} release"))
-    if release.table.empty:
-        raise FileNotFoundError(
-            f"none of the films listed in {release.label_table} was found under {data_dir} "
-            f"({len(release.rows_without_files)} row(s) without a file, e.g. {release.rows_without_files[:3]}); "
-            f"put the {adapter.TITLE} films there as the release lays them out (or pass --data-dir)")
-    official = settings.split == "official"
-    if official and not adapter.OFFICIAL_LISTS and not splitting.has_release_split(release.table):
-        raise ValueError(f"the {adapter.TITLE} release has no official split (its tables name no "
-                         "train or test films); use --split stratified")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    image_size = int(settings.image_size)
+    release, findings, data_dir, lists_dir = read_release(settings)
+    folder = shards.LocalFolder(out)
+    folder.make()
     pool = _worker_pool(workers) if workers > 1 else None
     try:
-        matched = release.table
-        assignment = splitting.make_split(matched, settings.split, settings.val_fraction, settings.test_fraction,
-                                          settings.seed, lists_dir, findings)
-        lists_sha = None
-        if official and not splitting.has_release_split(matched):
-            lists_sha = {k: file_sha256(p) for k, p in splitting.find_official_lists(lists_dir).items()}
-        key = _plan_key(settings, release, findings, lists_sha)
-        plan = plan_shards(matched, assignment, image_size, settings.shard_size_mb, settings.seed)
-        shards, done = _prepare_out(out, key, plan, log)
-        planned = _planned_splits(shards, matched)  # what will be written: checked once more
-        splitting.check_no_patient_overlap(matched["patient_id"], planned)
-        warnings_ = splitting.missing_label_warnings(matched, planned, labels=findings)
-        todo = [s for s in shards if s["name"] not in done]
-        if done:
-            log(f"resuming: {len(done)} of {len(shards)} shards already complete in {out}")
+        plan = plan_build(settings, release, findings, data_dir, lists_dir, folder, log)
         encode_start = time.perf_counter()
-        encoded = _write_shards(out, todo, matched, findings, image_size, workers, pool, progress) if todo else 0
+        encoded = (_write_shards(folder, plan.todo, release.table, plan.findings, int(settings.image_size), workers,
+                                 pool, progress) if plan.todo else 0)
         encode_seconds = time.perf_counter() - encode_start
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    (out / "rows_without_files.txt").write_text("".join(f"{n}\n" for n in release.rows_without_files))
-    excluded = [f"{name}\t{reason}\n" for reason, names in release.excluded.items() for name in names]
-    if excluded:
-        (out / "excluded.txt").write_text("".join(excluded))
-    build = {"seconds": round(time.perf_counter() - started, 3), "encoded": encoded, "resumed_shards": len(done),
+    build = {"seconds": round(time.perf_counter() - started, 3), "encoded": encoded,
+             "resumed_shards": len(plan.done),
              "images_per_s": round(encoded / encode_seconds, 2) if encoded else None, "workers": workers}
-    records = _manifest(out, shards, release, key, data_dir, warnings_, findings, build)
-    manifest.write(out, records)
-    log(format_summary(records, out))
-    return records
-
-
-def format_summary(records, out):
-    """The closing summary of a build (``records``: its ``Manifest``), as text."""
-    lines = [f"records in {out} ({records.image_size} px, split {records.split_method}, seed {records.seed}):"]
-    for name, split in records.splits.items():
-        lines.append(f"  {name:5s} {split.count:7d} films  {split.patients:6d} patients  {len(split.shards):4d} shards")
-    build = records.build or {}
-    rate = f"{build['images_per_s']:.1f} images/s" if build.get("images_per_s") else "nothing to encode"
-    lines.append(f"  skipped {len(records.skipped)} input file(s); "
-                 f"{(records.rows_without_files or {}).get('count', 0)} table row(s) without a file")
-    for reason, excluded in records.excluded.items():
-        lines.append(f"  excluded {excluded['count']} film(s): {reason} (listed in excluded.txt)")
-    lines.append(f"  {build.get('encoded', 0)} films encoded in {build.get('seconds', 0):.1f} s ({rate}, "
-                 f"{build.get('workers')} workers); {build.get('resumed_shards', 0)} shards kept from before")
-    for warning in records.warnings:
-        lines.append(f"  warning: {warning}")
-    return "\n".join(lines)
+    return finish_build(folder, plan, build, log)
