@@ -11,9 +11,12 @@ scaling of the VOI output range to 0..255 -> inversion for ``MONOCHROME1`` (wher
 white). Without a VOI LUT or window the film's own min..max is stretched to 0..255, so 12-
 and 16-bit data end up 8-bit like the training PNGs. Multi-frame files use frame 0.
 
-Rows/Columns/BitsStored are checked against the plausibility limits
-(``cxr_tf.data.images.FilmLimits``) before any pixel is decoded, so a small file claiming
-60,000 x 60,000 pixels is refused cheaply. Window and rescale elements stored as text
+Rows/Columns/BitsStored, and for a compressed film frame 0's own codestream header
+(``cxr_tf.data.codestream``: JPEG, JPEG-LS, JPEG 2000), are checked against the limits
+(``cxr_tf.data.images.FilmLimits``: plausibility and the decoding budget) before any pixel
+is decoded, so a small file claiming 60,000 x 60,000 pixels, or a 256 x 256 header over a
+46,000 x 46,000 codestream, is refused cheaply; a deflated file is inflated once, counted
+and not kept, to refuse one that inflates past the decoded-bytes limit. Window and rescale elements stored as text
 (VR LO/SH/UN) are read when the text is a number and refused naming the element when not.
 
 Compressed transfer syntaxes decode with the pixel-data plugins installed beside pydicom:
@@ -22,16 +25,19 @@ RLE Lossless with pydicom itself; JPEG-LS where pyjpegls is installed. JPEG Loss
 (process 14, ``1.2.840.10008.1.2.4.57`` / ``.70``) needs pylibjpeg-libjpeg or GDCM: without
 them such a film is refused with its transfer syntax named (the builder skips and lists it).
 
-Every failure is a ``DicomError`` naming the file and the reason. This module imports
-nothing of the package (``cxr_tf.data.images`` imports it): the caller passes its size
-rule as ``check``.
+Every failure is a ``DicomError`` naming the file and the reason. Of the package this
+module imports only ``cxr_tf.data.codestream`` (``cxr_tf.data.images`` imports it): the
+caller passes its limits as ``check``.
 """
 
 import io
+import zlib
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
+from cxr_tf.data import codestream
 
 NUMERIC_ELEMENTS = ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept")
 
@@ -44,28 +50,34 @@ class DicomError(ValueError):
         self.file, self.reason = str(file), reason
 
 
-def decode_dicom(data, name, check):
+def decode_dicom(data, name, check, max_inflated):
     """(uint8 (H, W) greyscale pixels, (age, sex, view), header) of the DICOM Part 10 bytes
     ``data``; age/sex/view as ``dicom_meta`` gives them; header: the parsed pydicom Dataset
     without its pixel data (reports copy identity from it, so no caller parses it again).
-    ``check(width, height, bits)``: raises for an implausible film, called before any pixel
-    is decoded. DicomError naming ``name`` for a
-    corrupt file, no pixel data, a bad window or rescale, or pixel data that cannot be
-    decoded (its transfer syntax named)."""
+    ``check(stream)``: raises for an implausible or over-budget ``codestream.Codestream``;
+    called before any pixel is decoded, on what Rows/Columns/BitsStored say and, for a
+    compressed film, on what frame 0's codestream says (which must agree). A deflated file
+    is refused when it inflates past ``max_inflated`` bytes (counted, not kept, before
+    pydicom inflates it). DicomError naming ``name`` for a corrupt file, no pixel data, a
+    bad window or rescale, or pixel data that cannot be decoded (its transfer syntax named)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
+        _check_deflated(data, name, max_inflated)
         ds = pydicom.dcmread(io.BytesIO(data))
+    except DicomError:
+        raise
     except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error, unknown VRs, ...
         raise DicomError(name, f"corrupt DICOM ({type(err).__name__}: {_short(err)})") from None
     if "PixelData" not in ds:
         raise DicomError(name, "DICOM file has no pixel data (a report or structured document?)")
     width = dicom_int(ds, "Columns", name)
     height = dicom_int(ds, "Rows", name)
-    bits = dicom_int(ds, "BitsStored", name, default=None)
+    bits = dicom_int(ds, "BitsStored", name, default=None) or dicom_int(ds, "BitsAllocated", name, default=8)
     frames = dicom_int(ds, "NumberOfFrames", name, default=1) or 1
-    check(width, height, bits)
+    check(codestream.Codestream("dicom", width, height, dicom_int(ds, "SamplesPerPixel", name, default=1), bits))
+    _check_frame(ds, name, (width, height), frames, check)
     coerce_numeric(ds, name)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
@@ -99,11 +111,64 @@ def decode_dicom(data, name, check):
     return pixels, dicom_meta(ds), _header(ds)
 
 
+def _check_deflated(data, name, limit, step=16 * 2**20):
+    """Refuse a deflated-syntax file whose data set inflates past ``limit`` bytes (pydicom
+    inflates it whole, in memory: 2 MB of deflate can hold 2 GB)."""
+    import pydicom
+    from pydicom.filereader import read_dataset, read_preamble
+
+    file = io.BytesIO(data)
+    read_preamble(file, False)
+    meta = read_dataset(file, False, True, stop_when=lambda tag, vr, length: tag.group != 2)
+    if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return
+    inflater, rest, total = zlib.decompressobj(-zlib.MAX_WBITS), memoryview(data)[file.tell():], 0
+    while not inflater.eof:
+        chunk = inflater.decompress(rest, step)
+        total += len(chunk)
+        if total > limit:
+            raise DicomError(name, f"deflated DICOM inflates to more than {limit:,} bytes, over the "
+                                   "decoded-bytes limit")
+        rest = inflater.unconsumed_tail
+        if not chunk and not rest:
+            return  # a truncated stream: pydicom says what is wrong
+
+
+def _check_frame(ds, name, size, frames, check):
+    """``check`` frame 0's codestream (JPEG, JPEG-LS, JPEG 2000) of a compressed film, and
+    refuse it when its size differs from Rows/Columns: decoders trust the codestream."""
+    import pydicom
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed or syntax == pydicom.uid.RLELossless:
+        return
+    try:
+        if not pydicom.pixels.get_decoder(syntax).is_available:
+            return  # nothing will decode it: the decoder's refusal names the transfer syntax
+    except NotImplementedError:
+        return
+    try:
+        frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=frames)
+        stream = codestream.read(frame)
+    except (codestream.CodestreamError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise DicomError(name, f"damaged compressed pixel data ({_short(err)})") from None
+    if stream is None:
+        return  # no codestream header we know: the decoder refuses it, or decodes within Rows/Columns
+    check(stream)
+    if (stream.width, stream.height) != size:
+        raise DicomError(name, f"the {stream.kind} codestream is {stream.width} x {stream.height} pixels but "
+                               f"Columns x Rows say {size[0]} x {size[1]}; the file is damaged or forged")
+
+
 def _header(ds):
-    """``ds`` without its pixel data (the decoded film holds the pixels)."""
+    """``ds`` without its pixel data (the decoded film holds the pixels), and without the file's
+    bytes, which pydicom keeps as ``buffer`` when it read them from memory (a header kept with a
+    film would otherwise hold the whole file, and the guard process would send it back)."""
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in ds:
             del ds[keyword]
+    if getattr(ds, "buffer", None) is not None:
+        ds.buffer = None
     return ds
 
 
@@ -195,8 +260,10 @@ def stretch(arr, value_range):
     low, high = value_range if value_range is not None else (float(arr.min()), float(arr.max()))
     if high <= low:
         return np.zeros(arr.shape, dtype=np.uint8)
-    out = (arr.astype(np.float64) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = arr.astype(np.float64)  # a copy, changed in place: one film-sized float array at a time
+    out -= low
+    out *= 255.0 / (high - low)
+    return np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
 
 
 def dicom_meta(ds):

@@ -17,9 +17,14 @@ Policies, written down once:
 - **DICOM**: a file with the Part 10 preamble (``DICM`` at byte 128) is decoded by
   ``cxr_tf.data.dicom`` (imported then, not before: pydicom stays out of workers that
   never see DICOM): modality LUT / rescale, VOI LUT or window, ``MONOCHROME1`` inverted.
-- **Limits**: files whose header announces more than ``MAX_PIXELS`` pixels are
-  refused before decoding (decompression-bomb guard); truncated PNG/JPEG files (no
-  end marker) are refused rather than decoded half-grey.
+- **Limits**: a path is read only when it is a regular file (``read_file``: a FIFO or a
+  device such as /dev/zero is refused before it is opened). Before any decoder runs, the
+  codestream's own header (``cxr_tf.data.codestream``: PNG IHDR, JPEG/JPEG-LS SOF, JPEG 2000
+  SIZ; for DICOM, Rows/Columns and frame 0's codestream) is held to the budget
+  (``check_budget``): pixels, decoder output bytes (``MAX_DECODED_BYTES``), JPEG scans
+  (``MAX_SCANS``) and scans x pixels (``MAX_SCAN_PIXELS``), JPEG 2000 tiles (``MAX_TILES``); truncated PNG/JPEG files (no end marker)
+  are refused rather than decoded half-grey. The time and memory of the decode itself are
+  bounded by the inference readers' guard process (``cxr_tf.data.decode_guard``).
 - **Plausibility** (``FilmLimits`` / ``check_film``): one rule for the builder and for
   prediction, so a film that ``predict`` refuses is skipped (and listed) by the
   builder too: sides ``MIN_SIDE``..``MAX_SIDE`` px, long/short side ratio at most
@@ -28,16 +33,15 @@ Policies, written down once:
 """
 
 import dataclasses
-
 import os
-import struct
+import stat
 import sys
 import threading
 import time
-from pathlib import Path
-
 import cv2
 import numpy as np
+
+from cxr_tf.data import codestream
 
 MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: 8k x 8k films pass, bombs do not
 MIN_SIDE = 64
@@ -51,9 +55,19 @@ FILM_MAX_PIXELS = 50_000_000
 """Largest width x height of a plausible film: ~7,000 x 7,000, well above any detector."""
 MAX_BITS = 16
 """Deepest pixel data accepted (bits stored per sample)."""
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_DECODED_BYTES = 256 * 2**20
+"""Largest decoder output (bytes) and largest inflated deflate stream: a 50 Mpx 16-bit grey
+film is 100 MB, a 7,000 x 7,000 RGB one 147 MB."""
+MAX_SCANS = 64
+"""Most JPEG scans: progressive JPEGs have 6 (grey) to 10 (colour), mozjpeg's up to a few
+dozen (issue 28: a 7,000 px film of 20,000 scans took 184 s)."""
+MAX_SCAN_PIXELS = 1_000_000_000
+"""Most JPEG decoding work, scans x pixels: each scan is a pass over the whole film (measured,
+0.8 ns per pixel and scan: 64 scans of 7,000 x 7,000 took 2.5 s of CPU). 10 scans of a 50 Mpx
+film pass; a 7,000 px film may have 20 scans, a 3,900 px one 64."""
+MAX_TILES = 4096
+"""Most JPEG 2000 tiles: encoders write one, or tiles of 256-1,024 px."""
 _DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +80,15 @@ class FilmLimits:
     max_side: int = MAX_SIDE
     max_aspect: float = MAX_ASPECT
     max_bits: int = MAX_BITS
+    max_decoded_bytes: int = MAX_DECODED_BYTES
+    max_scans: int = MAX_SCANS
+    max_scan_pixels: int = MAX_SCAN_PIXELS
+    max_tiles: int = MAX_TILES
+
+
+BOMB_GUARD = FilmLimits(min_side=1, max_side=2**31, max_aspect=float("inf"), max_bits=64)
+"""The budget alone (pixels, decoded bytes, scans, tiles), without the plausibility rule:
+what ``read_image`` applies when given no ``limits``."""
 
 
 def film_problem(width, height, limits=None, bits=None):
@@ -76,8 +99,8 @@ def film_problem(width, height, limits=None, bits=None):
     if width < 1 or height < 1:
         return f"{width} x {height} pixels: an image needs at least one pixel per side"
     if width * height > limits.max_pixels:
-        return (f"{width} x {height} pixels exceeds the limit of {limits.max_pixels:,} pixels "
-                "(possible decompression bomb); downsample the film before sending it")
+        return (f"{width} x {height} = {width * height:,} pixels exceeds the pixel limit of "
+                f"{limits.max_pixels:,} (decompression-bomb guard); downsample the film before sending it")
     if max(width, height) > limits.max_side:
         return f"{width} x {height} pixels; a side above {limits.max_side} px is not a chest film"
     if min(width, height) < limits.min_side:
@@ -112,13 +135,73 @@ def is_dicom(data):
     return len(data) >= 132 and data[128:132] == _DICOM_MAGIC
 
 
+def read_file(path, name=None, max_bytes=None):
+    """The bytes of the regular file ``path``. Anything else (a FIFO, a device such as
+    /dev/zero, a socket, a folder) is refused from ``os.stat`` before it is opened, and
+    again from the opened descriptor (opened non-blocking, so a FIFO swapped in between
+    cannot hang the reader); ``max_bytes``: refuse a larger file without reading it.
+    Raises ImageError naming the file (``name``, default the path)."""
+    name = name or str(path)
+    try:
+        _check_regular(os.stat(path), name)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageError(name, "no such file; cannot read it") from None
+    except OSError as exc:
+        raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
+    with open(fd, "rb") as file:
+        info = os.fstat(fd)
+        _check_regular(info, name)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ImageError(name, f"{info.st_size:,} bytes exceeds the file-size limit of {max_bytes:,} bytes")
+        try:
+            data = file.read() if max_bytes is None else file.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise ImageError(name, f"more than {max_bytes:,} bytes exceeds the file-size limit")
+    return data
+
+
+def _check_regular(info, name):
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(name, "is a directory, not a film")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "special")
+        raise ImageError(name, f"is {kind}, not a regular file; a film must be a file")
+
+
+def check_budget(stream, name, limits=None):
+    """Raise ImageError naming ``name`` when the ``codestream.Codestream`` ``stream`` is over
+    ``limits`` (a ``FilmLimits``; default ``BOMB_GUARD``): the plausibility rule on the
+    codestream's own size and depth, then the decoder's output bytes, scans and tiles."""
+    limits = limits or BOMB_GUARD
+    check_film(stream.width, stream.height, name, limits, bits=stream.bits)
+    if stream.decoded_bytes > limits.max_decoded_bytes:
+        raise ImageError(name, f"decoding needs {stream.decoded_bytes:,} bytes ({stream.width} x {stream.height} "
+                               f"x {stream.channels} samples of {stream.bits} bits), over the decoded-bytes limit "
+                               f"of {limits.max_decoded_bytes:,}")
+    if stream.scans > limits.max_scans:
+        raise ImageError(name, f"a JPEG of {stream.scans:,} scans exceeds the scan limit of {limits.max_scans} "
+                               "(each scan is a pass over the whole film)")
+    work = stream.scans * stream.width * stream.height
+    if work > limits.max_scan_pixels:
+        raise ImageError(name, f"a JPEG of {stream.scans} scans over {stream.width} x {stream.height} pixels is "
+                               f"{work:,} pixel passes, over the scan-work limit of {limits.max_scan_pixels:,}")
+    if stream.tiles > limits.max_tiles:
+        raise ImageError(name, f"a JPEG 2000 codestream of {stream.tiles:,} tiles exceeds the tile limit "
+                               f"of {limits.max_tiles:,}")
+
+
 def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
     """Decode a film into a uint8 (H, W) greyscale array, values 0..255.
 
-    source: a path (str or Path) or the file's bytes (PNG, JPEG, DICOM (``cxr_tf.data.dicom``)
-    or anything OpenCV decodes); name: how to call the input in errors (default: the path); limits: a
-    ``FilmLimits`` to refuse implausible films (from the header, before decoding, and
-    on the decoded array), or None for the pixel-count guard alone.
+    source: a path (str or Path; a regular file, see ``read_file``) or the file's bytes (PNG,
+    JPEG, DICOM (``cxr_tf.data.dicom``) or anything OpenCV decodes); name: how to call the
+    input in errors (default: the path); limits: a ``FilmLimits`` to refuse implausible
+    films and films over budget (from the codestream, before decoding, and on the decoded
+    array), or None for the budget alone (``BOMB_GUARD``); max_pixels lowers the pixel limit.
     Raises ImageError naming the file and the reason for empty, truncated, oversized,
     non-image or unsupported input.
     """
@@ -126,20 +209,25 @@ def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
         data, name = bytes(source), name or "<bytes>"
     else:
         name = name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from None
+        data = read_file(source, name)
     if not data:
         raise ImageError(name, "empty file")
+    guard = dataclasses.replace(limits or BOMB_GUARD, max_pixels=min(max_pixels, (limits or BOMB_GUARD).max_pixels))
     if is_dicom(data):
-        return _read_dicom(data, name, max_pixels, limits)
-    size = _check_header(data, name, max_pixels if limits is None else min(max_pixels, limits.max_pixels))
-    if limits is not None and size is not None:
-        check_film(*size, name, limits, bits=_png_bits(data))
+        return read_dicom(data, name, guard)[0]
+    try:
+        stream = codestream.read(data)
+    except codestream.CodestreamError as err:
+        raise ImageError(name, str(err)) from None
+    if stream is not None:
+        check_budget(stream, name, guard)
+        if stream.kind != "png" and b"\xff\xd9" not in data[-64:]:
+            raise ImageError(name, "truncated JPEG (no end-of-image marker)")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV refuses some damaged headers with an exception
+        if exc.code == cv2.Error.StsNoMem:
+            raise MemoryError(str(exc)) from None  # the reader's caller names its memory limit
         raise ImageError(name, f"not a decodable image ({str(exc).strip().splitlines()[-1]})") from None
     if image is None:
         raise ImageError(name, "not a decodable image")
@@ -148,76 +236,17 @@ def read_image(source, name=None, max_pixels=MAX_PIXELS, limits=None):
     return _to_grey_uint8(image, name)
 
 
-def _read_dicom(data, name, max_pixels, limits):
-    """A DICOM film's pixels (``cxr_tf.data.dicom``, imported now: pydicom only where DICOM is
-    met), refused under ``limits`` (or the pixel-count guard alone) before decoding."""
+def read_dicom(data, name, limits=None):
+    """(pixels, (age, sex, view), header) of DICOM Part 10 ``data`` (``cxr_tf.data.dicom``,
+    imported now: pydicom only where DICOM is met), refused under ``limits`` (default
+    ``BOMB_GUARD``) from its header and from its compressed frame's codestream before decoding."""
     from cxr_tf.data.dicom import DicomError, decode_dicom  # noqa: PLC0415
 
-    guard = limits if limits is not None else FilmLimits(min_side=1, max_side=2**31, max_aspect=float("inf"))
-    guard = dataclasses.replace(guard, max_pixels=min(max_pixels, guard.max_pixels))
+    limits = limits or BOMB_GUARD
     try:
-        return decode_dicom(data, name, lambda width, height, bits: check_film(width, height, name, guard, bits))[0]
+        return decode_dicom(data, name, lambda stream: check_budget(stream, name, limits), limits.max_decoded_bytes)
     except DicomError as err:
         raise ImageError(name, err.reason) from None
-
-
-def _png_bits(data):
-    """Bit depth of a PNG's IHDR, or None for other formats."""
-    return data[24] if data.startswith(_PNG_SIGNATURE) and len(data) > 24 else None
-
-
-def _check_header(data, name, max_pixels):
-    """Refuse truncated PNG/JPEG and images announcing more than max_pixels pixels."""
-    size = None
-    if data.startswith(_PNG_SIGNATURE):
-        if len(data) < 33 or data[12:16] != b"IHDR":
-            raise ImageError(name, "truncated PNG (no header)")
-        size = struct.unpack(">II", data[16:24])
-        if b"IEND" not in data[-64:]:
-            raise ImageError(name, "truncated PNG (no IEND chunk)")
-        _check_png_chunks(data, name)
-    elif data.startswith(b"\xff\xd8"):
-        size = _jpeg_size(data)
-        if b"\xff\xd9" not in data[-64:]:
-            raise ImageError(name, "truncated JPEG (no end-of-image marker)")
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(
-            name, f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of "
-            f"{max_pixels:,} (decompression-bomb guard)")
-    return size
-
-
-def _check_png_chunks(data, name):
-    """Refuse a PNG whose chunk lengths run past the end of the file. Measured: OpenCV
-    spends 4-8 s of CPU on a 20 kB PNG whose IDAT claims 4 GB, so this is checked first."""
-    at = 8
-    while at + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[at:at + 8])
-        if at + 12 + length > len(data):
-            raise ImageError(name, f"damaged PNG (chunk {kind!r} at byte {at} claims {length:,} bytes; "
-                                   f"the file has {len(data):,})")
-        if kind == b"IEND":
-            return
-        at += 12 + length
-    raise ImageError(name, "damaged PNG (chunks do not end with IEND)")
-
-
-def _jpeg_size(data):
-    """(width, height) from the first SOF marker, or None when not found."""
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 2 if marker != 0xFF else 1
-            continue
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
-    return None
 
 
 def _to_grey_uint8(image, name):
@@ -281,7 +310,8 @@ def encode_png(image):
 
 
 def film_to_png(path, size):
-    """Worker task of the builder: (png_bytes, None) for a readable, plausible film
+    """Worker task of the builders (``path``: a path, or the film's bytes, as the Beam build reads
+    them through Beam's filesystems): (png_bytes, None) for a readable, plausible film
     (``FilmLimits``: the rule prediction applies), resized to a (size, size) square,
     or (None, reason) when it cannot be read or is implausible."""
     try:

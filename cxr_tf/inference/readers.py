@@ -12,12 +12,16 @@ DICOM pixels are decoded by the data layer (``cxr_tf.data.dicom``, the reader th
 TFRecord builder uses: modality LUT or rescale → VOI LUT or window → 0..255, inverted
 for ``MONOCHROME1``; its docstring lists the transfer syntaxes that decode).
 
-Limits: ``max_bytes`` (file size, checked before reading a path) and the
-plausibility rule shared with the TFRecord builder (``cxr_tf.data.images.FilmLimits``:
-pixel count, side, aspect ratio, bit depth), checked from the PNG/JPEG header and
-from Rows/Columns/BitsStored for DICOM before any pixel is decoded, so a small
-"decompression bomb" claiming 60,000 × 60,000 pixels is refused cheaply. PNG/JPEG
-decoding is the builder's ``read_image`` (which also refuses truncated files), so
+Limits (``Limits``; every one, when exceeded, is a ``FilmError`` that names it):
+``max_bytes`` (file size, from ``os.stat`` before a path is read; a FIFO, a device or
+another non-regular file is refused before it is opened); the plausibility rule shared with
+the TFRecord builder (``cxr_tf.data.images.FilmLimits``: pixel count, side, aspect ratio,
+bit depth) and the decoding budget (decoded bytes, JPEG scans, JPEG 2000 tiles), both read
+from the codestream itself before any pixel is decoded (PNG IHDR, JPEG/JPEG-LS SOF, JPEG
+2000 SIZ; DICOM Rows/Columns and its compressed frame's codestream; a deflated DICOM is
+inflated once, counted, to the decoded-bytes limit); and the time and memory of the decode
+itself (``decode_seconds``, ``decode_memory``: a child process, ``cxr_tf.data.decode_guard``).
+PNG/JPEG decoding is the builder's ``read_image`` (which also refuses truncated files), so
 inference reads pixels exactly as the TFRecord builder did.
 
 Nothing a damaged file can do escapes as anything but :class:`FilmError` (a
@@ -27,10 +31,11 @@ failure while parsing or decoding is caught and reported per film.
 """
 
 import dataclasses
-from pathlib import Path
+import threading
 
 import numpy as np
 
+from cxr_tf.data.decode_guard import DecodeGuard
 from cxr_tf.data.images import FILM_MAX_PIXELS as MAX_PIXELS
 from cxr_tf.data.images import (
     MAX_ASPECT,
@@ -38,17 +43,26 @@ from cxr_tf.data.images import (
     MIN_SIDE,
     FilmLimits,
     ImageError,
-    film_problem,
     is_dicom,
+    read_dicom,
+    read_file,
     read_image,
 )
 
-__all__ = ["MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MIN_SIDE", "Film", "FilmError", "Limits",
-           "check_size", "read_film", "sniff_format"]
+__all__ = ["DECODE_MEMORY", "DECODE_SECONDS", "MAX_ASPECT", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MIN_SIDE", "Film",
+           "FilmError", "Limits", "read_film", "sniff_format"]
 
 MAX_BYTES = 100 * 2**20
 """Largest file accepted (bytes): a 4,300 × 4,300 16-bit DICOM is ~37 MB uncompressed."""
 
+DECODE_SECONDS = 8.0
+"""CPU seconds one film may take to decode (wall clock: 3x). The codestream checks answer every
+known bomb in milliseconds; this bounds the unknown ones without refusing a large lossless JPEG
+2000 film (OpenJPEG: 2.7 s of CPU at 3,000 px, ~5.5 s at 4,300 px)."""
+DECODE_MEMORY = 2**30
+"""Address space one film's decoder may add to its process (bytes)."""
+
+_GUARDS, _GUARDS_LOCK = {}, threading.Lock()
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -80,9 +94,14 @@ class Film:
 
 @dataclasses.dataclass(frozen=True)
 class Limits(FilmLimits):
-    """The limits of ``read_film``: the builder's ``FilmLimits`` plus the file size (bytes)."""
+    """The limits of ``read_film``: the builder's ``FilmLimits`` (plausibility, and the
+    decoding budget read from the codestream) plus the file size (bytes) and the time and
+    memory one film may take to decode (``cxr_tf.data.decode_guard``; ``decode_seconds=None``
+    decodes in this process, under the codestream checks alone)."""
 
     max_bytes: int = MAX_BYTES
+    decode_seconds: float | None = DECODE_SECONDS
+    decode_memory: int = DECODE_MEMORY
 
 
 def sniff_format(data):
@@ -128,19 +147,21 @@ def _decode(data, name, limits):
         raise FilmError(
             f"{name}: not a PNG, JPEG or DICOM file (starts with {data[:8]!r}); "
             "send the film itself, not a report or archive")
-    if fmt == "dicom":
-        return _read_dicom(data, name, limits)
-    pixels = _decode_raster(data, name, limits)
-    check_size(pixels.shape[1], pixels.shape[0], name, limits)
-    return Film(name=name, pixels=pixels, fmt=fmt)
+    if limits.decode_seconds is None:  # in this process, under the codestream checks alone
+        pixels, meta, header = (read_dicom(data, name, limits) if fmt == "dicom"
+                                else (read_image(data, name, limits=limits), None, None))
+    else:
+        pixels, meta, header = _guard(limits).decode(data, name, limits, fmt == "dicom")
+    return Film(name, pixels, fmt, *(meta or (None, None, None)), header=header)
 
 
-def check_size(width, height, name, limits=None, bits=None):
-    """Raise FilmError when a ``width`` × ``height`` film (``bits`` per sample) is not
-    plausible: the builder's rule, ``cxr_tf.data.images.film_problem``."""
-    problem = film_problem(width, height, limits or Limits(), bits)
-    if problem is not None:
-        raise FilmError(f"{name}: {problem}")
+def _guard(limits):
+    """The ``DecodeGuard`` of ``limits``' time and memory limits (one per pair, kept for the process)."""
+    key = (limits.decode_seconds, limits.decode_memory)
+    with _GUARDS_LOCK:
+        if key not in _GUARDS:
+            _GUARDS[key] = DecodeGuard(*key)
+        return _GUARDS[key]
 
 
 def _load_bytes(source, name, limits):
@@ -148,48 +169,13 @@ def _load_bytes(source, name, limits):
         data = bytes(source)
         name = name or "<bytes>"
     else:
-        path = Path(source)
-        name = name or str(path)
+        name = name or str(source)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise FilmError(f"{name}: no such file") from None
-        except OSError as err:
-            raise FilmError(f"{name}: cannot read ({err.strerror})") from None
-        if path.is_dir():
-            raise FilmError(f"{name}: is a directory, not a film")
-        if size > limits.max_bytes:
-            raise FilmError(f"{name}: {size:,} bytes exceeds the file-size limit of {limits.max_bytes:,} bytes")
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise FilmError(f"{name}: cannot read ({err.strerror})") from None
+            data = read_file(source, name, limits.max_bytes)  # a regular file, else refused before opening
+        except ImageError as err:
+            raise FilmError(str(err)) from None
     if not data:
         raise FilmError(f"{name}: empty file")
     if len(data) > limits.max_bytes:
         raise FilmError(f"{name}: {len(data):,} bytes exceeds the file-size limit of {limits.max_bytes:,} bytes")
     return data, name
-
-
-def _decode_raster(data, name, limits):
-    """PNG/JPEG bytes -> uint8 (H, W) greyscale via the builder's reader, which refuses
-    truncated files and, from the header alone, films over ``limits.max_pixels``."""
-    try:
-        return read_image(data, name=name, limits=limits)
-    except ImageError as err:
-        raise FilmError(str(err)) from None
-
-
-# --------------------------------------------------------------------------- DICOM
-
-def _read_dicom(data, name, limits):
-    """A DICOM film decoded by the data layer's reader (``cxr_tf.data.dicom``: the one the
-    TFRecord builder uses), with the patient's age, sex and view from its header."""
-    from cxr_tf.data.dicom import DicomError, decode_dicom  # noqa: PLC0415 (pydicom only when a DICOM arrives)
-
-    try:
-        pixels, meta, header = decode_dicom(data, name, lambda width, height, bits: check_size(width, height, name,
-                                                                                               limits, bits))
-    except DicomError as err:
-        raise FilmError(str(err)) from None
-    return Film(name, pixels, "dicom", *meta, header=header)

@@ -1,6 +1,9 @@
-"""Readers that cannot crash: byte-mutated DICOM headers and PNGs, seeded, must give a
-Film or a FilmError naming the file, never any other exception; and DICOM numeric
-elements written as text are read when they are numbers, refused clearly otherwise."""
+"""Readers that cannot crash: byte-mutated DICOM headers, compressed DICOM frames (JPEG-LS,
+JPEG 2000, RLE) and PNGs, seeded, must give a Film or a FilmError naming the file, never any
+other exception; and DICOM numeric elements written as text are read when they are numbers,
+refused clearly otherwise. The films are read in this process (``decode_seconds=None``): what
+is fuzzed is the parsing and decoding, which the guard process runs unchanged
+(``test_reader_budgets.py`` tests the guard; ``tools/fuzz_readers.py`` fuzzes through it)."""
 
 from pathlib import Path
 
@@ -8,34 +11,16 @@ import numpy as np
 import pydicom
 import pytest
 
+from bombs import encapsulated_dicom, mutate
 from conftest import twelve_bit_dicom as dicom_bytes
-from cxr_tf.inference.readers import Film, FilmError, read_film
+from conftest import twelve_bit_film
+from cxr_tf.inference.readers import Film, FilmError, Limits, read_film
 
 SAMPLE_FILMS = sorted((Path(__file__).resolve().parents[2] / "cxr_tf" / "sample" / "images").glob("*.png"))
 FUZZ_DICOM = 2500
 FUZZ_PNG = 1500
-
-
-def mutate(data, rng, start, stop):
-    """``data`` with a few bytes in [start, stop) overwritten, inserted, deleted or the
-    tail cut: the damage a bad disk, a broken export or a hostile sender does."""
-    buf = bytearray(data)
-    for _ in range(int(rng.integers(1, 6))):
-        if min(stop, len(buf)) <= start:
-            break
-        at = int(rng.integers(start, min(stop, len(buf))))
-        kind = rng.integers(0, 100)
-        if kind < 80:
-            buf[at] = int(rng.integers(0, 256))
-        elif kind < 88:
-            buf[at:at + 4] = bytes([0xFF, 0xFF, 0xFF, 0xFF])  # a huge length / size field
-        elif kind < 93:
-            buf[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 8))).astype(np.uint8))
-        elif kind < 98:
-            del buf[at:at + int(rng.integers(1, 8))]
-        else:
-            del buf[at + 1:]
-    return bytes(buf)
+FUZZ_COMPRESSED = 300
+IN_PROCESS = Limits(decode_seconds=None)
 
 
 def fuzz(seed_data, count, seed, start, stop, name):
@@ -46,7 +31,7 @@ def fuzz(seed_data, count, seed, start, stop, name):
     for i in range(count):
         data = mutate(seed_data, rng, start, stop)
         try:
-            film = read_film(data, name=f"{name}-{i}")
+            film = read_film(data, name=f"{name}-{i}", limits=IN_PROCESS)
         except FilmError as err:
             assert f"{name}-{i}" in str(err)
             errors += 1
@@ -72,6 +57,19 @@ def test_fuzzed_pngs_never_escape_as_other_exceptions():
     seed_data = SAMPLE_FILMS[0].read_bytes()
     _, errors, uncaught = fuzz(seed_data, FUZZ_PNG, 16, 0, len(seed_data), "fuzz.png")
     assert not uncaught, f"{len(uncaught)} of {FUZZ_PNG} escaped: {uncaught[:5]}"
+    assert errors > 0
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("syntax", [pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless, pydicom.uid.RLELossless],
+                         ids=["jpeg-ls", "jpeg2000", "rle"])
+def test_fuzzed_compressed_frames_never_escape_as_other_exceptions(syntax):
+    if syntax == pydicom.uid.JPEGLSLossless and not pydicom.pixels.get_encoder(syntax).is_available:
+        pytest.skip("pyjpegls is not installed: no JPEG-LS film to fuzz")
+    seed_data = encapsulated_dicom(twelve_bit_film(96, 128), syntax)
+    frame_start = seed_data.rindex(b"\xe0\x7f\x10\x00")  # mutate the pixel data: offsets, codestream header, data
+    films, errors, uncaught = fuzz(seed_data, FUZZ_COMPRESSED, 28, frame_start, frame_start + 120, "fuzz.dcm")
+    assert not uncaught, f"{len(uncaught)} of {FUZZ_COMPRESSED} escaped: {uncaught[:5]}"
     assert errors > 0
 
 

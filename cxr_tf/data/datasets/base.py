@@ -30,16 +30,16 @@ mentioned, not labelled, or uncertain under the ``ignore`` policy). The records 
 as int64 1 / 0 / -1 (``MISSING``).
 """
 
-import gzip
 import hashlib
-import io
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+# TableError and open_text live in tables.py; the adapters import them from here with the rest
+from cxr_tf.data.datasets.tables import TableError, check_parsed, excerpt, open_text  # noqa: F401
 
 MISSING = -1
 """A missing label in the records and in every label array (y_true) of the package."""
@@ -74,10 +74,6 @@ class Option:
     help: str
 
 
-class TableError(ValueError):
-    """A label table that cannot be used; names the file, line and value, and the fix."""
-
-
 @dataclass
 class Release:
     """One dataset's films and labels, matched against the files on disk.
@@ -88,7 +84,8 @@ class Release:
     rows_without_files: image_index values listed but not found; files_without_rows:
     film paths found but not listed; duplicates: (ignored, used) path pairs;
     excluded: {reason: [image_index, ...]} of rows left out on purpose (lateral views,
-    films a release marks unusable); options: what the adapter applied
+    films a release marks unusable), and {``LINK_OUTSIDE``: [path]} of folder links not
+    followed; options: what the adapter applied
     (e.g. {"uncertain": "ignore", "laterals": False}), recorded in the manifest.
     """
 
@@ -109,38 +106,12 @@ class Release:
             raise ValueError(f"{self.dataset} adapter: its table lacks the column(s) {missing}")
 
 
-def open_text(path, hint):
-    """A label table's text as a stream. Gzip is recognised by its magic bytes, not the
-    name (a plain CSV named ``.gz`` is read as it is); a UTF-8 byte-order mark (Excel's
-    "CSV UTF-8") is dropped. ``hint``: what to pass instead of an empty file. TableError
-    naming the file and the fix for a damaged gzip file or text that is not UTF-8 (the line
-    of the first bad byte)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise TableError(f"{path}: cannot read ({err.strerror or err})") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as err:  # truncated download, damaged bytes
-            raise TableError(f"{path}: damaged gzip file ({err}); download the table again or pass the "
-                             "uncompressed CSV") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise TableError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the table "
-                         "as UTF-8 (Excel: \"CSV UTF-8 (Comma delimited)\")") from None
-    if not text.strip():
-        raise TableError(f"{path}: empty file; {hint}")
-    return io.StringIO(text, newline="")
-
-
 def read_csv(path, required, hint):
     """A comma-separated table as a DataFrame of str (blank cells ""), the ``required`` columns
-    and ``line`` (the row's line in the file; the header is line 1). TableError naming the file
-    for a missing column, a table without rows or text that is not CSV; ``hint``: what to pass."""
+    and ``line`` (the row's line in the file; the header is line 1). Read within the limits of
+    ``tables.open_text``; TableError naming the file (and line) for a table over a limit, one
+    that did not parse whole (``tables.check_parsed``), a missing column, a table without rows
+    or text that is not CSV; ``hint``: what to pass."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label table {path} not found; {hint}")
@@ -149,6 +120,7 @@ def read_csv(path, required, hint):
             frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skip_blank_lines=False)
         except (pd.errors.ParserError, ValueError) as err:
             raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); {hint}") from None
+    check_parsed(frame, path)
     missing = [name for name in required if name not in frame.columns]
     if missing:
         raise TableError(f"{path}: line 1 (header) lacks the required column(s) {missing}; found "
@@ -180,38 +152,66 @@ def file_sha256(path):
 
 
 def find_files(data_dir, suffixes):
-    """Every file under ``data_dir`` (recursively, following links once, hidden folders
-    skipped) whose name ends with one of ``suffixes`` (lower-case), as sorted str paths."""
+    """(files, outside): every file under ``data_dir`` (recursively, following folder links
+    that stay inside it, once; hidden folders skipped) whose name ends with one of ``suffixes``
+    (lower-case), as sorted str paths; and the links to folders outside ``data_dir`` (``..``,
+    ``/``, another disk), not followed, as sorted str paths (``outside_links`` reports them).
+    A link to one film is followed wherever it points: a folder of links is a common way to lay
+    out a release (``tools/bench_build.py`` makes one), and a link to a FIFO or a device is
+    refused by the film reader (``images.read_file``)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist; pass --data-dir with the release")
-    found, seen = [], set()
+    top = os.path.realpath(data_dir)
+    found, outside, seen = [], [], set()
     for root, dirs, names in os.walk(data_dir, followlinks=True):
         stat = os.stat(root)
         if (stat.st_dev, stat.st_ino) in seen:  # a symlink cycle, or a folder linked twice
             dirs[:] = []
             continue
         seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _stays(os.path.join(root, d), top, outside))
         found += [os.path.join(root, n) for n in names if n.lower().endswith(tuple(suffixes))]
-    return sorted(found)
+    return sorted(found), sorted(outside)
+
+
+def _stays(path, top, outside):
+    """True unless ``path`` is a symlink whose target is not under ``top`` (then listed in ``outside``)."""
+    if not os.path.islink(path):
+        return True
+    target = os.path.realpath(path)
+    if target == top or target.startswith(top.rstrip(os.sep) + os.sep):
+        return True
+    outside.append(path)
+    return False
+
+
+LINK_OUTSIDE = "a link to a folder outside the data folder (not followed)"
+"""The ``Release.excluded`` reason of the links ``find_files`` did not follow."""
+
+
+def outside_links(outside, data_dir):
+    """``Release.excluded`` entries ({reason: [link path relative to data_dir]}) for ``outside``."""
+    return {LINK_OUTSIDE: [os.path.relpath(p, data_dir) for p in outside]} if outside else {}
 
 
 def files_by_name(data_dir, suffixes):
     """Films under ``data_dir`` found by their file name, searched recursively (for releases
     whose table names a film by its file name, wherever it lies).
 
-    Returns (files, duplicates): ``files`` maps file name -> Path (the first in sorted path
-    order); ``duplicates`` lists (ignored_path, used_path) for names found more than once.
+    Returns (files, duplicates, outside): ``files`` maps file name -> Path (the first in sorted
+    path order); ``duplicates`` lists (ignored_path, used_path) for names found more than once;
+    ``outside``: the symlinks not followed (``find_files``).
     """
     files, duplicates = {}, []
-    for path in find_files(data_dir, suffixes):
+    found, outside = find_files(data_dir, suffixes)
+    for path in found:
         name = os.path.basename(path)
         if name in files:
             duplicates.append((Path(path), files[name]))
         else:
             files[name] = Path(path)
-    return files, duplicates
+    return files, duplicates, outside
 
 
 def match_paths(table, data_dir, relative, suffixes):
@@ -219,15 +219,17 @@ def match_paths(table, data_dir, relative, suffixes):
 
     ``relative``: Series of relative paths (str, "/"-separated) aligned with ``table``.
     Returns (matched table with a ``path`` column, rows_without_files (image_index list),
-    files_without_rows (str paths with one of ``suffixes`` that no row names))."""
+    files_without_rows (str paths with one of ``suffixes`` that no row names), outside (the
+    symlinks not followed, ``find_files``))."""
     data_dir = Path(data_dir)
-    on_disk = {os.path.relpath(p, data_dir).replace(os.sep, "/"): p for p in find_files(data_dir, suffixes)}
+    found, outside = find_files(data_dir, suffixes)
+    on_disk = {os.path.relpath(p, data_dir).replace(os.sep, "/"): p for p in found}
     present = relative.isin(on_disk.keys()).to_numpy()
     matched = table[present].copy()
     matched["path"] = relative[present].map(lambda r: Path(on_disk[r])).to_numpy()
     listed = set(relative)
     return (matched.reset_index(drop=True), table["image_index"][~present].tolist(),
-            sorted(p for r, p in on_disk.items() if r not in listed))
+            sorted(p for r, p in on_disk.items() if r not in listed), outside)
 
 
 def apply_uncertain(values, policy):
@@ -256,7 +258,7 @@ def keep_views(table, laterals):
 
 def fail_at(path, line, column, value, what, fix):
     """A TableError naming the file, line, column and value, and what to do."""
-    return TableError(f"{path}: line {line}: column {column!r}: {what} {value!r}; {fix}")
+    return TableError(f"{path}: line {line}: column {column!r}: {what} {excerpt(value)}; {fix}")
 
 
 def first_bad(path, raw, bad, column, what, fix):

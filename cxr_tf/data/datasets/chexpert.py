@@ -41,6 +41,7 @@ from cxr_tf.data.datasets.base import (
     first_bad,
     keep_views,
     match_paths,
+    outside_links,
     read_csv,
 )
 
@@ -77,7 +78,7 @@ def _has_tables(folder):
     for name in TABLES:
         try:
             with open(Path(folder) / name, "rb") as handle:
-                header = handle.readline().decode("utf-8-sig", "replace").strip()
+                header = handle.readline(4096).decode("utf-8-sig", "replace").strip()
         except OSError:
             continue
         if header.split(",")[:len(COLUMNS)] == list(COLUMNS):
@@ -161,8 +162,9 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
     if repeated.any():
         raise TableError(f"{folder}: film {table['image_index'][repeated].iloc[0]!r} is listed more than once "
                          f"(train.csv / valid.csv); each film must have exactly one row")
-    matched, rows_without_files, files_without_rows = match_paths(table, folder, relative, (".jpg",))
+    matched, rows_without_files, files_without_rows, outside = match_paths(table, folder, relative, (".jpg",))
     kept, excluded = keep_views(matched, laterals)
+    excluded.update(outside_links(outside, folder))
     label_table = sources["train.csv"] if sources["train.csv"].is_file() else sources["valid.csv"]
     return Release(NAME, names, kept, label_table, rows_without_files, files_without_rows, excluded=excluded,
                    options={"uncertain": uncertain, "laterals": bool(laterals)})

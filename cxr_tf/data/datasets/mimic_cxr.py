@@ -34,7 +34,15 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.data import harmonise
-from cxr_tf.data.datasets.base import Release, TableError, first_bad, keep_views, match_paths, read_csv
+from cxr_tf.data.datasets.base import (
+    Release,
+    TableError,
+    first_bad,
+    keep_views,
+    match_paths,
+    outside_links,
+    read_csv,
+)
 from cxr_tf.data.datasets.chexpert import parse_labels
 
 NAME = "mimic-cxr"
@@ -144,9 +152,9 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
                           "follow_up": meta["follow_up"], "subject_id": meta["subject_id"],
                           "study_id": meta["study_id"], "position": meta["ViewPosition"]})
     relative = "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + meta["dicom_id"] + ".jpg"
-    matched, rows_without_files, files_without_rows = match_paths(table, data_dir, relative, (".jpg",))
+    matched, rows_without_files, files_without_rows, outside = match_paths(table, data_dir, relative, (".jpg",))
 
-    excluded = {}
+    excluded = outside_links(outside, data_dir)
     matched = matched.merge(study_labels, on=["subject_id", "study_id"], how="left", indicator=True)
     unlabelled = (matched.pop("_merge") == "left_only").to_numpy()
     if unlabelled.any():

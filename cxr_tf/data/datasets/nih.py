@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data.datasets.base import Release, TableError, files_by_name, open_text
+from cxr_tf.data.datasets.base import Release, TableError, files_by_name, open_text, outside_links
+from cxr_tf.data.datasets.tables import check_parsed, excerpt
 from cxr_tf.data.labels import LABELS, NO_FINDING
 
 # raw column name -> our name; all seven are required
@@ -75,13 +76,18 @@ def _read_raw(path, required):
                              f"found {header}")
         positions = [header.index(name) for name in required]
         try:
-            frame = pd.read_csv(handle, header=None, usecols=positions, dtype=str,
+            frame = pd.read_csv(handle, header=None, dtype=str,
                                 keep_default_na=False, skip_blank_lines=True, skipinitialspace=True)
         except pd.errors.EmptyDataError:
             raise TableError(f"{path}: has a header but no rows; pass the complete table") from None
         except (pd.errors.ParserError, ValueError) as err:
             raise TableError(f"{path}: not a readable CSV table ({str(err).strip()}); check the file "
                              "is the NIH label table, comma-separated") from None
+    check_parsed(frame, path)  # every column: an open quote may sit in one we do not use
+    missing = [p for p in positions if p not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: the rows have {len(frame.columns)} fields, fewer than the header's "
+                         f"{len(header)}; check the file is the NIH label table, comma-separated")
     frame = frame[positions]
     frame.columns = list(required)
     return frame, header
@@ -105,7 +111,7 @@ def read_label_table(path):
 
     def fail(mask, column, what):
         row = int(np.flatnonzero(mask)[0])
-        raise TableError(f"{path}: line {row + 2}: {what} {raw[column].iloc[row]!r} in column "
+        raise TableError(f"{path}: line {row + 2}: {what} {excerpt(raw[column].iloc[row])} in column "
                          f"{_raw_name(column)!r} ({int(mask.sum())} such row(s) in all)")
 
     empty = raw["image_index"] == ""
@@ -115,7 +121,7 @@ def read_label_table(path):
     if duplicated.any():
         name = raw["image_index"][duplicated].iloc[0]
         lines = (np.flatnonzero(raw["image_index"].to_numpy() == name) + 2).tolist()
-        raise TableError(f"{path}: image {name!r} appears on several lines {lines}; "
+        raise TableError(f"{path}: image {excerpt(name)} appears on several lines {lines[:10]}; "
                          f"each film must have exactly one row")
     for column in ("patient_id", "follow_up"):
         values = _non_negative_ints(raw[column])
@@ -165,7 +171,7 @@ def _multi_hot(findings, fail):
     if unknown.any():
         rows = np.zeros(len(findings), bool)
         rows[exploded.index[unknown.to_numpy()].unique()] = True
-        fail(rows, "finding_labels", f"unknown finding {exploded[unknown].iloc[0]!r} "
+        fail(rows, "finding_labels", f"unknown finding {excerpt(exploded[unknown].iloc[0])} "
              f"(known: {', '.join(LABELS)}, '{NO_FINDING}') in labels")
     matrix = np.zeros((len(findings), len(LABELS)), np.uint8)
     column = {label: j for j, label in enumerate(LABELS)}
@@ -203,18 +209,20 @@ class Inventory:
 
     table: the rows that have a file, with a ``path`` column; rows_without_files:
     image names listed in the table but not found; files_without_rows: paths of
-    images found but not in the table; duplicates: (ignored, used) path pairs.
+    images found but not in the table; duplicates: (ignored, used) path pairs; outside: the
+    symlinks leaving ``data_dir``, not followed (``base.find_files``).
     """
 
     table: pd.DataFrame
     rows_without_files: list = field(default_factory=list)
     files_without_rows: list = field(default_factory=list)
     duplicates: list = field(default_factory=list)
+    outside: list = field(default_factory=list)
 
 
 def match_files(table, data_dir):
     """Inventory of ``table`` (from ``read_label_table``) against the images under ``data_dir``."""
-    files, duplicates = files_by_name(data_dir, (".png",))
+    files, duplicates, outside = files_by_name(data_dir, (".png",))
     present = table["image_index"].isin(files.keys()).to_numpy()
     matched = table[present].copy()
     matched["path"] = matched["image_index"].map(files)
@@ -224,6 +232,7 @@ def match_files(table, data_dir):
         rows_without_files=table["image_index"][~present].tolist(),
         files_without_rows=sorted(str(p) for n, p in files.items() if n not in in_table),
         duplicates=duplicates,
+        outside=outside,
     )
 
 
@@ -240,12 +249,12 @@ def read_bbox_table(path):
         values = pd.to_numeric(raw.iloc[:, 2 + j], errors="coerce")
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise TableError(f"{path}: line {row + 2}: non-numeric box {name} {raw.iloc[row, 2 + j]!r}")
+            raise TableError(f"{path}: line {row + 2}: non-numeric box {name} {excerpt(raw.iloc[row, 2 + j])}")
         boxes[name] = values.astype(np.float64)
     unknown = ~boxes["label"].isin(LABELS)
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise TableError(f"{path}: line {row + 2}: unknown finding {boxes['label'].iloc[row]!r}")
+        raise TableError(f"{path}: line {row + 2}: unknown finding {excerpt(boxes['label'].iloc[row])}")
     return boxes[["image_index", "label", "x", "y", "w", "h", "line"]]
 
 
@@ -285,4 +294,4 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
     for label in LABELS:
         release[label] = table[label].astype(np.float64)
     return Release(NAME, LABELS, release, labels_path, inventory.rows_without_files,
-                   inventory.files_without_rows, inventory.duplicates)
+                   inventory.files_without_rows, inventory.duplicates, outside_links(inventory.outside, data_dir))

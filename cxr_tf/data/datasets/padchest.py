@@ -53,6 +53,7 @@ from cxr_tf.data.datasets.base import (
     files_by_name,
     first_bad,
     keep_views,
+    outside_links,
     read_csv,
 )
 
@@ -190,7 +191,8 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False):
     if drop.any():
         excluded[NO_LABELS] = release["image_index"][drop].tolist()
     release = release[has_labels & ~table["Projection"].isin(list(NOT_CHEST)).to_numpy()]
-    files, duplicates = files_by_name(data_dir, (".png",))
+    files, duplicates, outside = files_by_name(data_dir, (".png",))
+    excluded.update(outside_links(outside, data_dir))
     present = release["image_index"].isin(files.keys()).to_numpy()
     rows_without_files = release["image_index"][~present].tolist()
     release = release[present].copy()

@@ -35,6 +35,7 @@ Decisions:
   frontal postero-anterior chest radiographs, no laterals).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from cxr_tf.data.datasets.base import (
     TableError,
     first_bad,
     match_paths,
+    outside_links,
     read_csv,
 )
 
@@ -106,6 +108,8 @@ def _header_meta(path):
 
     from cxr_tf.data.dicom import dicom_meta  # noqa: PLC0415
 
+    if not os.path.isfile(path):  # a FIFO or device would block dcmread: the decoder reports the film
+        return np.nan, "", ""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientAge", "PatientSex", "ViewPosition"])
         age, sex, view = dicom_meta(ds)
@@ -156,7 +160,7 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False, aggregate="m
     release["follow_up"] = 0
     for label in findings:
         release[label] = both[label].to_numpy(np.float64)
-    matched, rows_without_files, files_without_rows = match_paths(
+    matched, rows_without_files, files_without_rows, outside = match_paths(
         release, data_dir, both["split"] + "/" + both["image_id"] + SUFFIX, (SUFFIX,))
     meta = [_header_meta(p) for p in matched["path"]]
     matched["age"] = np.array([m[0] for m in meta], np.float64)
@@ -164,4 +168,4 @@ def read(data_dir, labels=None, uncertain="ignore", laterals=False, aggregate="m
     matched["view"] = [m[2] for m in meta]
     options = {"aggregate": aggregate}
     return Release(NAME, findings, matched, paths["train"], rows_without_files, files_without_rows,
-                   options=options)
+                   excluded=outside_links(outside, data_dir), options=options)
