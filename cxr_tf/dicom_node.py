@@ -1,9 +1,10 @@
-"""``python -m cxr_tf.dicom_node --destination AET@HOST:PORT [--model RUN --aet CXR_TF --host
-127.0.0.1 --port PORT --fhir-out DIR --heatmaps [--heatmap-format heatmap-sc]]``: a DICOM Storage
-SCP that triages chest radiographs as they arrive and sends a TID 1500 Structured Report (and
-Grad-CAM Parametric Maps) to the destination (library: ``cxr_tf.inference.dicom_node``; see
-``docs/integration.md``). Stops on SIGTERM or Ctrl-C after finishing what it holds; exit
-code 1 when some results could not be built or delivered, 2 for a usage error."""
+"""``python -m cxr_tf.dicom_node --destination AET@HOST:PORT (--spool DIR | --no-spool) [--allow
+AET[@HOST] ... --max-associations N --model RUN --aet CXR_TF --host 127.0.0.1 --port PORT
+--fhir-out DIR --heatmaps [--heatmap-format heatmap-sc]]``: a DICOM Storage SCP that triages chest
+radiographs as they arrive and sends a TID 1500 Structured Report (and Grad-CAM Parametric Maps) to
+the destination (library: ``cxr_tf.inference.dicom_node``; see ``docs/integration.md``). Stops on
+SIGTERM or Ctrl-C after finishing what it holds; exit code 1 when some results could not be built
+or delivered, 2 for a usage error."""
 
 import cxr_tf.quiet  # noqa: F401  (first: before TensorFlow loads)
 import logging
@@ -30,6 +31,19 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=11112, help="port to listen on")
     parser.add_argument("--destination", required=True, metavar="AET@HOST:PORT", help="where SRs are sent")
     parser.add_argument("--fhir-out", metavar="DIR", help="also write a FHIR Bundle per film here")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--spool", metavar="DIR",
+                       help="durable inbox and outbox (patient data at rest, 0700/0600): a film is acknowledged "
+                            "once it is on disk, and a restart after a crash resumes what was left")
+    where.add_argument("--no-spool", action="store_true",
+                       help="keep films and results in memory: a film is acknowledged only once its report "
+                            "exists, and a crash loses the reports not yet delivered")
+    parser.add_argument("--allow", action="append", default=[], metavar="AET[@HOST]",
+                        help="a calling AE title (and host address) allowed to send films; repeat it; others "
+                             "are rejected (calling AE title not recognised). Default: any caller")
+    parser.add_argument("--max-associations", type=int, default=10, metavar="N",
+                        help="associations served at once; more are rejected as 'local limit exceeded' "
+                             "(transient: senders retry). Default 10")
     cli.add_delivery_options(parser)
     cli.add_predictor_options(parser)
     args = parser.parse_args(argv)
@@ -43,7 +57,8 @@ def main(argv=None):
     try:
         node = DicomNode(predictor, aet=args.aet, host=args.host, port=args.port, destination=destination,
                          fhir_out=args.fhir_out, heatmaps=args.heatmaps, heatmap_format=args.heatmap_format,
-                         keep_unsent=args.keep_unsent,
+                         keep_unsent=args.keep_unsent, spool=args.spool, allow=args.allow,
+                         max_associations=args.max_associations,
                          retry_initial=args.retry_initial, retry_max=args.retry_max)
         node.start()
     except (*cli.USAGE_ERRORS, OSError) as err:

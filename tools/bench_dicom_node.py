@@ -1,6 +1,7 @@
 """Throughput and latency of the DICOM node, side by side with ``predict`` on the same films.
 
     python tools/bench_dicom_node.py --model RUN_DIR --films 20 [--samples 25] [--heatmaps] [--no-dicomweb]
+        [--spool-dir DIR]
 
 Wraps ``--films`` real NIH films (``cxr_tf/sample/images``) as DX DICOM, starts the node
 (``cxr_tf.inference.dicom_node``) and a pynetdicom Storage SCP as its destination, both in
@@ -11,7 +12,10 @@ same films through ``Predictor.predict`` (what ``predict --json`` runs), warm, o
 as one batch of all films and once one film per call; and through ``predict --format
 dicom-sr`` (the same SRs as the node, written to a temporary folder). Last line:
 Also the film-to-SR latency of films sent one at a time (each after the previous SR:
-a modality's pace). And the DICOMweb path (``cxr_tf.inference.dicomweb``) against a real Orthanc
+a modality's pace). The node runs twice: with a spool (the durable inbox and outbox, in a
+temporary folder under ``--spool-dir``, default the system's temporary folder: put it on the
+disk a site would use) and with ``--no-spool`` (in memory: each film acknowledged only once its
+report exists); the ratio of the two is printed. And the DICOMweb path (``cxr_tf.inference.dicomweb``) against a real Orthanc
 with its DICOMweb plugin (skipped, and said, when not installed): the same films uploaded at once
 with STOW-RS, the front end polling QIDO-RS every 0.2 s; film-to-report latency from the end of a
 film's upload to the end of its report's STOW-RS. Last lines: ``films_per_s=<node films/s>
@@ -86,46 +90,25 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=25, help="MC dropout passes")
     parser.add_argument("--heatmaps", action="store_true", help="node also sends Grad-CAM Parametric Maps")
     parser.add_argument("--no-dicomweb", dest="dicomweb", action="store_false", help="skip the DICOMweb path")
+    parser.add_argument("--spool-dir", help="where the spooled node's temporary spool goes (default: the system's "
+                                            "temporary folder)")
     args = parser.parse_args(argv)
 
-    from pydicom.uid import generate_uid
-
-    from cxr_tf.inference.dicom_node import Destination, DicomNode
     from cxr_tf.inference.outputs import write_files
     from cxr_tf.inference.predictor import Predictor
-    from cxr_tf.testing import dicom_bytes, dx_dataset, free_port
+    from cxr_tf.testing import dicom_bytes, dx_dataset
 
     pngs = sorted(SAMPLE.glob("*.png"))
     films = [dx_dataset(pngs[i % len(pngs)], patient_id=f"BENCH{i}") for i in range(args.films + 2)]
     warm, timed = films[:2], films[2:]
 
-    arrivals, starts = {}, {}
-    pacs_port, node_port = free_port(), free_port()
-    pacs = destination_scp(pacs_port, arrivals)
-    node = DicomNode(Predictor(args.model, samples=args.samples), port=node_port, heatmaps=args.heatmaps,
-                     destination=Destination("BENCH_PACS", "127.0.0.1", pacs_port)).start()
-    try:
-        push(node_port, warm, starts)
-        wait_for(arrivals, [d.SOPInstanceUID for d in warm])
-        t0 = time.perf_counter()
-        push(node_port, timed, starts)
-        uids = [d.SOPInstanceUID for d in timed]
-        wait_for(arrivals, uids)
-        node_s = max(arrivals[u] for u in uids) - t0
-        latency = np.array([(arrivals[u] - starts[u]) * 1000 for u in uids])
-        # unloaded: films arriving one at a time (each after the previous SR), as from a modality
-        alone = []
-        for ds in warm + timed[:3]:
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            push(node_port, [ds], starts)
-            wait_for(arrivals, [ds.SOPInstanceUID])
-            alone.append((arrivals[ds.SOPInstanceUID] - starts[ds.SOPInstanceUID]) * 1000)
-    finally:
-        node.stop(drain_timeout=5)
-        pacs.shutdown()
+    predictor = Predictor(args.model, samples=args.samples)
+    with tempfile.TemporaryDirectory(dir=args.spool_dir) as spool:
+        spooled = bench_node(args, predictor, warm, timed, Path(spool) / "spool")
+    in_memory = bench_node(args, predictor, warm, timed, None)
+    node_s, latency, alone = spooled
 
     # Baseline: predict on the same films as files (warm: the first call traces the model).
-    predictor = Predictor(args.model, samples=args.samples)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for ds in [*warm, *timed]:
@@ -150,10 +133,12 @@ def main(argv=None):
 
     n = len(timed)
     node_rate, batch_rate, single_rate, sr_rate = n / node_s, n / batch_s, n / single_s, n / sr_s
+    memory_rate = n / in_memory[0]
     print(f"films: {n} DX (NIH sample, {films[0].Rows}x{films[0].Columns}), model {args.model}, "
           f"MC samples {args.samples}, heatmaps {'on' if args.heatmaps else 'off'}")
     print(f"{'path':<44} {'films/s':>8} {'ms/film':>8} {'vs node':>8}")
-    for name, rate in (("node: C-STORE in -> SR C-STORE out", node_rate),
+    for name, rate in (("node: C-STORE in -> SR C-STORE out, spool", node_rate),
+                       ("node, --no-spool (ack after the report)", memory_rate),
                        ("predict, one call for all films", batch_rate),
                        ("predict, one call per film", single_rate),
                        ("predict --format dicom-sr, all films", sr_rate)):
@@ -161,7 +146,10 @@ def main(argv=None):
     print(f"node film-to-SR latency: p50 {np.percentile(latency, 50):.1f} ms, "
           f"p95 {np.percentile(latency, 95):.1f} ms, max {latency.max():.1f} ms")
     print(f"node film-to-SR latency, one film at a time: median {np.median(alone):.1f} ms over {len(alone)}")
-    print(f"films_per_s={node_rate:.2f} p95_ms={np.percentile(latency, 95):.1f}")
+    print(f"node --no-spool film-to-SR latency: p95 {np.percentile(in_memory[1], 95):.1f} ms; one film at a time: "
+          f"median {np.median(in_memory[2]):.1f} ms")
+    print(f"films_per_s={node_rate:.2f} p95_ms={np.percentile(latency, 95):.1f} "
+          f"no_spool_films_per_s={memory_rate:.2f} spool_vs_no_spool={node_rate / memory_rate:.2f}x")
     if args.dicomweb:
         web = bench_dicomweb(args, [*warm, *timed])
         if web is None:
@@ -174,6 +162,43 @@ def main(argv=None):
                   f"p95 {np.percentile(lat, 95):.1f} ms, max {lat.max():.1f} ms")
             print(f"dicomweb_films_per_s={rate:.2f} dicomweb_p95_ms={np.percentile(lat, 95):.1f}")
     return 0
+
+
+def bench_node(args, predictor, warm, timed, spool):
+    """(seconds for ``timed``, latencies ms, one-at-a-time latencies ms) of the node (``spool``: its
+    folder, None: in memory) on fresh copies of the films (new SOP Instance UIDs)."""
+    from pydicom.uid import generate_uid
+
+    from cxr_tf.inference.dicom_node import Destination, DicomNode
+    from cxr_tf.testing import free_port
+
+    for ds in [*warm, *timed]:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    arrivals, starts = {}, {}
+    pacs_port, node_port = free_port(), free_port()
+    pacs = destination_scp(pacs_port, arrivals)
+    node = DicomNode(predictor, port=node_port, heatmaps=args.heatmaps, spool=spool,
+                     destination=Destination("BENCH_PACS", "127.0.0.1", pacs_port)).start()
+    try:
+        push(node_port, warm, starts)
+        wait_for(arrivals, [d.SOPInstanceUID for d in warm])
+        t0 = time.perf_counter()
+        push(node_port, timed, starts)
+        uids = [d.SOPInstanceUID for d in timed]
+        wait_for(arrivals, uids)
+        seconds = max(arrivals[u] for u in uids) - t0
+        latency = np.array([(arrivals[u] - starts[u]) * 1000 for u in uids])
+        # unloaded: films arriving one at a time (each after the previous SR), as from a modality
+        alone = []
+        for ds in warm + timed[:3]:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            push(node_port, [ds], starts)
+            wait_for(arrivals, [ds.SOPInstanceUID])
+            alone.append((arrivals[ds.SOPInstanceUID] - starts[ds.SOPInstanceUID]) * 1000)
+    finally:
+        node.stop(drain_timeout=5)
+        pacs.shutdown()
+    return seconds, latency, alone
 
 
 def bench_dicomweb(args, films):

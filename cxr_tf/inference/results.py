@@ -37,6 +37,7 @@ REASONS = {
     "not_chest_radiograph": "its header says it is not a chest radiograph",
     "output_failed": "its result could not be written",
     "gate_failed": "the input gate could not score it",
+    "analysis_failed": "the model could not be run on it",
     # the input gate's refusals (cxr_tf.inference.gate.REASONS says each in full)
     "inverted": "its grey scale is inverted",
     "rotated": "it is rotated",

@@ -1,13 +1,11 @@
 """The DICOM node against a real PACS: Orthanc sends it films over DICOM, the node
 answers with TID 1500 SRs (and Grad-CAM Parametric Maps) in the same study; refusals, each with
-a "not processed" SR in its study; every SR passes dciodvfy and pixelmed; a destination that is
-down, then up, loses nothing; SIGTERM stops it cleanly."""
+a "not processed" SR in its study; every SR passes dciodvfy and pixelmed; without a spool a film is
+acknowledged once its report exists. (The node as a process with a spool, kill -9, a PACS down then
+up, SIGTERM: test_node_delivery.py.)"""
 
 import io
 import json
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -147,55 +145,10 @@ def send_to_node(port, ds):
         assoc.release()
 
 
-@needs_orthanc
-def test_destination_down_then_up_loses_nothing_and_sigterm_stops(tmp_path, tiny_run, caplog, capsys):
-    """The command (``main``, in this process's main thread so that it owns SIGTERM) with
-    the PACS down; a modality sends a film; the PACS comes up; the SR arrives; SIGTERM."""
-    from cxr_tf import dicom_node
-
-    caplog.set_level("INFO")
-    node_port, pacs_port = free_port(), free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", {"cxrtf": ("CXR_TF", "127.0.0.1", node_port)}, dicom_port=pacs_port)
-    ds = dx_dataset(SAMPLES[7])
-    problems, found = [], []
-
-    def log_count(text):
-        return sum(text in rec.getMessage() for rec in caplog.records)
-
-    def scenario():
-        try:
-            wait_until(lambda: log_count("listening as CXR_TF") == 1)
-            assert send_to_node(node_port, ds) == 0x0000  # accepted while the PACS is down
-            wait_until(lambda: log_count("could not send results of SOP Instance " + ds.SOPInstanceUID) >= 2)
-            orthanc.start()  # the PACS comes up
-            found.extend(orthanc.wait_for(ds.StudyInstanceUID, lambda inst: any(m == "SR" for m, _, _ in inst)))
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            problems.append(err)
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    helper = threading.Thread(target=scenario, daemon=True)
-    helper.start()
-    try:
-        code = dicom_node.main(["--model", str(tiny_run), "--port", str(node_port), "--samples", "2",
-                                "--destination", f"{AET}@127.0.0.1:{pacs_port}", "--retry-initial", "0.3",
-                                "--retry-max", "1"])
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        helper.join(timeout=60)
-        orthanc.stop()
-    if problems:
-        raise problems[0]
-    assert [m for m, _, _ in found].count("SR") == 1
-    assert code == 0
-    assert "stopped: triaged 1, sent 1, refused 0, failed 0, unsent 0" in capsys.readouterr().out
-
-
 def test_destination_never_up_is_reported_and_kept(tmp_path, tiny_run, caplog):
-    """Results that cannot be delivered by the time the node stops are reported by film
-    UID and, with keep_unsent, written (here: a port nothing listens on)."""
+    """Without a spool the node acknowledges a film only once its report exists (in the outbox when
+    0x0000 comes back); results that cannot be delivered by the time the node stops are reported by
+    film UID and, with keep_unsent, written (here: a port nothing listens on)."""
     node_port = free_port()
     node = DicomNode(Predictor(tiny_run, samples=2), port=node_port, keep_unsent=tmp_path / "unsent",
                      destination=Destination("NOBODY", "127.0.0.1", free_port()), retry_initial=0.1,
@@ -203,6 +156,7 @@ def test_destination_never_up_is_reported_and_kept(tmp_path, tiny_run, caplog):
     ds = dx_dataset(SAMPLES[8])
     try:
         assert send_to_node(node_port, ds) == 0x0000
+        assert [p.sop_uid for p in node.outbox if p.is_report] == [ds.SOPInstanceUID]
         wait_until(lambda: node.stats["send_failures"] >= 1)
     finally:
         report = node.stop(drain_timeout=0.3)

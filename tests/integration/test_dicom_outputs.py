@@ -263,3 +263,23 @@ def test_device_uid_is_the_models(tiny_run, tmp_path):
     model.save(retrained / "model.keras")
     uids = [device_uid(Predictor(run, samples=1).describe()) for run in (tiny_run, moved, retrained)]
     assert uids[0] == uids[1] != uids[2]
+
+
+def test_reports_derive_their_uids_and_always_build(tiny_run, films):
+    """The same film and model give the same report UIDs (a report sent again replaces itself); a
+    triage report that cannot be built becomes the film's "not processed" report (output_failed),
+    never nothing."""
+    from cxr_tf.inference.outputs import FORMATS
+    from cxr_tf.inference.results import FilmResult
+
+    path, ds, _ = films
+    predictor = Predictor(tiny_run, samples=2)
+    [result] = predictor.predict([path])
+    first, again = (FORMATS["dicom-sr"].write(result, predictor)[0].value for _ in range(2))
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert read_sr(first)["status"] == "processed"
+    broken = FilmResult(result.file, film=result.film, verdict={**result.verdict, "uncertainty": {}}, gate=result.gate)
+    [output] = FORMATS["dicom-sr"].write(broken, predictor)
+    content = read_sr(output.value)
+    assert content["status"] == "not processed" and content["reason"] == "output_failed"
+    assert "KeyError" in content["error"] and content["source"][1] == ds.SOPInstanceUID

@@ -144,8 +144,8 @@ def write_files(predictor, results, formats, out_dir):
         try:
             outputs = [output for fmt in chosen if result.ok or fmt.not_processed
                        for output in fmt.write(result, predictor)]
-        except ValueError as err:  # e.g. a PNG film for a DICOM format, a film without the UIDs an SR needs
-            text = str(err)
+        except Exception as err:  # e.g. a PNG film for a DICOM format; any failure costs this film only
+            text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
             written.append(result.failed(text if text.startswith(f"{result.file}: ") else f"{result.file}: {text}"))
             continue
         paths = []

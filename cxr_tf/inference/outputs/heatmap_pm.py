@@ -20,9 +20,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
-from cxr_tf.inference.outputs.dicom_sr import check_source
+from cxr_tf.inference.outputs.report_source import derived_uid, report_source
 from cxr_tf.inference.outputs.structured import MANUFACTURER, device_uid, model_identity
 
 MAP_SERIES_NUMBER = 9003
@@ -32,17 +31,20 @@ DIRECTIONS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), 
 """Patient Orientation letters as unit vectors of the patient coordinate system (LPS)."""
 
 
-def make_maps(source, cams, probabilities, description, series_uid=None):
+def make_maps(source, cams, probabilities, description):
     """[ParametricMap] (pydicom Datasets), one per finding of ``cams``.
 
-    source: the film's pydicom Dataset (identity copied from it; pixels not needed); cams:
+    source: the film's pydicom Dataset (identity copied from it, made valid by ``report_source``;
+    pixels not needed); the maps' UIDs derive from the film's SOP Instance UID, the model's Device
+    UID and the finding (a resend replaces). cams:
     {finding: float (H, W) 0..1 map on the film grid} (``Predictor.cams``); probabilities:
     {finding: 0..1}; description: ``Predictor.describe()`` (the model: equipment, Device UID).
     """
-    check_source(source)
+    source, _ = report_source(source)  # its notes are the SR's to carry
     geometry = _geometry(source)
     identity = model_identity(description)
-    series_uid = series_uid or generate_uid()
+    device = device_uid(description)
+    series_uid = derived_uid("maps", "series", source.SOPInstanceUID, device)
     maps = []
     for number, (finding, cam) in enumerate(cams.items(), start=1):
         cam = np.asarray(cam, np.float32)
@@ -53,29 +55,29 @@ def make_maps(source, cams, probabilities, description, series_uid=None):
             unit=codes.UCUM.NoUnits, value_range=(0.0, 1.0), slope=1.0, intercept=0.0)
         pm = hd.pm.ParametricMap(
             source_images=[geometry], pixel_array=cam, series_instance_uid=series_uid,
-            series_number=MAP_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=number,
+            series_number=MAP_SERIES_NUMBER, sop_instance_uid=derived_uid("map", finding, source.SOPInstanceUID, device),
+            instance_number=number,
             manufacturer=MANUFACTURER, manufacturer_model_name=identity.name,
             software_versions=identity.software_versions(description),
-            device_serial_number=device_uid(description)[-16:], contains_recognizable_visual_features=False,
+            device_serial_number=device[-16:], contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
             voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
             content_label=LUT_LABEL, content_description=f"Grad-CAM {finding} p={probabilities[finding]:.2f}"[:64],
             content_qualification="RESEARCH", series_description=MAP_SERIES_DESCRIPTION)
         pm.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")
         pm.DerivationDescription = f"Grad-CAM of {finding} by cxr_tf {identity.arch} run {identity.run_name}"[:1024]
-        pm.DeviceUID = device_uid(description)
+        pm.DeviceUID = device
         maps.append(pm)
     return maps
 
 
 def _geometry(source):
-    """A header-only copy of ``source`` with the plane geometry the Parametric Map needs (module doc)."""
+    """A copy of ``source`` (``report_source``'s) with the plane geometry the Parametric Map needs (module doc)."""
     image = Dataset()
     for element in source:
-        if element.tag.group != 0x7FE0:
-            image.add(element)
+        image.add(element)
     if not image.get("FrameOfReferenceUID"):
-        image.FrameOfReferenceUID = generate_uid(entropy_srcs=["cxr_tf frame of reference", str(source.SOPInstanceUID)])
+        image.FrameOfReferenceUID = derived_uid("frame of reference", source.SOPInstanceUID)
     spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing") or [1.0, 1.0]
     image.PixelSpacing = [float(v) for v in spacing]
     image.ImageOrientationPatient = _orientation(source.get("PatientOrientation"))

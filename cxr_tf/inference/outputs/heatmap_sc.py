@@ -10,25 +10,27 @@ import cv2
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
-from cxr_tf.inference.outputs.dicom_sr import check_source
-from cxr_tf.inference.outputs.structured import MANUFACTURER
+from cxr_tf.inference.outputs.report_source import derived_uid, report_source
+from cxr_tf.inference.outputs.structured import MANUFACTURER, device_uid
 
 HEATMAP_SERIES_NUMBER = 9002
 
 
-def make_heatmaps(source, film_pixels, cams, probabilities, series_uid=None):
+def make_heatmaps(source, film_pixels, cams, probabilities, description):
     """[SCImage] (pydicom Datasets), one per finding of ``cams``.
 
-    source: the film's pydicom Dataset (identity copied from it); film_pixels: uint8
-    (H, W) greyscale as read (``Film.pixels``); cams: {finding: float (H, W) 0..1 map
-    on the film grid} (``cam_to_film``); probabilities: {finding: 0..1}.
+    source: the film's pydicom Dataset (identity copied from it, made valid by ``report_source``);
+    film_pixels: uint8 (H, W) greyscale as read (``Film.pixels``); cams: {finding: float (H, W)
+    0..1 map on the film grid} (``cam_to_film``); probabilities: {finding: 0..1}; description:
+    ``Predictor.describe()``. Their UIDs derive from the film's and the model's, like the SR's
+    (a resend replaces).
     """
     from cxr_tf.inference.gradcam import caption, overlay
 
-    check_source(source)
-    series_uid = series_uid or generate_uid()
+    source, _ = report_source(source)  # its notes are the SR's to carry
+    device = device_uid(description)
+    series_uid = derived_uid("captures", "series", source.SOPInstanceUID, device)
     images = []
     for number, (finding, cam) in enumerate(cams.items(), start=1):
         bgr = caption(overlay(film_pixels, cam), f"{finding} p={probabilities[finding]:.2f} (cxr_tf, decision aid)")
@@ -36,7 +38,7 @@ def make_heatmaps(source, film_pixels, cams, probabilities, series_uid=None):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=HEATMAP_SERIES_NUMBER,
-            sop_instance_uid=generate_uid(), instance_number=number, manufacturer=MANUFACTURER,
+            sop_instance_uid=derived_uid("capture", finding, source.SOPInstanceUID, device), instance_number=number, manufacturer=MANUFACTURER,
             patient_orientation=_orientation(source), series_description="cxr_tf Grad-CAM (decision aid)")
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.BurnedInAnnotation = "YES"
@@ -64,5 +66,6 @@ def write(result, predictor):
     from cxr_tf.inference.outputs import Output
 
     cams = predictor.cams(result)
-    images = make_heatmaps(result.header, result.film.pixels, cams, result.probabilities) if cams else []
+    images = (make_heatmaps(result.header, result.film.pixels, cams, result.probabilities, predictor.describe())
+              if cams else [])
     return [Output(f"_{finding}.sc.dcm", sc) for finding, sc in zip(cams, images)]

@@ -14,9 +14,10 @@ three outputs cannot disagree.
 
 Codes: SNOMED CT for the findings (the concepts of DICOM's own code dictionary,
 pydicom.sr.codedict, where it has one); the private scheme ``99CXRTF`` (DICOM PS3.16
-8.2: a "99" prefix marks a local scheme) for what no standard terminology names:
-the triage levels, the MC-dropout uncertainty, the decision threshold, the
-decision-aid statement, and Pleural_Thickening (no SNOMED concept we could verify).
+8.2: a "99" prefix marks a local scheme) for Pleural_Thickening (no SNOMED concept we
+could verify offline) and for a label of another label set. The SR names its other
+concepts with published codes (``dicom_sr``); FHIR names the triage level, the MC-dropout
+uncertainty and the decision threshold in ``PRIVATE_SYSTEM``.
 """
 
 import dataclasses
@@ -56,15 +57,10 @@ TRIAGE_LEVELS = {"urgent": ("URGENT", "Urgent"), "review": ("REVIEW", "Review"),
                  "routine": ("ROUTINE", "Routine")}
 MC_STD = ("MC_DROPOUT_STD", "Monte-Carlo dropout standard deviation of probability")
 THRESHOLD = ("THRESHOLD", "Decision threshold")
-DECISION_AID = ("DECISION_AID", "Decision aid statement")
-TRIAGE_MESSAGE = ("TRIAGE_MESSAGE", "Triage message")
 NOT_PROCESSED = ("NOT_PROCESSED", "Received, not analysed")
 """A film that was received and got no verdict (``results.NotProcessed``); its reason is coded
-``NOT_PROCESSED_<REASON>`` (``not_processed_code``)."""
-NOT_PROCESSED_REASON = ("NOT_PROCESSED_WHY", "Why not analysed")
-"""The text of a film's "not processed" message (it names the film and the reason in full)."""
-CAVEAT = ("CAVEAT", "Caveat")
-"""What the run has not shown (``result["caveats"]``, ``cxr_tf.inference.evidence``): one text item each."""
+``NOT_PROCESSED_<REASON>`` (``not_processed_code``). The SR writes these concepts with published
+codes (``dicom_sr``); FHIR with these, in ``PRIVATE_SYSTEM``."""
 DISCLAIMER = ("Decision aid, not a diagnosis: these findings come from a machine-learning model "
               "(cxr_tf) trained on chest X-ray labels mined from radiology reports (the run's provenance "
               "names the data). A radiologist must read "
