@@ -2,6 +2,7 @@
 
     python tools/bench_serve.py --model RUN_DIR --film FILM.png [--requests 200 --concurrency 8]
     python tools/bench_serve.py --url http://127.0.0.1:8000 --film FILM.png
+    python tools/bench_serve.py --url URL [--baseline-url URL2] --film FILM.png --slow-clients 8 --requests 20
 
 Starts the service in this process on a free loopback port (unless --url is given),
 measures GET /api/health idle, then sends ``--requests`` POST /api/predict uploads of
@@ -10,9 +11,18 @@ films/s and p50/p95/max latency of predict and of health (idle and under load) s
 side, with the error count. Last line:
 ``p50_ms=<x> p95_ms=<y> errors=<n> health_idle_p95_ms=<a> health_p95_ms=<b>``.
 A 503 (queue full) counts as an error: size ``--concurrency`` to the service's ``--max-queue``.
+
+With ``--slow-clients N`` it measures instead what slow uploaders cost a normal client
+(issue 28): one client sends ``--requests`` uploads one after the other, first alone, then
+while N clients upload 1 byte per second (raw sockets, headers sent, the body trickling),
+and prints the normal client's 200s, 503s, other answers and p50/p95 latency for 0 and N
+slow clients; with ``--baseline-url`` (the same command of another version, e.g. ``main``)
+both servers side by side. Last line: ``slow_clients=<N> errors_503=<n> p50_ms=<x>`` for --url.
 """
 
+
 import argparse
+import socket
 import sys
 import threading
 import time
@@ -53,6 +63,74 @@ def health_latencies(url, stop=None, count=200, pause_s=0.02):
     return out
 
 
+def _slow_upload(url):
+    """A socket whose POST /api/predict has sent its headers and the first part's headers,
+    1 MB of body promised: an upload that has begun."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    boundary = "benchslowclient"
+    sock.sendall((f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {1 << 20}\r\n\r\n"
+                  f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"slow.png\"\r\n\r\n")
+                 .encode())
+    return sock
+
+
+def with_slow_clients(url, film, slow, requests):
+    """{status code: count} and latencies (ms) of the 200s of ``requests`` uploads of ``film``,
+    one after the other, while ``slow`` clients upload 1 byte per second."""
+    sockets = [_slow_upload(url) for _ in range(slow)]
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.wait(1.0):
+            for sock in sockets:
+                try:
+                    sock.sendall(b"x")
+                except OSError:  # answered (408) and closed by the server: that client is done
+                    pass
+
+    trickler = threading.Thread(target=trickle)
+    trickler.start()
+    statuses, latencies = {}, []
+    data = Path(film).read_bytes()
+    try:
+        time.sleep(1.5 if slow else 0)  # every slow upload has begun and sent a byte
+        with httpx.Client(timeout=120) as client:
+            for _ in range(requests):
+                start = time.perf_counter()
+                status = client.post(f"{url}/api/predict", files={"files": (Path(film).name, data)}).status_code
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    latencies.append((time.perf_counter() - start) * 1000)
+    finally:
+        stop.set()
+        trickler.join()
+        for sock in sockets:
+            sock.close()
+    return statuses, latencies
+
+
+def slow_client_table(urls, film, slow, requests):
+    """Print the normal client's answers with 0 and ``slow`` slow clients for each of ``urls``
+    {label: url}; the (503 count, p50 ms) of the first url's run with ``slow`` slow clients."""
+    print(f"a normal client's {requests} uploads, one after the other, with 0 and {slow} clients "
+          "uploading 1 byte/s:")
+    print(f"  {'server':10s} {'slow':>4s} {'200':>5s} {'503':>5s} {'other':>5s} {'p50 ms':>8s} {'p95 ms':>8s}")
+    first = None
+    for label, url in urls.items():
+        with_slow_clients(url, film, 0, 3)  # warm-up: the first predictions trace the model
+        for n in (0, slow):
+            statuses, latencies = with_slow_clients(url, film, n, requests)
+            p50, p95 = np.percentile(latencies, [50, 95]) if latencies else (float("nan"), float("nan"))
+            other = requests - statuses.get(200, 0) - statuses.get(503, 0)
+            print(f"  {label:10s} {n:4d} {statuses.get(200, 0):5d} {statuses.get(503, 0):5d} {other:5d} "
+                  f"{p50:8.1f} {p95:8.1f}")
+            if first is None and n == slow:
+                first = statuses.get(503, 0), p50
+    return first
+
+
 def _row(name, latencies):
     p50, p95 = np.percentile(latencies, [50, 95])
     return f"  {name:22s} n={len(latencies):5d}  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  max {max(latencies):7.1f} ms"
@@ -67,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--samples", type=int, default=25, help="MC dropout passes (with --model)")
     parser.add_argument("--images", action="store_true", help="ask for ?images=1 (film + Grad-CAM overlays)")
+    parser.add_argument("--slow-clients", type=int, default=0, metavar="N",
+                        help="measure a normal client with 0 and N clients uploading 1 byte/s instead")
+    parser.add_argument("--baseline-url", help="with --slow-clients: another running service to compare")
     args = parser.parse_args(argv)
     if bool(args.model) == bool(args.url):
         parser.error("give exactly one of --model RUN_DIR or --url URL")
@@ -82,6 +163,11 @@ def main(argv=None):
                                        max_queue=max(args.concurrency, DEFAULT_MAX_QUEUE))).start()
         url = server.url
     try:
+        if args.slow_clients:
+            urls = {"this": url, **({"baseline": args.baseline_url} if args.baseline_url else {})}
+            errors, p50 = slow_client_table(urls, args.film, args.slow_clients, args.requests)
+            print(f"slow_clients={args.slow_clients} errors_503={errors} p50_ms={p50:.0f}")
+            return 1 if errors else 0
         query = "?images=1" if args.images else ""
         one_warmup = load_test(url, args.film, requests=2, concurrency=1, samples_param=query)
         if one_warmup[1]:
