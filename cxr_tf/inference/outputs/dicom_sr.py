@@ -267,8 +267,8 @@ def _name(item):
 
 
 def _value(code):
-    """A coded entry's value: Code Value, or Long Code Value (a value over 16 characters, such as
-    NOT_PROCESSED_LUNGS_NOT_IN_VIEW)."""
+    """A coded entry's value: Code Value, or Long Code Value (a value over 16 characters, as another
+    writer may use)."""
     return code.get("CodeValue") or code.get("LongCodeValue")
 
 
