@@ -69,7 +69,7 @@ def decode_dicom(data, name, check, max_inflated):
     except DicomError:
         raise
     except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error, unknown VRs, ...
-        raise DicomError(name, f"corrupt DICOM ({type(err).__name__}: {_short(err)})") from None
+        raise DicomError(name, f"corrupt DICOM ({type(err).__name__}: {short_error(err)})") from None
     if "PixelData" not in ds:
         raise DicomError(name, "DICOM file has no pixel data (a report or structured document?)")
     width = dicom_int(ds, "Columns", name)
@@ -86,7 +86,7 @@ def decode_dicom(data, name, check, max_inflated):
     except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad/compressed pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax = getattr(syntax, "name", syntax)
-        raise DicomError(name, f"cannot decode DICOM pixel data (transfer syntax {syntax}): {_short(err)}") from None
+        raise DicomError(name, f"cannot decode DICOM pixel data (transfer syntax {syntax}): {short_error(err)}") from None
     if arr.ndim == 3 and frames > 1 and arr.shape[-1] != 3:
         arr = arr[0]
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -101,7 +101,7 @@ def decode_dicom(data, name, check, max_inflated):
         value_range = voi_output_range(ds)
         arr = apply_voi_lut(arr, ds)
     except Exception as err:  # noqa: BLE001 - damaged LUT descriptors raise many types
-        raise DicomError(name, f"bad DICOM LUT or window ({type(err).__name__}: {_short(err)})") from None
+        raise DicomError(name, f"bad DICOM LUT or window ({type(err).__name__}: {short_error(err)})") from None
     arr = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(arr).all() or (value_range is not None and not np.isfinite(value_range).all()):
         raise DicomError(name, "DICOM rescale or window gives non-finite pixel values")
@@ -151,7 +151,7 @@ def _check_frame(ds, name, size, frames, check):
         frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=frames)
         stream = codestream.read(frame)
     except (codestream.CodestreamError, ValueError, TypeError, KeyError, IndexError) as err:
-        raise DicomError(name, f"damaged compressed pixel data ({_short(err)})") from None
+        raise DicomError(name, f"damaged compressed pixel data ({short_error(err)})") from None
     if stream is None:
         return  # no codestream header we know: the decoder refuses it, or decodes within Rows/Columns
     check(stream)
@@ -172,7 +172,7 @@ def _header(ds):
     return ds
 
 
-def _short(err, limit=200):
+def short_error(err, limit=200):
     """The first line of ``err``'s message, at most ``limit`` characters."""
     text = (str(err).strip().splitlines() or [""])[0]
     return text if len(text) <= limit else text[:limit] + "..."

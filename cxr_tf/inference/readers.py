@@ -36,6 +36,7 @@ import threading
 import numpy as np
 
 from cxr_tf.data.decode_guard import DecodeGuard
+from cxr_tf.data.dicom import short_error
 from cxr_tf.data.images import FILM_MAX_PIXELS as MAX_PIXELS
 from cxr_tf.data.images import (
     MAX_ASPECT,
@@ -132,13 +133,7 @@ def read_film(source, name=None, limits=None):
     except MemoryError:
         raise FilmError(f"{name}: too large to decode in memory; downsample the film before sending it") from None
     except Exception as err:  # noqa: BLE001 - pydicom/OpenCV raise many types on damaged files (see module doc)
-        raise FilmError(f"{name}: damaged or unsupported file ({type(err).__name__}: {_short(err)})") from None
-
-
-def _short(err, limit=200):
-    """The first line of ``err``'s message, at most ``limit`` characters."""
-    text = (str(err).strip().splitlines() or [""])[0]
-    return text if len(text) <= limit else text[:limit] + "..."
+        raise FilmError(f"{name}: damaged or unsupported file ({type(err).__name__}: {short_error(err)})") from None
 
 
 def _decode(data, name, limits):
