@@ -86,10 +86,12 @@ def log_lines(log, text, wait=5.0):
 
 def test_stalled_and_trickling_bodies_get_408_within_the_timeout(served):
     url, log = served
-    stalled, trickling = upload_begun(url), upload_begun(url)
+    stalled = upload_begun(url)
     status, waited = status_within(stalled, 10 * TIMEOUT_S)
     assert status == 408 and TIMEOUT_S * 0.9 <= waited < 5 * TIMEOUT_S, (status, waited)
-    # one byte every 0.25 s: never silent for the timeout, but far under the minimum rate
+    # one byte every 0.25 s: never silent for the timeout, but far under the minimum rate (begun only
+    # now: begun beside the stalled one, it sat silent for the timeout and got its 408 for that)
+    trickling = upload_begun(url)
     status, waited = status_within(trickling, 10 * TIMEOUT_S, trickle=True)
     assert status == 408 and waited < 5 * TIMEOUT_S, (status, waited)
     stalled.close(), trickling.close()
